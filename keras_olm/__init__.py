@@ -1,3 +1,30 @@
-"""keras-olm: balanced multimodal learning for Keras 3."""
+"""keras-olm: balanced multimodal learning for Keras 3.
+
+The public surface: `BalancedMultimodalModel`, the `OLM` balancer, the
+`LateFusion` layer, `holdout_split`, and the `balancers`, `callbacks`,
+`synthetic` modules.
+"""
+
+from keras_olm import balancers
+from keras_olm import synthetic
+from keras_olm.balancers import OLM
+from keras_olm.balancers import Balancer
+from keras_olm.balancers import JointTraining
+from keras_olm.layers import LateFusion
+from keras_olm.models import BalancedMultimodalModel
+from keras_olm.models import NonFiniteLossError
+from keras_olm.models.inputs import holdout_split
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "OLM",
+    "BalancedMultimodalModel",
+    "Balancer",
+    "JointTraining",
+    "LateFusion",
+    "NonFiniteLossError",
+    "balancers",
+    "holdout_split",
+    "synthetic",
+]

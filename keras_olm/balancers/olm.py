@@ -1,0 +1,482 @@
+"""Online Logit Modulation (Zong et al., IJCAI 2024).
+
+Every head h (one per modality plus the fused head, Eq. 5) gets a scalar
+logit coefficient w_h. The training loss of head h is the cross-entropy of
+its modulated logits w_h * s_h, so w_h sets how hard that head (and the
+encoder under it) is pushed. After every step the coefficients move so that
+each head's modulated logit norm w_h * ||s_h|| tracks a target set by the
+head's generalization and convergence rates:
+
+    G_h = L_dev,h(Θ0) - L_dev,h(Θn)                               (Eq. 6)
+    C_h = (L_train,h(Θ0) - L_train,h(Θn)) - G_h                   (Eq. 7)
+    λ   = softmax over heads of G_h / C_h                         (Eq. 8)
+    L_logit = Σ_h | w_h ||s_h|| - λ_h s̄ |                        (Eq. 9)
+
+and w is moved down the gradient of L_logit (Algorithm 1).
+
+The paper leaves choices open; each is a constructor argument here, and
+`OLM.authors()` reproduces the authors' code. See the README section "OLM:
+the open choices" for the measurements behind the defaults.
+"""
+
+import keras
+from keras import ops
+
+from keras_olm.balancers.base import Balancer
+from keras_olm.balancers.base import cross_entropy
+
+DEV_SCHEDULES = ("periodic", "step")
+OPTIMIZERS = ("sgd", "adam")
+TARGETS = ("preserve", "faithful")
+RATE_FORMS = ("code", "paper")
+
+
+# --- the math of Eq. 6-9, as pure functions ------------------------------
+
+
+def rates(theta0_train, theta0_dev, train, dev, form="code"):
+    """Generalization and convergence rates of every head (Eq. 6-7).
+
+    Args:
+        theta0_train: tensor `(num_heads,)`. Training losses at Θ0.
+        theta0_dev: tensor `(num_heads,)`. Held-out losses at Θ0.
+        train: tensor `(num_heads,)`. Training losses at Θn.
+        dev: tensor `(num_heads,)`. Held-out losses at Θn.
+        form: str. `"code"`: the authors' signed form,
+            G = dev0 - dev, C = (train0 - train) - G. `"paper"`: the
+            absolute values of Eq. 6-7, G = |dev0 - dev|,
+            C = ||dev - train| - |dev0 - train0||. Defaults to `"code"`.
+
+    Returns:
+        `(G, C)`, two tensors of shape `(num_heads,)`.
+    """
+    if form == "code":
+        g = theta0_dev - dev
+        c = (theta0_train - train) - g
+    elif form == "paper":
+        g = ops.abs(theta0_dev - dev)
+        c = ops.abs(ops.abs(dev - train) - ops.abs(theta0_dev - theta0_train))
+    else:
+        raise ValueError(f"form must be one of {RATE_FORMS}; got {form!r}")
+    return g, c
+
+
+def rebalancing_factors(g, c, temperature=1.0, eps=1e-6):
+    """Rebalancing factors λ from the rates (Eq. 8).
+
+    The ratio r_h = max(G_h, eps) / max(C_h, eps) is what Eq. 8 feeds to the
+    softmax. When a head's C is near 0 (its train and held-out losses fall
+    together, as for a fast, dominant modality early on) r_h is huge and the
+    softmax is one-hot: that head takes all the target magnitude and the
+    others are driven to zero (measured in the spec). With a `temperature`,
+    the ratios are first normalised to shares q = r / Σ r in [0, 1], and
+    λ = softmax(q / temperature): the largest possible ratio between two
+    heads' λ is then exp(1 / temperature), whatever C does.
+
+    Args:
+        g: tensor `(num_heads,)`. Generalization rates.
+        c: tensor `(num_heads,)`. Convergence rates.
+        temperature: float or `None`. `None` is the raw Eq. 8 (the
+            authors' behaviour, one-hot when a C is ~0). Defaults to 1.
+        eps: float. The clamp of G and C. Defaults to `1e-6`.
+
+    Returns:
+        λ, a tensor `(num_heads,)` that sums to 1.
+    """
+    ratio = ops.maximum(g, eps) / ops.maximum(c, eps)
+    if temperature is None:
+        return ops.softmax(ratio)
+    share = ratio / ops.sum(ratio)
+    return ops.softmax(share / temperature)
+
+
+def logit_targets(norms, lambdas, mode="preserve"):
+    """Target logit magnitudes λ_h · s̄ of Eq. 9, detached.
+
+    Args:
+        norms: tensor `(num_heads,)`. Modulated norms w_h · mean ||s_h||.
+        lambdas: tensor `(num_heads,)`. Rebalancing factors.
+        mode: str. `"faithful"`: s̄ is the mean norm over heads, as the
+            paper writes; since λ sums to 1 the targets then sum to the
+            mean, not the total, and minimising L_logit shrinks every
+            coefficient over time. `"preserve"`: s̄ is the sum of the
+            norms, so the targets sum to the current total and only the
+            split between heads changes. Defaults to `"preserve"`.
+
+    Returns:
+        A tensor `(num_heads,)`.
+    """
+    if mode == "faithful":
+        total = ops.mean(norms)
+    elif mode == "preserve":
+        total = ops.sum(norms)
+    else:
+        raise ValueError(f"targets must be one of {TARGETS}; got {mode!r}")
+    return ops.stop_gradient(lambdas * total)
+
+
+def logit_loss(coefficients, mean_norms, targets):
+    """L_logit = Σ_h |w_h · mean ||s_h|| - t_h| (Eq. 9)."""
+    return ops.sum(ops.abs(coefficients * mean_norms - targets))
+
+
+def logit_loss_gradient(coefficients, mean_norms, targets):
+    """dL_logit / dw_h = sign(w_h n_h - t_h) · n_h, targets detached."""
+    return ops.sign(coefficients * mean_norms - targets) * mean_norms
+
+
+def cross_entropy_gradient(coefficient, logits, y):
+    """d CE(w · s, y) / dw for one head, averaged over the batch.
+
+    CE = -log softmax(w s)_y, so dCE/dw = Σ_c (p_c - 1[c = y]) s_c with
+    p = softmax(w s). Used when the coefficients also follow the
+    cross-entropy, as in the authors' code.
+    """
+    probs = ops.softmax(coefficient * logits, axis=-1)
+    onehot = ops.one_hot(ops.cast(y, "int32"), ops.shape(logits)[-1])
+    return ops.mean(ops.sum((probs - onehot) * logits, axis=-1))
+
+
+def mean_logit_norm(logits):
+    """Batch mean of the per-sample L2 norms of a logit matrix."""
+    return ops.mean(ops.sqrt(ops.sum(ops.square(logits), axis=-1)))
+
+
+# --- the layer ------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="keras_olm")
+class OLM(Balancer):
+    """Online Logit Modulation: per-head logit coefficients solved online.
+
+    Each head h (every modality's classifier and the fused one) trains on
+    the cross-entropy of w_h · s_h. After every step, from the per-head
+    training losses and the per-head losses on a held-out batch, OLM
+    computes the rates G and C (Eq. 6-7), the factors λ (Eq. 8), the target
+    norms (Eq. 9), and moves the coefficients one optimizer step down
+    L_logit (Algorithm 1). All state lives in non-trainable variables that
+    are updated with `assign` inside the compiled train step, so the same
+    code runs on TensorFlow, JAX and PyTorch and is saved with the model.
+
+    The defaults keep every coefficient in a sane range over long runs
+    (see `lambda_temperature`, `targets` and `coefficient_range`);
+    `OLM.authors()` reproduces the authors' code, including its collapse
+    (λ one-hot, coefficients to 0) on imbalanced problems.
+
+    Args:
+        dev_schedule: str. Where the held-out losses come from.
+            `"periodic"`: one held-out batch every `dev_every` steps (the
+            batches between carry no held-out data and cost nothing).
+            `"step"`: one held-out batch every step, as the authors do
+            (one extra forward pass per step). Defaults to `"periodic"`.
+        dev_every: int. The period of the `"periodic"` schedule, in steps.
+            Defaults to `10`.
+        optimizer: str. `"sgd"` as in Algorithm 1, or `"adam"` as in the
+            authors' code (on the analytic gradient of L_logit, so no
+            second Keras optimizer is needed). Defaults to `"sgd"`.
+        learning_rate: float. Step size of the coefficient optimizer.
+            Defaults to `0.01`.
+        coefficient_ce_grad: bool. Whether the coefficients also follow the
+            gradient of the cross-entropy of their head, as in the authors'
+            code (they are parameters of a second optimizer there). The
+            paper's Algorithm 1 only names L_logit. Defaults to `False`.
+        targets: str. `"preserve"` (targets sum to the total norm) or
+            `"faithful"` (targets sum to the mean norm, as Eq. 9 writes;
+            all coefficients then shrink over time). See `logit_targets`.
+            Defaults to `"preserve"`.
+        lambda_temperature: float or `None`. Softens Eq. 8 (see
+            `rebalancing_factors`); `None` is the raw softmax of G / C.
+            Defaults to `1.0`.
+        rate_form: str. `"code"` (signed, the authors' code) or `"paper"`
+            (the absolute values of Eq. 6-7). Defaults to `"code"`.
+        coefficient_range: tuple of two floats, or `None`. Coefficients are
+            clipped into this range after every update; `None` for no
+            clipping. Defaults to `(0.1, 10.0)`.
+        loss_momentum: float in [0, 1). The train and held-out losses that
+            enter G and C are exponential moving averages with this
+            momentum (single batches are noisy); 0 uses each batch's loss
+            as the authors do. Defaults to `0.9`.
+        warmup_steps: int. For this many steps the Θ0 reference losses keep
+            being overwritten by the current ones and λ stays uniform (the
+            authors' code does this for the whole first epoch). With 0 the
+            reference is the first measurement, taken before any update.
+            Defaults to `0`.
+        eps: float. Clamp of G and C in Eq. 8. Defaults to `1e-6`.
+        **kwargs: passed to `keras.layers.Layer`.
+
+    Example:
+    ```python
+    model = keras_olm.BalancedMultimodalModel(
+        {"audio": audio_encoder, "visual": visual_encoder},
+        num_classes=6,
+        balancer=keras_olm.OLM(dev_schedule="step"),
+    )
+    model.compile(optimizer="adam")
+    model.fit(train_ds, dev_data=dev_ds, epochs=10)
+    ```
+
+    References:
+        - [Zong et al., 2024](https://www.ijcai.org/proceedings/2024/636)
+    """
+
+    needs_dev_data = True
+
+    def __init__(
+        self,
+        dev_schedule="periodic",
+        dev_every=10,
+        optimizer="sgd",
+        learning_rate=0.01,
+        coefficient_ce_grad=False,
+        targets="preserve",
+        lambda_temperature=1.0,
+        rate_form="code",
+        coefficient_range=(0.1, 10.0),
+        loss_momentum=0.9,
+        warmup_steps=0,
+        eps=1e-6,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _check_choice("dev_schedule", dev_schedule, DEV_SCHEDULES)
+        _check_choice("optimizer", optimizer, OPTIMIZERS)
+        _check_choice("targets", targets, TARGETS)
+        _check_choice("rate_form", rate_form, RATE_FORMS)
+        if int(dev_every) < 1:
+            raise ValueError(f"dev_every must be >= 1; got {dev_every}")
+        if not 0.0 <= float(loss_momentum) < 1.0:
+            raise ValueError(
+                f"loss_momentum must be in [0, 1); got {loss_momentum}"
+            )
+        if lambda_temperature is not None and lambda_temperature <= 0:
+            raise ValueError(
+                "lambda_temperature must be > 0 or None; "
+                f"got {lambda_temperature}"
+            )
+        if coefficient_range is not None:
+            low, high = coefficient_range
+            if not 0 <= low < high:
+                raise ValueError(
+                    "coefficient_range must be (low, high) with "
+                    f"0 <= low < high; got {coefficient_range}"
+                )
+            coefficient_range = (float(low), float(high))
+        self.dev_schedule = dev_schedule
+        self.dev_every = int(dev_every)
+        self.optimizer = optimizer
+        self.learning_rate = float(learning_rate)
+        self.coefficient_ce_grad = bool(coefficient_ce_grad)
+        self.targets = targets
+        self.lambda_temperature = (
+            None if lambda_temperature is None else float(lambda_temperature)
+        )
+        self.rate_form = rate_form
+        self.coefficient_range = coefficient_range
+        self.loss_momentum = float(loss_momentum)
+        self.warmup_steps = int(warmup_steps)
+        self.eps = float(eps)
+
+    @classmethod
+    def authors(cls, steps_per_epoch, **kwargs):
+        """OLM exactly as the authors' code runs it.
+
+        A held-out batch every step; Adam (learning rate 1e-3) on the
+        coefficients, which also follow the cross-entropy; faithful
+        targets; the raw softmax of G / C; no clipping; each batch's raw
+        loss; Θ0 overwritten during the whole first epoch. On imbalanced
+        problems λ goes one-hot and the coefficients of the other heads go
+        to 0 (see the README); it is here for comparison.
+
+        Args:
+            steps_per_epoch: int. Steps in one epoch (the reference window).
+            **kwargs: overrides of any constructor argument.
+        """
+        config = dict(
+            dev_schedule="step",
+            optimizer="adam",
+            learning_rate=1e-3,
+            coefficient_ce_grad=True,
+            targets="faithful",
+            lambda_temperature=None,
+            rate_form="code",
+            coefficient_range=None,
+            loss_momentum=0.0,
+            warmup_steps=int(steps_per_epoch),
+        )
+        config.update(kwargs)
+        return cls(**config)
+
+    def build_heads(self, head_names, num_classes):
+        super().build_heads(head_names, num_classes)
+        h = (self.num_heads,)
+
+        def state(name, value=0.0, shape=h, dtype="float32"):
+            return self.add_weight(
+                name=name,
+                shape=shape,
+                initializer=keras.initializers.Constant(value),
+                dtype=dtype,
+                trainable=False,
+            )
+
+        self.coefficients = state("coefficients", 1.0)
+        self.lambdas = state("lambdas", 1.0 / self.num_heads)
+        self.norms = state("norms")
+        self.train_losses = state("train_losses")
+        self.dev_losses = state("dev_losses")
+        self.reference_train_losses = state("reference_train_losses")
+        self.reference_dev_losses = state("reference_dev_losses")
+        self.adam_m = state("adam_m")
+        self.adam_v = state("adam_v")
+        self.steps = state("steps", 0, shape=(), dtype="int32")
+        self.dev_steps = state("dev_steps", 0, shape=(), dtype="int32")
+
+    def dev_slot(self, index):
+        """Whether training step `index` (0-based) reads a held-out batch."""
+        if self.dev_schedule == "step":
+            return True
+        return index % self.dev_every == 0
+
+    def modulate(self, logits):
+        w = ops.stop_gradient(self.coefficients.value)
+        return {h: w[i] * logits[h] for i, h in enumerate(self.head_names)}
+
+    def update(self, step):
+        keep = ops.logical_not(step.finite)
+        old = {v.name: v.value for v in self.non_trainable_weights}
+        steps = old["steps"] + 1
+        has_dev = step.dev_flag > 0
+        dev_steps = old["dev_steps"] + ops.cast(has_dev, "int32")
+        warm = steps <= self.warmup_steps
+
+        # Running losses: an EMA, started at the first measurement.
+        m = self.loss_momentum
+        train = ops.where(
+            steps == 1,
+            step.head_losses,
+            m * old["train_losses"] + (1 - m) * step.head_losses,
+        )
+        dev = ops.where(
+            dev_steps == 1,
+            step.dev_losses,
+            m * old["dev_losses"] + (1 - m) * step.dev_losses,
+        )
+        dev = ops.where(has_dev, dev, old["dev_losses"])
+
+        # Θ0 references: the first measurement, or every one in warmup.
+        ref_train = ops.where(
+            ops.logical_or(steps == 1, warm),
+            train,
+            old["reference_train_losses"],
+        )
+        ref_dev = ops.where(
+            ops.logical_and(has_dev, ops.logical_or(dev_steps == 1, warm)),
+            dev,
+            old["reference_dev_losses"],
+        )
+
+        # Eq. 6-8; uniform until the first held-out measurement after
+        # warmup (before that G and C are 0 by construction).
+        g, c = rates(ref_train, ref_dev, train, dev, self.rate_form)
+        lambdas = rebalancing_factors(g, c, self.lambda_temperature, self.eps)
+        uniform = ops.ones_like(lambdas) / self.num_heads
+        ready = ops.logical_and(ops.logical_not(warm), dev_steps > 1)
+        lambdas = ops.where(ready, lambdas, uniform)
+
+        # Eq. 9 and one optimizer step of Algorithm 1.
+        w = old["coefficients"]
+        mean_norms = ops.stack(
+            [
+                mean_logit_norm(ops.stop_gradient(step.logits[h]))
+                for h in self.head_names
+            ]
+        )
+        targets = logit_targets(w * mean_norms, lambdas, self.targets)
+        grad = logit_loss_gradient(w, mean_norms, targets)
+        if self.coefficient_ce_grad:
+            grad = grad + ops.stack(
+                [
+                    cross_entropy_gradient(
+                        w[i], ops.stop_gradient(step.logits[h]), step.y
+                    )
+                    for i, h in enumerate(self.head_names)
+                ]
+            )
+        new_w, adam_m, adam_v = self._optimizer_step(
+            w, grad, steps, old["adam_m"], old["adam_v"]
+        )
+        if self.coefficient_range is not None:
+            new_w = ops.clip(new_w, *self.coefficient_range)
+
+        new = {
+            "coefficients": new_w,
+            "lambdas": lambdas,
+            "norms": new_w * mean_norms,
+            "train_losses": train,
+            "dev_losses": dev,
+            "reference_train_losses": ref_train,
+            "reference_dev_losses": ref_dev,
+            "adam_m": adam_m,
+            "adam_v": adam_v,
+            "steps": steps,
+            "dev_steps": dev_steps,
+        }
+        # A step with a non-finite loss leaves every state variable as is.
+        for variable in self.non_trainable_weights:
+            name = variable.name
+            variable.assign(ops.where(keep, old[name], new[name]))
+
+    def _optimizer_step(self, w, grad, steps, adam_m, adam_v):
+        lr = self.learning_rate
+        if self.optimizer == "sgd":
+            return w - lr * grad, adam_m, adam_v
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        m = b1 * adam_m + (1 - b1) * grad
+        v = b2 * adam_v + (1 - b2) * ops.square(grad)
+        t = ops.cast(steps, "float32")
+        m_hat = m / (1 - ops.power(b1, t))
+        v_hat = v / (1 - ops.power(b2, t))
+        return w - lr * m_hat / (ops.sqrt(v_hat) + eps), m, v
+
+    def step_logs(self):
+        logs = {}
+        for i, h in enumerate(self.head_names):
+            logs[f"{h}_coef"] = self.coefficients.value[i]
+            logs[f"{h}_lambda"] = self.lambdas.value[i]
+        return logs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            dev_schedule=self.dev_schedule,
+            dev_every=self.dev_every,
+            optimizer=self.optimizer,
+            learning_rate=self.learning_rate,
+            coefficient_ce_grad=self.coefficient_ce_grad,
+            targets=self.targets,
+            lambda_temperature=self.lambda_temperature,
+            rate_form=self.rate_form,
+            coefficient_range=self.coefficient_range,
+            loss_momentum=self.loss_momentum,
+            warmup_steps=self.warmup_steps,
+            eps=self.eps,
+        )
+        return config
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}; got {value!r}")
+
+
+__all__ = [
+    "OLM",
+    "cross_entropy",
+    "cross_entropy_gradient",
+    "logit_loss",
+    "logit_loss_gradient",
+    "logit_targets",
+    "mean_logit_norm",
+    "rates",
+    "rebalancing_factors",
+]

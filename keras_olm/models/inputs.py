@@ -1,0 +1,254 @@
+"""Input glue for `BalancedMultimodalModel.fit`: checks, splits, dev slots.
+
+Everything here is tf.data, which keras-olm uses as its input pipeline on
+every Keras backend. Bad input is caught here, before a training step can
+touch any state, with an error that names the modality or labels at fault.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+_GOLDEN = 2654435761  # Knuth's multiplicative hash constant.
+
+
+def check_modalities(keys, modalities, where):
+    """Raises a clear error when input keys differ from the encoders'."""
+    keys = set(keys)
+    expected = set(modalities)
+    if keys != expected:
+        missing = sorted(expected - keys)
+        extra = sorted(keys - expected)
+        parts = []
+        if missing:
+            parts.append(f"missing modalities {missing}")
+        if extra:
+            parts.append(f"unknown modalities {extra}")
+        raise ValueError(
+            f"{where}: the input dict must have exactly the encoders' keys "
+            f"{sorted(expected)}; " + " and ".join(parts) + "."
+        )
+
+
+def check_arrays(x, y, modalities, num_classes, where):
+    """Validates array inputs: keys, equal lengths, labels in range."""
+    if not isinstance(x, dict):
+        raise TypeError(
+            f"{where}: inputs must be a dict from modality name to array; "
+            f"got {type(x).__name__}."
+        )
+    check_modalities(x.keys(), modalities, where)
+    lengths = {m: len(x[m]) for m in modalities}
+    if y is not None:
+        y = np.asarray(y)
+        lengths["labels"] = len(y)
+    if len(set(lengths.values())) > 1:
+        raise ValueError(
+            f"{where}: every modality (and the labels) must have the same "
+            f"number of samples; got {lengths}."
+        )
+    if y is not None:
+        check_label_values(y, num_classes, where)
+
+
+def check_label_values(y, num_classes, where):
+    y = np.asarray(y)
+    if y.ndim != 1:
+        y = y.reshape(len(y), -1)
+        if y.shape[1] != 1:
+            raise ValueError(
+                f"{where}: labels must be integer class ids of shape "
+                f"(batch,); got shape {y.shape}."
+            )
+        y = y[:, 0]
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise ValueError(f"{where}: labels must be integer class ids.")
+    bad = (y < 0) | (y >= num_classes)
+    if np.any(bad):
+        index = int(np.argmax(bad))
+        raise ValueError(
+            f"{where}: labels must lie in [0, {num_classes}); sample {index} "
+            f"has label {y[index]!r} ({int(bad.sum())} bad labels in all)."
+        )
+
+
+def check_dataset(ds, modalities, num_classes, where):
+    """Adds in-pipeline checks to a dataset of `(x, y[, sw])` batches."""
+    spec = ds.element_spec
+    if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+        raise ValueError(
+            f"{where}: a dataset must yield (inputs, labels) or "
+            f"(inputs, labels, sample_weight) batches; got {spec}."
+        )
+    if not isinstance(spec[0], dict):
+        raise ValueError(
+            f"{where}: the inputs must be a dict from modality name to "
+            f"tensor; got {spec[0]}."
+        )
+    check_modalities(spec[0].keys(), modalities, where)
+
+    def check(*element):
+        x, y = element[0], element[1]
+        n = tf.shape(y)[0]
+        deps = []
+        for m in modalities:
+            deps.append(
+                tf.debugging.assert_equal(
+                    tf.shape(x[m])[0],
+                    n,
+                    message=(
+                        f"{where}: modality '{m}' has a different batch "
+                        "size than the labels"
+                    ),
+                )
+            )
+        yi = tf.cast(y, tf.int64)
+        deps.append(
+            tf.debugging.assert_non_negative(
+                yi, message=f"{where}: labels must lie in [0, {num_classes})"
+            )
+        )
+        deps.append(
+            tf.debugging.assert_less(
+                yi,
+                tf.constant(num_classes, tf.int64),
+                message=f"{where}: labels must lie in [0, {num_classes})",
+            )
+        )
+        with tf.control_dependencies(deps):
+            y = tf.identity(y)
+        return (x, y) + tuple(element[2:])
+
+    return ds.map(check)
+
+
+def arrays_to_dataset(x, y, sample_weight, batch_size, shuffle, seed):
+    """Batches array inputs into a tf.data pipeline."""
+    tensors = (x, np.asarray(y)) + (
+        () if sample_weight is None else (np.asarray(sample_weight),)
+    )
+    ds = tf.data.Dataset.from_tensor_slices(tensors)
+    if shuffle:
+        ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def split_arrays(x, y, sample_weight, fraction, seed):
+    """Splits arrays into (train, held-out) by a seeded permutation."""
+    n = len(y)
+    n_dev = int(round(n * fraction))
+    if not 0 < n_dev < n:
+        raise ValueError(
+            f"dev_split={fraction} leaves {n_dev} of {n} samples for the "
+            "held-out losses; pick a fraction that holds out at least one "
+            "sample and keeps at least one for training."
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    dev_idx, train_idx = np.sort(order[:n_dev]), np.sort(order[n_dev:])
+
+    def take(idx):
+        xs = {m: np.asarray(v)[idx] for m, v in x.items()}
+        sw = None if sample_weight is None else np.asarray(sample_weight)[idx]
+        return xs, np.asarray(y)[idx], sw
+
+    return take(train_idx), take(dev_idx)
+
+
+def holdout_split(dataset, fraction=0.1, seed=0):
+    """Splits an unbatched dataset into (train, held-out), by element index.
+
+    Element i goes to the held-out part when a multiplicative hash of
+    `(i, seed)` falls below `fraction`: the split is deterministic and the
+    same on every pass, so it must be taken BEFORE any shuffling (a
+    reshuffled stream would move samples between the parts). OLM reads its
+    held-out losses from the second part; never use the test set for it.
+
+    Args:
+        dataset: `tf.data.Dataset`. Unbatched, in a fixed order.
+        fraction: float in (0, 1). Share of elements held out. Defaults to
+            `0.1`.
+        seed: int. Changes which elements are held out. Defaults to `0`.
+
+    Returns:
+        `(train, heldout)`, two `tf.data.Dataset`s.
+
+    Example:
+    ```python
+    ds = tf.data.Dataset.from_tensor_slices(({"a": xa, "v": xv}, y))
+    train, dev = keras_olm.holdout_split(ds, 0.1)
+    train = train.shuffle(1000).batch(64)
+    dev = dev.batch(64)
+    model.fit(train, dev_data=dev)
+    ```
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1); got {fraction}")
+    threshold = tf.constant(int(fraction * 2**32), tf.uint64)
+    salt = tf.constant((seed * 0x9E3779B9) % 2**32, tf.uint64)
+
+    def held_out(i):
+        h = (tf.cast(i, tf.uint64) * _GOLDEN + salt) % (2**32)
+        return h < threshold
+
+    indexed = dataset.enumerate()
+    heldout = indexed.filter(lambda i, *e: held_out(i))
+    train = indexed.filter(lambda i, *e: tf.logical_not(held_out(i)))
+
+    def drop_index(i, *e):
+        return e[0] if len(e) == 1 else e
+
+    return train.map(drop_index), heldout.map(drop_index)
+
+
+def with_dev_slots(train, dev, slot_every):
+    """Zips training batches with held-out slots.
+
+    Every element becomes `(x, y, extras)` where `extras` holds the
+    optional sample weights and, for the held-out data, `dev_x`, `dev_y`
+    and `dev_flag`. With `slot_every` k > 1 only every k-th slot carries a
+    real held-out batch; the others carry zeros of the same shape and
+    `dev_flag` 0, and the training step skips the held-out forward pass
+    for them.
+    """
+    dev = dev.repeat()
+    if slot_every > 1:
+
+        def expand(x, y):
+            real = tf.data.Dataset.from_tensors((x, y, tf.constant(1.0)))
+            blank = tf.data.Dataset.from_tensors(
+                (
+                    tf.nest.map_structure(tf.zeros_like, x),
+                    tf.zeros_like(y),
+                    tf.constant(0.0),
+                )
+            ).repeat(slot_every - 1)
+            return real.concatenate(blank)
+
+        slots = dev.map(lambda *e: (e[0], e[1])).flat_map(expand)
+    else:
+        slots = dev.map(lambda *e: (e[0], e[1], tf.constant(1.0)))
+
+    def join(batch, slot):
+        extras = {"dev_x": slot[0], "dev_y": slot[1], "dev_flag": slot[2]}
+        if len(batch) == 3:
+            extras["sample_weight"] = batch[2]
+        return batch[0], batch[1], extras
+
+    joined = tf.data.Dataset.zip((train, slots)).map(join)
+    steps = train.cardinality()
+    if steps >= 0:
+        # The infinite held-out stream hides the length from tf.data.
+        joined = joined.apply(tf.data.experimental.assert_cardinality(steps))
+    return joined
+
+
+def plain_extras(ds):
+    """Wraps `(x, y[, sw])` batches as `(x, y, extras)` without dev slots."""
+
+    def join(*batch):
+        extras = {}
+        if len(batch) == 3:
+            extras["sample_weight"] = batch[2]
+        return batch[0], batch[1], extras
+
+    return ds.map(join)

@@ -1,0 +1,24 @@
+"""One train/test step per backend; only gradients differ between them.
+
+Like `keras/src/backend/*/trainer.py`, each module here knows how its
+backend takes gradients and threads state through a step, and nothing
+else: the math of the step is `BalancedMultimodalModel`'s shared code.
+"""
+
+import keras
+
+_BACKEND = keras.backend.backend()
+
+if _BACKEND == "tensorflow":
+    from keras_olm.trainers.tensorflow_trainer import StepMixin
+elif _BACKEND == "jax":
+    from keras_olm.trainers.jax_trainer import StepMixin
+elif _BACKEND == "torch":
+    from keras_olm.trainers.torch_trainer import StepMixin
+else:
+    raise ImportError(
+        f"keras-olm supports the tensorflow, jax and torch backends; "
+        f"KERAS_BACKEND is {_BACKEND!r}."
+    )
+
+__all__ = ["StepMixin"]

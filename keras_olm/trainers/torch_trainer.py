@@ -1,0 +1,24 @@
+"""PyTorch steps: gradients from `loss.backward()`."""
+
+import torch
+
+
+class StepMixin:
+    def train_step(self, data):
+        x, y, sample_weight, dev = self._unpack(data)
+        with torch.no_grad():
+            dev_out = self._dev_losses(dev)
+        self.zero_grad()
+        total, aux = self._loss_and_logits(x, y, sample_weight, True)
+        total.backward()
+        variables = self.trainable_variables
+        grads = [v.value.grad for v in variables]
+        with torch.no_grad():
+            grads = self._transform_gradients(grads, total)
+            self.optimizer.apply(grads, variables)
+            return self._after_train_step(y, sample_weight, total, aux, dev_out)
+
+    def test_step(self, data):
+        x, y, sample_weight, _ = self._unpack(data)
+        with torch.no_grad():
+            return self._test_logs(x, y, sample_weight)
