@@ -1,0 +1,288 @@
+"""Shared machinery of the dataset readers."""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from keras_olm.data.errors import DataError
+from keras_olm.data.errors import SkipReport
+from keras_olm.data.errors import check_on_error
+from keras_olm.data.errors import guarded_map
+from keras_olm.data.errors import logger
+from keras_olm.data.image import diagnose_files
+
+SEPARATOR = "\n"
+
+
+def require_dir(path, what):
+    """Raises `DataError` naming `path` unless it is a directory."""
+    if not os.path.isdir(path):
+        raise DataError(f"{what} not found: {path}")
+    return path
+
+
+def require_file(path, what):
+    """Raises `DataError` naming `path` unless it is a file."""
+    if not os.path.isfile(path):
+        raise DataError(f"{what} not found: {path}")
+    return path
+
+
+def list_frames(folder, extensions=(".jpg", ".jpeg", ".png")):
+    """The sorted image files of a frame folder (full paths)."""
+    names = sorted(
+        n for n in os.listdir(folder) if n.lower().endswith(extensions)
+    )
+    return [os.path.join(folder, n) for n in names]
+
+
+def hold_out(n, fraction, seed):
+    """Splits `range(n)` into (train, dev) index lists, deterministically.
+
+    Args:
+        n: int. Number of training samples.
+        fraction: float. Fraction held out as dev (at least one sample when
+            `fraction > 0` and `n >= 2`).
+        seed: int. The permutation seed.
+
+    Returns:
+        A tuple of two sorted lists of indices, disjoint, covering `range(n)`.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"`dev_fraction` must be in [0, 1); got {fraction}.")
+    n_dev = int(round(n * fraction))
+    if fraction > 0 and n >= 2:
+        n_dev = min(max(n_dev, 1), n - 1)
+    perm = np.random.default_rng(seed).permutation(n)
+    dev = sorted(perm[:n_dev].tolist())
+    train = sorted(perm[n_dev:].tolist())
+    return train, dev
+
+
+class Reader:
+    """Base class of the readers: splits, validation, tf.data assembly.
+
+    Subclasses set `name`, `class_names` and `modalities`, and implement
+    `_official_split(split)` (a list of record dicts for the splits the
+    dataset ships) and `_decode(record, training, seed)`.
+
+    A record is a dict of Python values: file paths (str; several frame
+    files joined by newlines), `"label"` (int) and optional extra targets.
+    The splits are the dataset's own plus `"dev"`: a fraction
+    `dev_fraction` of the official training split held out (by `seed`) for
+    OLM's dev losses; `"train"` is the rest, so the two are disjoint.
+
+    Args:
+        root: str or path. The dataset root.
+        dev_fraction: float. Fraction of the training split held out as
+            `"dev"`. Defaults to `0.1`.
+        seed: int. Seed of the dev hold-out. Defaults to `1337`.
+        on_error: str. `"raise"` or `"skip"` (see `keras_olm.data.errors`).
+            Defaults to `"raise"`.
+    """
+
+    name = "reader"
+    class_names = ()
+    modalities = ()
+    official_splits = ("train", "test")
+    file_keys = ()
+
+    def __init__(self, root, dev_fraction=0.1, seed=1337, on_error="raise"):
+        self.root = os.fspath(root)
+        require_dir(self.root, f"{self.name} root folder")
+        self.dev_fraction = float(dev_fraction)
+        self.seed = int(seed)
+        self.on_error = check_on_error(on_error)
+        self._reports = {}
+        self._cache = {}
+
+    @property
+    def num_classes(self):
+        """The number of classes."""
+        return len(self.class_names)
+
+    @property
+    def splits(self):
+        """The split names accepted by `samples` and `as_dataset`."""
+        return tuple(self.official_splits) + ("dev",)
+
+    def skip_report(self, split):
+        """The `SkipReport` of a split (skips up front and while decoding).
+
+        Args:
+            split: str. A split name.
+
+        Returns:
+            `SkipReport`.
+        """
+        if split not in self._reports:
+            self._reports[split] = SkipReport(f"{self.name}/{split}")
+        return self._reports[split]
+
+    def skip(self, split, path, reason):
+        """Raises `DataError` naming `path`, or records a skip."""
+        if self.on_error == "raise":
+            raise DataError(
+                f"{path}: {reason}. Pass on_error='skip' to skip such "
+                "samples (they are counted and reported)."
+            )
+        self.skip_report(split).add(path, reason)
+
+    def label_index(self, label, source):
+        """Maps a class name to its index; unknown names raise `DataError`.
+
+        Args:
+            label: str. The class name as written in the split file.
+            source: str. The file (and line) to name in the error.
+
+        Returns:
+            int.
+        """
+        try:
+            return self._label_lookup[label]
+        except AttributeError:
+            self._label_lookup = {c: i for i, c in enumerate(self.class_names)}
+            return self.label_index(label, source)
+        except KeyError:
+            raise DataError(
+                f"{source}: unknown label {label!r}; expected one of "
+                f"{list(self.class_names)}."
+            ) from None
+
+    def _official_split(self, split):
+        raise NotImplementedError
+
+    def samples(self, split):
+        """The validated records of a split.
+
+        Args:
+            split: str. One of `self.splits`.
+
+        Returns:
+            list of dicts.
+        """
+        if split not in self.splits:
+            raise ValueError(
+                f"Unknown split {split!r} for {self.name}; "
+                f"choose one of {self.splits}."
+            )
+        if split in ("train", "dev"):
+            key = ("train", "dev")
+            if key not in self._cache:
+                full = self._official_split("train")
+                train, dev = hold_out(len(full), self.dev_fraction, self.seed)
+                self._cache[key] = (
+                    [full[i] for i in train],
+                    [full[i] for i in dev],
+                )
+            return self._cache[key][0 if split == "train" else 1]
+        if split not in self._cache:
+            self._cache[split] = self._official_split(split)
+        return self._cache[split]
+
+    def _decode(self, record, training, seed):
+        raise NotImplementedError
+
+    def _target(self, record):
+        return record["label"]
+
+    def as_dataset(
+        self,
+        split="train",
+        batch_size=32,
+        shuffle=None,
+        seed=None,
+        training=None,
+        drop_remainder=False,
+        prefetch=True,
+    ):
+        """Builds the `tf.data.Dataset` of a split.
+
+        Elements are `({modality: tensor}, label)`; decoding runs in a
+        parallel map (`tf.data.AUTOTUNE`), followed by batching and
+        prefetching.
+
+        Args:
+            split: str. `"train"`, `"dev"`, `"test"` (or another split of
+                `self.splits`). Defaults to `"train"`.
+            batch_size: int or None. `None` yields single samples. Defaults
+                to `32`.
+            shuffle: bool or None. Shuffle the samples each epoch. Defaults
+                to `None`: shuffle the `"train"` split only.
+            seed: int or None. Seed of the shuffle and of the random frame
+                or crop choices (deterministic given the seed). Defaults to
+                `None`.
+            training: bool or None. Random frames/crops (True) or fixed
+                ones (False). Defaults to `None`: True for `"train"` only.
+            drop_remainder: bool. Drop the last partial batch. Defaults to
+                `False`.
+            prefetch: bool. Prefetch with `tf.data.AUTOTUNE`. Defaults to
+                `True`.
+
+        Returns:
+            `tf.data.Dataset`.
+        """
+        records = self.samples(split)
+        if not records:
+            raise DataError(
+                f"The {split!r} split of {self.name} at {self.root} is empty."
+            )
+        if shuffle is None:
+            shuffle = split == "train"
+        if training is None:
+            training = split == "train"
+        ds = self._records_dataset(records, split, training, seed, shuffle)
+        if batch_size is not None:
+            ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        if prefetch:
+            ds = ds.prefetch(tf.data.AUTOTUNE)
+        return ds
+
+    def _records_dataset(self, records, split, training, seed, shuffle):
+        columns = {k: [r[k] for r in records] for k in records[0]}
+        ds = tf.data.Dataset.from_tensor_slices(columns)
+        if shuffle:
+            ds = ds.shuffle(
+                len(records), seed=seed, reshuffle_each_iteration=True
+            )
+        randoms = tf.data.Dataset.random(
+            seed=seed, rerandomize_each_iteration=True
+        ).batch(2, drop_remainder=True)
+        ds = tf.data.Dataset.zip((ds, randoms))
+        file_keys = [k for k in self.file_keys if k in columns]
+
+        def decode(element):
+            record, rand = element
+            seed_pair = tf.cast(rand % (2**31 - 1), tf.int32)
+            inputs = self._decode(record, training, seed_pair)
+            return inputs, self._target(record)
+
+        def paths(element):
+            record, _ = element
+            return tf.strings.reduce_join(
+                tf.stack([record[k] for k in file_keys]), separator=SEPARATOR
+            )
+
+        return guarded_map(
+            ds,
+            decode,
+            paths,
+            diagnose_files,
+            self.on_error,
+            self.skip_report(split),
+        )
+
+    def __repr__(self):
+        return (
+            f"{type(self).__name__}(root={self.root!r}, "
+            f"num_classes={self.num_classes})"
+        )
+
+
+def log_kept(name, kept, dropped, why):
+    """Logs how many samples a protocol filter dropped (never silently)."""
+    if dropped:
+        logger.info(
+            "[%s] kept %d samples; dropped %d %s.", name, kept, dropped, why
+        )
