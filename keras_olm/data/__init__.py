@@ -1,0 +1,77 @@
+"""tf.data input pipelines and dataset readers.
+
+Every reader yields `({modality: tensor}, label)` batches that feed
+`BalancedMultimodalModel.fit` on every Keras backend (the pipelines are
+tf.data). Splits: the dataset's own (`"train"`, `"test"`, ...) and `"dev"`,
+a seeded fraction held out of `"train"` for OLM's dev losses.
+"""
+
+from keras_olm.data.audio import AUDIO_PRESETS
+from keras_olm.data.audio import SpectrogramConfig
+from keras_olm.data.audio import audio_to_spectrogram
+from keras_olm.data.audio import fix_length
+from keras_olm.data.audio import get_audio_preset
+from keras_olm.data.audio import load_audio
+from keras_olm.data.audio import resample
+from keras_olm.data.audio import spectrogram
+from keras_olm.data.audio import tfio_available
+from keras_olm.data.audio_visual import AVE
+from keras_olm.data.audio_visual import CREMAD_CLASSES
+from keras_olm.data.audio_visual import CremaD
+from keras_olm.data.audio_visual import KineticsSounds
+from keras_olm.data.audio_visual import VGGSound
+from keras_olm.data.errors import DataError
+from keras_olm.data.errors import SkipReport
+from keras_olm.data.features import MER_CLASSES
+from keras_olm.data.features import MerMulti
+from keras_olm.data.features import SunRGBDFeatures
+from keras_olm.data.image import IMAGENET_MEAN
+from keras_olm.data.image import IMAGENET_STD
+from keras_olm.data.image import decode_image
+from keras_olm.data.image import decode_sunrgbd_depth
+from keras_olm.data.image import encode_sunrgbd_depth
+from keras_olm.data.image import load_frames
+from keras_olm.data.image import load_image
+from keras_olm.data.image import load_sunrgbd_depth
+from keras_olm.data.image import sample_frame_indices
+from keras_olm.data.sunrgbd import SUNRGBD_CLASSES
+from keras_olm.data.sunrgbd import SunRGBD
+from keras_olm.data.sunrgbd import read_split_file
+from keras_olm.data.video import extract_directory
+from keras_olm.data.video import extract_video
+
+__all__ = [
+    "AUDIO_PRESETS",
+    "SpectrogramConfig",
+    "audio_to_spectrogram",
+    "fix_length",
+    "get_audio_preset",
+    "load_audio",
+    "resample",
+    "spectrogram",
+    "tfio_available",
+    "AVE",
+    "CREMAD_CLASSES",
+    "CremaD",
+    "KineticsSounds",
+    "VGGSound",
+    "DataError",
+    "SkipReport",
+    "MER_CLASSES",
+    "MerMulti",
+    "SunRGBDFeatures",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "decode_image",
+    "decode_sunrgbd_depth",
+    "encode_sunrgbd_depth",
+    "load_frames",
+    "load_image",
+    "load_sunrgbd_depth",
+    "sample_frame_indices",
+    "SUNRGBD_CLASSES",
+    "SunRGBD",
+    "read_split_file",
+    "extract_directory",
+    "extract_video",
+]
