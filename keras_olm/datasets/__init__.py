@@ -2,8 +2,14 @@
 
 - `rgbd_rooms`: ray-traced RGB-D rooms for the 19 SUN RGB-D scene classes,
   in the SUN RGB-D layout.
+- `av_digits`: real handwritten digits paired with digits spoken by
+  espeak-ng, in the CREMA-D layout (needs the optional `espeakng-loader`).
+
+Both `generate(...)` functions write the dataset once into a cache directory
+(`$KERAS_OLM_CACHE`, default `~/.cache/keras_olm`) and return its root.
 """
 
+from keras_olm.datasets import av_digits
 from keras_olm.datasets import rgbd_rooms
 
-__all__ = ["rgbd_rooms"]
+__all__ = ["av_digits", "rgbd_rooms"]
