@@ -1,0 +1,158 @@
+"""The embedded audio-visual digits: CREMA-D layout, speakers, knobs."""
+
+import wave
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_olm.datasets import _cache
+from keras_olm.datasets import _espeak
+from keras_olm.datasets import av_digits
+
+TINY = {"num_clips": 24, "num_speakers": 4, "seed": 0, "verbose": False}
+
+
+@pytest.fixture(scope="module")
+def espeak():
+    pytest.importorskip(
+        "espeakng_loader", reason="needs the optional espeakng-loader"
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_root(espeak, tmp_path_factory):
+    return av_digits.generate(tmp_path_factory.mktemp("digits") / "d", **TINY)
+
+
+def _rows(root, split):
+    return [
+        line.split(",") for line in (root / f"{split}.csv").read_text().split()
+    ]
+
+
+def _read_wav(path):
+    with wave.open(str(path)) as w:
+        assert w.getnchannels() == 1
+        assert w.getsampwidth() == 2
+        assert w.getframerate() == 22050
+        return np.frombuffer(w.readframes(w.getnframes()), "<i2") / 32768.0
+
+
+def _all_files(root):
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != _cache.MARKER
+    }
+
+
+def test_layout_and_labels(tiny_root):
+    from sklearn.datasets import load_digits
+
+    targets = load_digits().target
+    train, test = _rows(tiny_root, "train"), _rows(tiny_root, "test")
+    assert len(train) + len(test) == TINY["num_clips"] and train and test
+    clips = [c for c, _ in train + test]
+    assert len(set(clips)) == len(clips)
+    assert {p.stem for p in (tiny_root / "AudioWAV").iterdir()} == set(clips)
+    for clip, label in train + test:
+        speaker, index, name = clip.split("_")
+        assert name == label and label in av_digits.LABELS
+        assert av_digits.LABELS.index(label) == targets[int(index)]
+        audio = _read_wav(tiny_root / "AudioWAV" / f"{clip}.wav")
+        assert len(audio) >= int(1.5 * 22050) and np.abs(audio).max() > 0.05
+        frames = sorted((tiny_root / "Image-01-FPS" / clip).iterdir())
+        assert [f.name for f in frames] == ["00000.jpg"]
+        img = Image.open(frames[0])
+        assert img.format == "JPEG" and img.mode == "RGB"
+        assert img.size == (32, 32)
+
+
+def test_split_by_speaker(tiny_root):
+    speakers = {
+        split: {c.split("_")[0] for c, _ in _rows(tiny_root, split)}
+        for split in ("train", "test")
+    }
+    assert speakers["train"] and speakers["test"]
+    assert not speakers["train"] & speakers["test"]
+    lines = (tiny_root / "speakers.csv").read_text().splitlines()
+    assert lines[0] == "speaker,split,accent,variant,rate,pitch"
+    table = [line.split(",") for line in lines[1:]]
+    assert len(table) == TINY["num_speakers"]
+    voices = set()
+    for spk, split, accent, variant, rate, pitch in table:
+        assert accent in av_digits.ACCENTS
+        assert 120 <= int(rate) <= 240 and 20 <= int(pitch) <= 99
+        if spk in speakers["train"] | speakers["test"]:
+            assert spk in speakers[split]
+        voices.add((accent, variant))
+    assert len(voices) == len(table)
+
+
+def test_deterministic_given_seed(tiny_root, tmp_path):
+    again = av_digits.generate(tmp_path / "again", **TINY)
+    assert _all_files(again) == _all_files(tiny_root)
+
+
+def _noise_snr_db(clean_root, noisy_root):
+    """SNR measured from a clean and a noisy copy with the same seed."""
+    ratios = []
+    for clip, _ in _rows(clean_root, "train") + _rows(clean_root, "test"):
+        clean = _read_wav(clean_root / "AudioWAV" / f"{clip}.wav")
+        noisy = _read_wav(noisy_root / "AudioWAV" / f"{clip}.wav")
+        nonzero = np.flatnonzero(clean)
+        voiced = slice(nonzero[0], nonzero[-1] + 1)
+        noise = noisy - clean
+        ratios.append(np.mean(clean[voiced] ** 2) / np.mean(noise**2))
+    return 10 * np.log10(np.mean(ratios))
+
+
+def test_snr_and_image_noise_knobs(espeak, tmp_path):
+    small = {**TINY, "num_clips": 12}
+    clean = av_digits.generate(
+        tmp_path / "clean", snr_db=None, image_noise=0.0, **small
+    )
+    for snr in (10.0, -5.0):
+        noisy = av_digits.generate(
+            tmp_path / f"snr{snr}", snr_db=snr, image_noise=0.0, **small
+        )
+        # Speech power is set over the synthesised utterance, which has a
+        # little silence around the word: allow a few dB either way.
+        assert abs(_noise_snr_db(clean, noisy) - snr) < 3.0
+    noisy_img = av_digits.generate(
+        tmp_path / "img", snr_db=None, image_noise=0.5, **small
+    )
+    clip = _rows(clean, "train")[0][0]
+    a, b = (
+        np.asarray(Image.open(r / "Image-01-FPS" / clip / "00000.jpg"), float)
+        for r in (clean, noisy_img)
+    )
+    assert np.std(b - a) > 40  # about 0.5 * 255 before clipping
+    # Audio is untouched by the image knob.
+    wav = f"AudioWAV/{clip}.wav"
+    assert (clean / wav).read_bytes() == (noisy_img / wav).read_bytes()
+
+
+def test_cache_reused(espeak, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_OLM_CACHE", str(tmp_path))
+    small = {"num_clips": 4, "num_speakers": 2, "verbose": False}
+    root = av_digits.generate(**small)
+    assert root.parent == tmp_path and root.name.startswith("av_digits-1-")
+    assert _cache.is_complete(root)
+
+    def fail(jobs):
+        raise AssertionError("regenerated a cached dataset")
+
+    monkeypatch.setattr(_espeak, "synthesize_batch", fail)
+    assert av_digits.generate(**small) == root
+    with pytest.raises(AssertionError, match="regenerated"):
+        av_digits.generate(snr_db=3.0, **small)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [root.name]
+
+
+def test_missing_speech_backend_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(_espeak, "available", lambda: False)
+    with pytest.raises(ImportError, match="espeakng-loader"):
+        av_digits.generate(tmp_path / "d", **TINY)
+    assert not (tmp_path / "d").exists()
