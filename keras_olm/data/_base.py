@@ -264,7 +264,7 @@ class Reader:
                 tf.stack([record[k] for k in file_keys]), separator=SEPARATOR
             )
 
-        return guarded_map(
+        ds = guarded_map(
             ds,
             decode,
             paths,
@@ -272,6 +272,10 @@ class Reader:
             self.on_error,
             self.skip_report(split),
         )
+        if self.on_error == "raise":
+            # Nothing is dropped: let Keras know the epoch length.
+            ds = ds.apply(tf.data.experimental.assert_cardinality(len(records)))
+        return ds
 
     def __repr__(self):
         return (

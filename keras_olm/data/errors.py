@@ -43,8 +43,9 @@ class SkipReport:
     """Counts and describes the samples skipped under `on_error="skip"`.
 
     Skips found while validating a layout up front (a missing file, an
-    empty frame folder) are added when the reader is built; skips found
+    empty frame folder) are added when a split is first listed; skips found
     while decoding (a corrupt WAV or JPEG) are added as the pipeline runs.
+    Each file is counted once, however many epochs meet it again.
 
     Args:
         name: str. A name for the report, used in log lines. Defaults to
@@ -64,6 +65,7 @@ class SkipReport:
         self.name = name
         self._lock = threading.Lock()
         self._entries = []
+        self._seen = set()
 
     def add(self, path, reason):
         """Records one skipped sample.
@@ -73,6 +75,9 @@ class SkipReport:
             reason: str. Why the sample was skipped.
         """
         with self._lock:
+            if str(path) in self._seen:
+                return  # Already counted on an earlier pass (epoch).
+            self._seen.add(str(path))
             self._entries.append((str(path), str(reason)))
         logger.warning("[%s] skipped %s: %s", self.name, path, reason)
 

@@ -1,0 +1,249 @@
+"""Each reader on a tiny fixture in its real layout."""
+
+import os
+
+import numpy as np
+import pytest
+
+from keras_olm.data import AVE
+from keras_olm.data import CREMAD_CLASSES
+from keras_olm.data import SUNRGBD_CLASSES
+from keras_olm.data import CremaD
+from keras_olm.data import DataError
+from keras_olm.data import KineticsSounds
+from keras_olm.data import MerMulti
+from keras_olm.data import SunRGBD
+from keras_olm.data import SunRGBDFeatures
+from keras_olm.data import VGGSound
+from keras_olm.data import read_split_file
+
+SMALL = {"image_size": (16, 16)}
+
+
+def collect(ds):
+    """All (inputs, labels) of a batched dataset, concatenated."""
+    xs, ys = [], []
+    for x, y in ds:
+        xs.append({k: v.numpy() for k, v in x.items()})
+        ys.append(y)
+    inputs = {k: np.concatenate([x[k] for x in xs]) for k in xs[0]}
+    return inputs, ys
+
+
+def ids(reader, split):
+    return [r["id"] for r in reader.samples(split)]
+
+
+def test_cremad(cremad_root):
+    reader = CremaD(cremad_root, dev_fraction=0.25, **SMALL)
+    assert (
+        reader.class_names
+        == CREMAD_CLASSES
+        == tuple("NEU HAP SAD FEA DIS ANG".split())
+    )
+    train, dev, test = (
+        ids(reader, "train"),
+        ids(reader, "dev"),
+        ids(reader, "test"),
+    )
+    assert len(train) + len(dev) == 9 and len(dev) == 2 and len(test) == 3
+    assert not set(train) & set(dev)
+    # The hold-out is deterministic given the seed.
+    again = CremaD(cremad_root, dev_fraction=0.25, **SMALL)
+    assert ids(again, "dev") == dev
+    inputs, ys = collect(reader.as_dataset("test", batch_size=2))
+    assert inputs["audio"].shape == (3, 257, 188, 1)
+    assert inputs["visual"].shape == (3, 16, 16, 3)
+    labels = np.concatenate([y.numpy() for y in ys])
+    expected = [CREMAD_CLASSES.index(c.split("_")[2]) for c in test]
+    np.testing.assert_array_equal(labels, expected)
+    # Labels stay paired with their clips under shuffling.
+    ds = reader.as_dataset("train", batch_size=None, seed=3)
+    by_label = {r["id"]: r["label"] for r in reader.samples("train")}
+    assert sorted(int(y) for _, y in ds) == sorted(by_label.values())
+
+
+def test_cremad_train_shuffle_is_seeded(cremad_root):
+    reader = CremaD(cremad_root, dev_fraction=0.0, **SMALL)
+
+    def order(seed):
+        ds = reader.as_dataset("train", batch_size=None, seed=seed)
+        return [float(x["audio"].numpy().sum()) for x, _ in ds]
+
+    assert order(5) == order(5)
+    assert sorted(order(5)) == sorted(order(6))
+
+
+def test_kinetics_sounds(ks_root):
+    reader = KineticsSounds(ks_root, dev_fraction=0.25, **SMALL)
+    assert reader.class_names == ("dog barking", "playing bagpipes", "singing")
+    assert len(reader.samples("dev")) == 1
+    assert not set(ids(reader, "train")) & set(ids(reader, "dev"))
+    inputs, _ = collect(reader.as_dataset("test", batch_size=2))
+    assert inputs["audio"].shape == (2, 257, 1004, 1)
+    assert inputs["visual"].shape == (2, 3, 16, 16, 3)
+    assert reader.samples("test")[0]["audio"].endswith(
+        os.path.join("audio_test", "tst0_0_10.wav")
+    )
+
+
+def test_vggsound(vggsound_root):
+    reader = VGGSound(vggsound_root, dev_fraction=0.34, **SMALL)
+    assert reader.class_names == ("cat meowing", "dog barking")
+    assert ids(reader, "test") == ["jkl_000005", "mno_000007"]
+    assert sorted(ids(reader, "train") + ids(reader, "dev")) == [
+        "abc_000030",
+        "def_000000",
+        "ghi_000012",
+    ]
+    inputs, ys = collect(reader.as_dataset("train", batch_size=4, seed=1))
+    assert inputs["audio"].shape == (2, 129, 626, 1)
+    assert inputs["visual"].shape == (2, 3, 16, 16, 3)
+
+
+def test_ave_keeps_per_second_labels(ave_root):
+    reader = AVE(ave_root, localization=True, **SMALL)
+    assert reader.class_names == ("Church bell", "Dog", "Violin")
+    assert reader.splits == ("train", "val", "test", "dev")
+    assert ids(reader, "val") == ["va0"]
+    test = reader.samples("test")
+    background = reader.num_classes
+    assert test[0]["segments"] == [background] + [2, 2] + [background] * 7
+    assert test[1]["segments"] == [background] * 6 + [0] * 4
+    inputs, ys = collect(reader.as_dataset("test", batch_size=2))
+    assert inputs["audio"].shape == (2, 257, 1004, 1)
+    assert inputs["visual"].shape == (2, 3, 16, 16, 3)
+    np.testing.assert_array_equal(ys[0]["label"].numpy(), [2, 0])
+    np.testing.assert_array_equal(
+        ys[0]["segments"].numpy(), [test[0]["segments"], test[1]["segments"]]
+    )
+    plain = AVE(ave_root, **SMALL)
+    _, ys = collect(plain.as_dataset("val", batch_size=1))
+    assert int(ys[0][0]) == 1
+
+
+def test_sunrgbd_text_split(sunrgbd_root, caplog):
+    reader = SunRGBD(sunrgbd_root, dev_fraction=0.3, **SMALL)
+    assert reader.class_names == SUNRGBD_CLASSES and reader.num_classes == 19
+    train, dev, test = (
+        ids(reader, "train"),
+        ids(reader, "dev"),
+        ids(reader, "test"),
+    )
+    # 8 listed train samples, one ("gym") outside the 19 classes: dropped.
+    assert len(train) + len(dev) == 7 and len(dev) == 2 and len(test) == 3
+    assert not set(train) & set(dev)
+    assert "xtion/sun3ddata/mit_2/0003" not in train + dev
+    inputs, ys = collect(reader.as_dataset("test", batch_size=8))
+    assert inputs["rgb"].shape == (3, 16, 16, 3)
+    assert inputs["depth"].shape == (3, 16, 16, 1)
+    assert 0.0 <= inputs["depth"].min() and inputs["depth"].max() <= 1.0
+    expected = [
+        SUNRGBD_CLASSES.index(
+            (sunrgbd_root / i / "scene.txt").read_text().strip()
+        )
+        for i in test
+    ]
+    np.testing.assert_array_equal(ys[0].numpy(), expected)
+
+
+def test_sunrgbd_depth_options(sunrgbd_root):
+    metres = SunRGBD(sunrgbd_root, depth_normalize=None, image_size=(24, 32))
+    bfx = SunRGBD(
+        sunrgbd_root,
+        depth_normalize=None,
+        use_bfx=True,
+        depth_channels=3,
+        image_size=(24, 32),
+    )
+    a, _ = collect(metres.as_dataset("test", batch_size=8))
+    b, _ = collect(bfx.as_dataset("test", batch_size=8))
+    assert b["depth"].shape == (3, 24, 32, 3)
+    # Sample index 2 was written with 0.5 + 0.25 * 2 = 1.0 m, bfx + 1 m.
+    assert a["depth"][0, 5, 5, 0] == pytest.approx(1.0, abs=1e-3)
+    assert a["depth"][0, 0, 0, 0] == 0.0  # The hole.
+    assert b["depth"][0, 5, 5, 1] == pytest.approx(2.0, abs=1e-3)
+
+
+def test_sunrgbd_allsplit_mat(sunrgbd_root, tmp_path):
+    from scipy import io as sio
+
+    train = (sunrgbd_root / "train.txt").read_text().split()
+    test = (sunrgbd_root / "test.txt").read_text().split()
+    prefix = "/n/fs/sun3d/data/SUNRGBD/"
+    mat = tmp_path / "allsplit.mat"
+    sio.savemat(
+        mat,
+        {
+            "alltrain": np.array([prefix + p for p in train], dtype=object),
+            "alltest": np.array([prefix + p + "/" for p in test], dtype=object),
+        },
+    )
+    assert read_split_file(str(mat)) == {"train": train, "test": test}
+    reader = SunRGBD(sunrgbd_root, split_file=mat, **SMALL)
+    assert ids(reader, "test") == test
+    assert len(reader.samples("train")) + len(reader.samples("dev")) == 7
+
+
+def test_sunrgbd_features(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "train.npz",
+        rgb=rng.normal(size=(10, 8)),
+        depth=rng.normal(size=(10, 8)),
+        label=np.arange(10) % 19,
+    )
+    np.save(tmp_path / "test_rgb.npy", rng.normal(size=(4, 8)))
+    np.save(tmp_path / "test_depth.npy", rng.normal(size=(4, 8)))
+    np.save(tmp_path / "test_label.npy", np.array(["office", "kitchen"] * 2))
+    reader = SunRGBDFeatures(tmp_path, dev_fraction=0.2)
+    assert len(reader.samples("dev")) == 2
+    inputs, ys = collect(reader.as_dataset("test", batch_size=4))
+    assert inputs["rgb"].shape == (4, 8) and inputs["rgb"].dtype == np.float32
+    np.testing.assert_array_equal(ys[0].numpy(), [16, 11, 16, 11])
+    np.save(tmp_path / "test_label.npy", np.array(["office", "gym"] * 2))
+    with pytest.raises(DataError, match="test_label.npy.*'gym'"):
+        SunRGBDFeatures(tmp_path).samples("test")
+
+
+def test_mer_multi_arrays_and_clips(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "train.npz",
+        audio=rng.normal(size=(6, 5, 4)),
+        text=rng.normal(size=(6, 7)),
+        video=rng.normal(size=(6, 3)),
+        emotion=np.array([0, 1, 2, 3, 4, 5]),
+        valence=np.linspace(-5, 5, 6),
+    )
+    rows = [("c1", "worry", "-1.5"), ("c2", "happiness", "3")]
+    for name, _, _ in rows:
+        for m, shape in (("audio", (3, 4)), ("text", (7,)), ("video", (3,))):
+            folder = tmp_path / "features" / m
+            folder.mkdir(parents=True, exist_ok=True)
+            length = 2 if name == "c1" and m == "audio" else None
+            arr = rng.normal(size=(length, 4) if length else shape)
+            np.save(folder / f"{name}.npy", arr)
+    (tmp_path / "test-label.csv").write_text(
+        "name,discrete,valence\n" + "".join(",".join(r) + "\n" for r in rows)
+    )
+    reader = MerMulti(tmp_path, target="both", max_len=5, dev_fraction=0.0)
+    inputs, ys = collect(reader.as_dataset("test", batch_size=2))
+    assert inputs["audio"].shape == (2, 5, 4)  # Zero-padded to max_len.
+    assert np.all(inputs["audio"][0, 2:] == 0)
+    np.testing.assert_array_equal(ys[0]["emotion"].numpy(), [4, 0])
+    np.testing.assert_allclose(ys[0]["valence"].numpy(), [-1.5, 3.0])
+    inputs, ys = collect(reader.as_dataset("train", batch_size=6))
+    assert inputs["text"].shape == (6, 7)
+    valence = MerMulti(tmp_path, target="valence")
+    assert collect(valence.as_dataset("test"))[1][0].dtype.name == "float32"
+    (tmp_path / "test-label.csv").write_text(
+        "name,discrete,valence\nc1,joy,0\n"
+    )
+    with pytest.raises(DataError, match=r"test-label.csv:2.*'joy'"):
+        MerMulti(tmp_path).samples("test")
+    (tmp_path / "test-label.csv").write_text(
+        "name,discrete,valence\nc1,worry,7\n"
+    )
+    with pytest.raises(DataError, match=r"test-label.csv:2.*outside"):
+        MerMulti(tmp_path).samples("test")
