@@ -62,8 +62,9 @@ def generate_atomically(
     """Generate a dataset into `root` once, atomically.
 
     Args:
-        writer: callable. `writer(tmp_dir)` writes every file of the dataset
-            under the `pathlib.Path` `tmp_dir`.
+        writer: callable. `writer(tmp_dir, root)` writes every file of the
+            dataset under the `pathlib.Path` `tmp_dir`; `root` is where the
+            dataset will end up (for messages).
         name: str. Dataset name, recorded in the marker.
         version: str. Generator version; part of the default directory.
         params: dict. JSON-serialisable generation parameters; their hash
@@ -105,7 +106,7 @@ def generate_atomically(
     tmp = root.parent / f".{root.name}{_TMP_INFIX}{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        writer(tmp)
+        writer(tmp, root)
         with open(tmp / MARKER, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
         if root.is_dir():

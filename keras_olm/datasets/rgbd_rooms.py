@@ -680,6 +680,13 @@ def generate(
     directory without regenerating. See the module docstring for the exact
     layout and split-file format.
 
+    Measured on the generated files with logistic regression on 16x16
+    pixels (`python -m keras_olm.datasets._measure rgbd_rooms`), test
+    accuracy with the defaults is RGB 0.78, depth 0.38, both 0.90: RGB
+    dominates (as in SUN RGB-D), neither is perfect, fusion is best.
+    Generating the defaults (1,520 samples) takes about 20 s on a shared
+    2-core machine.
+
     Args:
         root: str or path. Directory to write the dataset into (must be
             absent, empty, or a dataset generated with the same
@@ -725,9 +732,9 @@ def generate(
     }
     plan = _plan(samples_per_class, seed, test_fraction)
 
-    def writer(tmp):
+    def writer(tmp, final):
         progress = _cache.Progress(
-            len(plan), verbose, f"Generating {NAME} into {root or 'cache'}"
+            len(plan), verbose, f"Generating {NAME} into {final}"
         )
         splits = {"train": [], "test": []}
         for c, i, sensor, name, split in plan:
