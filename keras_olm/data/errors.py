@@ -152,15 +152,19 @@ def _zeros_for_spec(spec):
 
 
 def guarded_map(
-    dataset, fn, path_fn, diagnose, on_error, report, num_parallel_calls=None
+    dataset, fn, path_fn, diagnose, on_error, report, chunk_size=16
 ):
     """Maps `fn` over `dataset`, turning any op error into a named error.
 
-    Each element is decoded in its own small dataset with
-    `ignore_errors()`; when the decode fails, `diagnose(path)` runs (in
-    Python, only on failure) to find out why. Under `on_error="raise"` it
-    raises a `DataError` naming the file; under `"skip"` the element is
-    dropped and counted in `report`.
+    Elements are decoded in chunks of `chunk_size`, each chunk in its own
+    small dataset: a parallel map followed by `ignore_errors()`. A scan
+    over the chunk's results notices any element that did not come out
+    (its decode failed: a corrupt file, a missing one, an empty clip) and
+    calls `diagnose` in Python on that element's files, only then. Under
+    `on_error="raise"` a `DataError` naming the file stops the pipeline;
+    under `"skip"` the element is dropped and counted in `report`, and the
+    report is logged each time a pass over the data ends. The output keeps
+    the input order.
 
     Args:
         dataset: `tf.data.Dataset`. The input elements.
@@ -171,54 +175,77 @@ def guarded_map(
             file failed and why; called in Python only after a failure.
         on_error: str. `"raise"` or `"skip"`.
         report: `SkipReport`. Where skips are counted.
-        num_parallel_calls: int. Parallelism of the interleave. Defaults to
-            `tf.data.AUTOTUNE`.
+        chunk_size: int. Elements per chunk. Defaults to `16`.
 
     Returns:
         A `tf.data.Dataset` of `fn`'s outputs, in the input order.
     """
     check_on_error(on_error)
     fn, path_fn = _whole(fn), _whole(path_fn)
-    if num_parallel_calls is None:
-        num_parallel_calls = tf.data.AUTOTUNE
 
-    out_spec = dataset.map(fn).element_spec  # Traces only; runs nothing.
+    def on_failures(paths):
+        for path in np.asarray(paths).reshape(-1):
+            path = as_str(path)
+            try:
+                bad_file, reason = diagnose(path)
+            except Exception as e:  # The diagnosis must not hide the path.
+                bad_file, reason = path, f"{type(e).__name__}: {e}"
+            if on_error == "raise":
+                raise DataError(
+                    f"Could not load {bad_file}: {reason}. Pass "
+                    "on_error='skip' to skip such samples (they are counted "
+                    "and reported)."
+                )
+            report.add(bad_file, reason)
+        return np.bool_(True)
 
-    def on_failure(path):
-        path = as_str(path)
-        try:
-            bad_file, reason = diagnose(path)
-        except Exception as e:  # The diagnosis itself must not hide the path.
-            bad_file, reason = path, f"{type(e).__name__}: {e}"
-        if on_error == "raise":
-            raise DataError(
-                f"Could not load {bad_file}: {reason}. Pass on_error='skip' "
-                "to skip such samples (they are counted and reported)."
-            )
-        report.add(bad_file, reason)
-        return np.bool_(False)
+    def with_paths(*element):
+        element = element[0] if len(element) == 1 else element
+        return element, path_fn(element)
 
     @_whole
-    def failed(element):
-        ok = tf.numpy_function(
-            on_failure, [path_fn(element)], tf.bool, stateful=True
+    def decode_chunk(chunk):
+        elements, paths = chunk
+        n = tf.shape(paths)[0]
+        indexed = tf.data.Dataset.from_tensor_slices((elements, tf.range(n)))
+        decoded = indexed.map(
+            lambda element, i: (fn(element), i),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        ).ignore_errors()
+        out_spec = decoded.element_spec[0]
+        end = tf.data.Dataset.from_tensors(
+            (tf.nest.map_structure(_zeros_for_spec, out_spec), n)
         )
-        ok.set_shape([])
-        return tf.nest.map_structure(_zeros_for_spec, out_spec), ok
 
-    @_whole
-    def one(element):
-        single = tf.data.Dataset.from_tensors(element)
-        good = single.map(_whole(lambda e: (fn(e), tf.constant(True))))
-        good = good.ignore_errors()
-        return good.concatenate(single.map(failed)).take(1)
+        def check(expected, item):
+            value, i = item
 
-    out = dataset.interleave(
-        one,
-        cycle_length=num_parallel_calls,
-        block_length=1,
-        num_parallel_calls=num_parallel_calls,
-        deterministic=True,
+            def report_missing():
+                ok = tf.numpy_function(
+                    on_failures, [paths[expected:i]], tf.bool, stateful=True
+                )
+                return tf.reshape(ok, [])
+
+            checked = tf.cond(
+                i > expected, report_missing, lambda: tf.constant(True)
+            )
+            with tf.control_dependencies([checked]):
+                keep = tf.logical_and(i < n, checked)
+            return i + 1, (value, keep)
+
+        return decoded.concatenate(end).scan(tf.constant(0), check)
+
+    out = (
+        dataset.map(with_paths)
+        .batch(chunk_size)
+        .interleave(
+            decode_chunk,
+            cycle_length=2,
+            block_length=chunk_size,
+            num_parallel_calls=2,
+            deterministic=True,
+        )
     )
     out = out.filter(_second).map(_first)
     if on_error == "skip":

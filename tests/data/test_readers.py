@@ -57,21 +57,20 @@ def test_cremad(cremad_root):
     labels = np.concatenate([y.numpy() for y in ys])
     expected = [CREMAD_CLASSES.index(c.split("_")[2]) for c in test]
     np.testing.assert_array_equal(labels, expected)
-    # Labels stay paired with their clips under shuffling.
-    ds = reader.as_dataset("train", batch_size=None, seed=3)
-    by_label = {r["id"]: r["label"] for r in reader.samples("train")}
-    assert sorted(int(y) for _, y in ds) == sorted(by_label.values())
-
-
-def test_cremad_train_shuffle_is_seeded(cremad_root):
-    reader = CremaD(cremad_root, dev_fraction=0.0, **SMALL)
+    # Shuffling is seeded, and labels stay paired with their clips.
+    by_audio = {
+        float(x["audio"].numpy().sum()): int(y)
+        for x, y in reader.as_dataset("train", batch_size=None, shuffle=False)
+    }
 
     def order(seed):
         ds = reader.as_dataset("train", batch_size=None, seed=seed)
-        return [float(x["audio"].numpy().sum()) for x, _ in ds]
+        pairs = [(float(x["audio"].numpy().sum()), int(y)) for x, y in ds]
+        assert all(by_audio[a] == y for a, y in pairs)
+        return [a for a, _ in pairs]
 
-    assert order(5) == order(5)
-    assert sorted(order(5)) == sorted(order(6))
+    first = order(5)
+    assert first == order(5) and sorted(first) == sorted(by_audio)
 
 
 def test_kinetics_sounds(ks_root):
