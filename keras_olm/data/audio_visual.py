@@ -139,6 +139,10 @@ class CremaD(AudioVisualReader):
         root: str or path. The dataset root.
         split_dir: str or None. Folder of `train.csv`/`test.csv`. Defaults
             to `root`.
+        class_names: sequence of str. The labels of the split files, in
+            class-index order (e.g. `keras_olm.datasets.av_digits.LABELS`
+            for the embedded digits in this layout). Defaults to
+            `CREMAD_CLASSES`.
         audio: str or `SpectrogramConfig`. Defaults to `"cremad"`.
         num_frames: int. Defaults to `1`.
         **kwargs: `image_size`, `normalize`, `random_crop`, `dev_fraction`,
@@ -158,9 +162,16 @@ class CremaD(AudioVisualReader):
     class_names = CREMAD_CLASSES
 
     def __init__(
-        self, root, split_dir=None, audio="cremad", num_frames=1, **kwargs
+        self,
+        root,
+        split_dir=None,
+        class_names=CREMAD_CLASSES,
+        audio="cremad",
+        num_frames=1,
+        **kwargs,
     ):
         super().__init__(root, audio, num_frames, **kwargs)
+        self.class_names = tuple(class_names)
         self.split_dir = os.fspath(split_dir) if split_dir else self.root
         require_dir(os.path.join(self.root, "AudioWAV"), "CREMA-D audio folder")
         require_dir(

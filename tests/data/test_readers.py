@@ -246,3 +246,33 @@ def test_mer_multi_arrays_and_clips(tmp_path):
     )
     with pytest.raises(DataError, match=r"test-label.csv:2.*outside"):
         MerMulti(tmp_path).samples("test")
+
+
+def test_readers_read_the_embedded_datasets(tmp_path):
+    from keras_olm.datasets import rgbd_rooms
+
+    root = rgbd_rooms.generate(
+        tmp_path / "rooms", samples_per_class=2, image_size=16, verbose=False
+    )
+    reader = SunRGBD(root, image_size=(16, 16), dev_fraction=0.0)
+    assert len(reader.samples("train")) == len(reader.samples("test")) == 19
+    x, y = next(iter(reader.as_dataset("test", batch_size=19)))
+    assert x["rgb"].shape == (19, 16, 16, 3) and x["depth"].shape[-1] == 1
+    assert sorted(y.numpy().tolist()) == list(range(19))
+    assert 0.0 < float(x["depth"].numpy().max()) <= 1.0
+
+    pytest.importorskip("espeakng_loader")
+    from keras_olm.datasets import av_digits
+
+    root = av_digits.generate(
+        tmp_path / "digits", num_clips=12, num_speakers=4, verbose=False
+    )
+    reader = CremaD(root, class_names=av_digits.LABELS, image_size=(16, 16))
+    records = reader.samples("test")
+    x, y = next(iter(reader.as_dataset("test", batch_size=len(records))))
+    assert x["audio"].shape[1:] == (257, 188, 1)
+    assert y.numpy().tolist() == [r["label"] for r in records]
+    assert all(
+        av_digits.LABELS[r["label"]] == r["id"].rsplit("_", 1)[1]
+        for r in records
+    )
