@@ -356,14 +356,19 @@ def fix_length(wave, num_samples, start=None):
         wave: float32 tensor `(samples,)`; must not be empty.
         num_samples: int. The output length.
         start: int tensor or None. Crop offset into the tiled wave (e.g.
-            random in training); clamped to the valid range. `None` crops
-            from the start. Defaults to `None`.
+            random in training); the wave is then tiled once more so that
+            every phase is reachable, and the offset is clamped to the
+            valid range. With `start` uniform in `[0, num_samples]` this is
+            OGM-GE's VGGSound crop (a random start in the first 5 s of a
+            10 s clip). `None` crops from the start. Defaults to `None`.
 
     Returns:
         float32 tensor of shape `(num_samples,)`.
     """
     length = tf.shape(wave)[0]
     repeats = tf.maximum(1, (num_samples + length - 1) // length)
+    if start is not None:
+        repeats += 1  # Every phase of the clip is a possible crop start.
     tiled = tf.tile(wave, [repeats])
     if start is None:
         out = tiled[:num_samples]
