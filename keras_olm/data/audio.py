@@ -3,11 +3,16 @@
 The whole transform runs inside the input pipeline. 16-bit PCM WAV files
 (the layout of every audio-visual set here) decode with
 `tf.audio.decode_wav`. Other files (FLAC, OGG/Vorbis, MP3, float or 24-bit
-WAV) decode with `soundfile` (libsndfile) through `tf.numpy_function`.
+WAV) decode with `soundfile` (libsndfile) through `tf.numpy_function`
+(tensorflow-io's `decode_flac`/`decode_mp3`/`decode_vorbis` return no
+sample rate, so they cannot drive the resampling and are not used).
 Resampling (only where a file's rate differs from the target) uses
 tensorflow-io where it is installed and its native ops load (probed once,
 quietly: its wheels do not load on TensorFlow 2.21), else `soxr` (the
 resampler of `librosa.load`) or `scipy.signal.resample_poly`.
+
+PCM WAV and soundfile both scale to [-1, 1] (`x / 32768` for 16 bits),
+and multichannel audio is averaged to mono, as `librosa.load` does.
 
 Spectrogram layout: `(freq, time)`, or `(freq, time, 1)` with
 `channel_axis=True` (the default), channels-last for Keras conv encoders.

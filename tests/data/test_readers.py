@@ -276,3 +276,25 @@ def test_readers_read_the_embedded_datasets(tmp_path):
         av_digits.LABELS[r["label"]] == r["id"].rsplit("_", 1)[1]
         for r in records
     )
+
+
+def test_training_frames_and_crops_are_seeded(vggsound_root):
+    reader = VGGSound(vggsound_root, dev_fraction=0.0, **SMALL)
+
+    def epoch(seed):
+        ds = reader.as_dataset("train", batch_size=3, shuffle=False, seed=seed)
+        x, _ = next(iter(ds))
+        return x["audio"].numpy(), x["visual"].numpy()
+
+    a1, v1 = epoch(1)
+    a2, v2 = epoch(1)
+    a3, v3 = epoch(2)
+    np.testing.assert_array_equal(a1, a2)
+    np.testing.assert_array_equal(v1, v2)
+    assert not np.array_equal(a1, a3) and not np.array_equal(v1, v3)
+    # Evaluation is fixed whatever the seed.
+    t1 = reader.as_dataset("test", batch_size=2, seed=1)
+    t2 = reader.as_dataset("test", batch_size=2, seed=2)
+    np.testing.assert_array_equal(
+        next(iter(t1))[0]["visual"].numpy(), next(iter(t2))[0]["visual"].numpy()
+    )
