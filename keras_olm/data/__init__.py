@@ -3,7 +3,32 @@
 Every reader yields `({modality: tensor}, label)` batches that feed
 `BalancedMultimodalModel.fit` on every Keras backend (the pipelines are
 tf.data). Splits: the dataset's own (`"train"`, `"test"`, ...) and `"dev"`,
-a seeded fraction held out of `"train"` for OLM's dev losses.
+a seeded fraction held out of the official training split for OLM's dev
+losses (`"train"` is the rest; the two are disjoint).
+
+Readers (each documents and validates its on-disk layout):
+
+- `CremaD`, `KineticsSounds`, `VGGSound`, `AVE`: `"audio"` spectrograms
+  `(freq, time, 1)` and `"visual"` frames `(h, w, 3)` or `(k, h, w, 3)`.
+- `SunRGBD`: `"rgb"` `(h, w, 3)` and `"depth"` `(h, w, 1)`.
+- `SunRGBDFeatures`, `MerMulti`: pre-extracted feature arrays.
+
+Pipelines: `audio_to_spectrogram` with the presets of `AUDIO_PRESETS`,
+`load_image`, `load_frames`, `load_sunrgbd_depth`; preprocessing:
+`extract_video` / `extract_directory` (also
+`python -m keras_olm.data.extract_frames`). Bad files raise `DataError`
+naming the file, or are counted in a `SkipReport` with `on_error="skip"`.
+
+Example:
+
+```python
+reader = keras_olm.data.CremaD("/data/CREMA-D")
+train = reader.as_dataset("train", batch_size=64, seed=0)
+dev = reader.as_dataset("dev", batch_size=64)
+model = keras_olm.BalancedMultimodalModel(encoders, reader.num_classes)
+model.compile(optimizer="adam")
+model.fit(train, dev_data=dev, epochs=10)
+```
 """
 
 from keras_olm.data.audio import AUDIO_PRESETS

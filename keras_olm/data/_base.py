@@ -71,7 +71,9 @@ class Reader:
     files joined by newlines), `"label"` (int) and optional extra targets.
     The splits are the dataset's own plus `"dev"`: a fraction
     `dev_fraction` of the official training split held out (by `seed`) for
-    OLM's dev losses; `"train"` is the rest, so the two are disjoint.
+    OLM's dev losses; `"train"` is the rest, so the two are disjoint. The
+    hold-out is a seeded permutation of the validated training records
+    (with `on_error="skip"`, of those that passed the up-front checks).
 
     Args:
         root: str or path. The dataset root.
@@ -222,6 +224,14 @@ class Reader:
 
         Returns:
             `tf.data.Dataset`.
+
+        Example:
+
+        ```python
+        train = reader.as_dataset("train", batch_size=32, seed=0)
+        dev = reader.as_dataset("dev", batch_size=32)  # held out of train
+        test = reader.as_dataset("test", batch_size=32)
+        ```
         """
         records = self.samples(split)
         if not records:
