@@ -34,6 +34,10 @@ RATE_FORMS = ("code", "paper")
 # --- the math of Eq. 6-9, as pure functions ------------------------------
 
 
+def _tensors(*values):
+    return [ops.convert_to_tensor(v, "float32") for v in values]
+
+
 def rates(theta0_train, theta0_dev, train, dev, form="code"):
     """Generalization and convergence rates of every head (Eq. 6-7).
 
@@ -50,6 +54,9 @@ def rates(theta0_train, theta0_dev, train, dev, form="code"):
     Returns:
         `(G, C)`, two tensors of shape `(num_heads,)`.
     """
+    theta0_train, theta0_dev, train, dev = _tensors(
+        theta0_train, theta0_dev, train, dev
+    )
     if form == "code":
         g = theta0_dev - dev
         c = (theta0_train - train) - g
@@ -83,6 +90,7 @@ def rebalancing_factors(g, c, temperature=1.0, eps=1e-6):
     Returns:
         λ, a tensor `(num_heads,)` that sums to 1.
     """
+    g, c = _tensors(g, c)
     ratio = ops.maximum(g, eps) / ops.maximum(c, eps)
     if temperature is None:
         return ops.softmax(ratio)
@@ -106,6 +114,7 @@ def logit_targets(norms, lambdas, mode="preserve"):
     Returns:
         A tensor `(num_heads,)`.
     """
+    norms, lambdas = _tensors(norms, lambdas)
     if mode == "faithful":
         total = ops.mean(norms)
     elif mode == "preserve":
@@ -117,11 +126,17 @@ def logit_targets(norms, lambdas, mode="preserve"):
 
 def logit_loss(coefficients, mean_norms, targets):
     """L_logit = Σ_h |w_h · mean ||s_h|| - t_h| (Eq. 9)."""
+    coefficients, mean_norms, targets = _tensors(
+        coefficients, mean_norms, targets
+    )
     return ops.sum(ops.abs(coefficients * mean_norms - targets))
 
 
 def logit_loss_gradient(coefficients, mean_norms, targets):
     """dL_logit / dw_h = sign(w_h n_h - t_h) · n_h, targets detached."""
+    coefficients, mean_norms, targets = _tensors(
+        coefficients, mean_norms, targets
+    )
     return ops.sign(coefficients * mean_norms - targets) * mean_norms
 
 
@@ -132,6 +147,7 @@ def cross_entropy_gradient(coefficient, logits, y):
     p = softmax(w s). Used when the coefficients also follow the
     cross-entropy, as in the authors' code.
     """
+    logits = _tensors(logits)[0]
     probs = ops.softmax(coefficient * logits, axis=-1)
     onehot = ops.one_hot(ops.cast(y, "int32"), ops.shape(logits)[-1])
     return ops.mean(ops.sum((probs - onehot) * logits, axis=-1))
@@ -139,6 +155,7 @@ def cross_entropy_gradient(coefficient, logits, y):
 
 def mean_logit_norm(logits):
     """Batch mean of the per-sample L2 norms of a logit matrix."""
+    logits = _tensors(logits)[0]
     return ops.mean(ops.sqrt(ops.sum(ops.square(logits), axis=-1)))
 
 
@@ -173,9 +190,11 @@ class OLM(Balancer):
             Defaults to `10`.
         optimizer: str. `"sgd"` as in Algorithm 1, or `"adam"` as in the
             authors' code (on the analytic gradient of L_logit, so no
-            second Keras optimizer is needed). Defaults to `"sgd"`.
+            second Keras optimizer is needed). Adam's steps do not depend
+            on the logits' scale; SGD's are proportional to the logit
+            norms. Defaults to `"adam"`.
         learning_rate: float. Step size of the coefficient optimizer.
-            Defaults to `0.01`.
+            Defaults to `1e-3`.
         coefficient_ce_grad: bool. Whether the coefficients also follow the
             gradient of the cross-entropy of their head, as in the authors'
             code (they are parameters of a second optimizer there). The
@@ -201,6 +220,11 @@ class OLM(Balancer):
             authors' code does this for the whole first epoch). With 0 the
             reference is the first measurement, taken before any update.
             Defaults to `0`.
+        mean_one: bool. Rescale the coefficients after every update so
+            that their mean is 1: OLM then only redistributes magnitude
+            between heads. Without it the coefficients drift as a whole
+            (the network rescales its logits to undo any coefficient, so
+            L_logit never pins their overall scale). Defaults to `True`.
         eps: float. Clamp of G and C in Eq. 8. Defaults to `1e-6`.
         **kwargs: passed to `keras.layers.Layer`.
 
@@ -225,8 +249,8 @@ class OLM(Balancer):
         self,
         dev_schedule="periodic",
         dev_every=10,
-        optimizer="sgd",
-        learning_rate=0.01,
+        optimizer="adam",
+        learning_rate=1e-3,
         coefficient_ce_grad=False,
         targets="preserve",
         lambda_temperature=1.0,
@@ -234,6 +258,7 @@ class OLM(Balancer):
         coefficient_range=(0.1, 10.0),
         loss_momentum=0.9,
         warmup_steps=0,
+        mean_one=True,
         eps=1e-6,
         **kwargs,
     ):
@@ -274,6 +299,7 @@ class OLM(Balancer):
         self.coefficient_range = coefficient_range
         self.loss_momentum = float(loss_momentum)
         self.warmup_steps = int(warmup_steps)
+        self.mean_one = bool(mean_one)
         self.eps = float(eps)
 
     @classmethod
@@ -302,6 +328,7 @@ class OLM(Balancer):
             coefficient_range=None,
             loss_momentum=0.0,
             warmup_steps=int(steps_per_epoch),
+            mean_one=False,
         )
         config.update(kwargs)
         return cls(**config)
@@ -405,6 +432,8 @@ class OLM(Balancer):
         new_w, adam_m, adam_v = self._optimizer_step(
             w, grad, steps, old["adam_m"], old["adam_v"]
         )
+        if self.mean_one:
+            new_w = new_w * (self.num_heads / ops.sum(new_w))
         if self.coefficient_range is not None:
             new_w = ops.clip(new_w, *self.coefficient_range)
 
@@ -459,6 +488,7 @@ class OLM(Balancer):
             coefficient_range=self.coefficient_range,
             loss_momentum=self.loss_momentum,
             warmup_steps=self.warmup_steps,
+            mean_one=self.mean_one,
             eps=self.eps,
         )
         return config

@@ -334,10 +334,10 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         dev_losses, dev_flag = dev_out
         y = self._labels(y)
         raw = self._raw_head_losses(y, logits)
-        finite = ops.logical_and(
-            ops.all(ops.isfinite(head_losses)),
-            ops.all(ops.isfinite(ops.stop_gradient(total))),
-        )
+        finite = ops.all(ops.isfinite(head_losses))
+        finite = ops.logical_and(finite, ops.all(ops.isfinite(total)))
+        # A non-finite held-out batch must not enter the balancer either.
+        finite = ops.logical_and(finite, ops.all(ops.isfinite(dev_losses)))
         self.balancer.update(
             StepMeasurements(y, logits, raw, dev_losses, dev_flag, finite)
         )
@@ -471,16 +471,25 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             validation_data = self._as_dataset(
                 validation_data, batch_size, "validation_data"
             )
+        if not self.built:
+            spec = train.element_spec[0]
+            self.build({m: (None, *spec[m].shape[1:]) for m in spec})
         callbacks = list(callbacks or [])
         callbacks.append(_NonFiniteGuard(self.head_names))
-        return super().fit(
-            train,
-            epochs=epochs,
-            callbacks=callbacks,
-            validation_data=validation_data,
-            shuffle=False,  # array inputs were shuffled by the pipeline
-            **kwargs,
-        )
+        try:
+            return super().fit(
+                train,
+                epochs=epochs,
+                callbacks=callbacks,
+                validation_data=validation_data,
+                shuffle=False,  # array inputs were shuffled by the pipeline
+                **kwargs,
+            )
+        except BaseException:
+            # Keep what the finished steps trained (JAX holds it apart
+            # from the variables during an epoch).
+            self._sync_training_state()
+            raise
 
     def _as_dataset(self, data, batch_size, where):
         import tensorflow as tf
@@ -505,6 +514,22 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         )
 
     # --- serialization -----------------------------------------------------
+
+    def get_build_config(self):
+        config = super().get_build_config()
+        if config and "input_shape" in config:
+            shapes = config["input_shape"]
+            config["input_shape"] = {
+                m: (None, *tuple(s)[1:]) for m, s in shapes.items()
+            }
+        return config
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        config.pop("loss", None)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
 
     def get_config(self):
         config = super().get_config()
@@ -548,7 +573,7 @@ class _NonFiniteGuard(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         logs = logs or {}
-        for h in ["loss"] + [f"{h}_loss" for h in self.head_names]:
+        for h in [f"{h}_loss" for h in self.head_names] + ["loss"]:
             value = logs.get(h)
             if value is None:
                 continue

@@ -68,7 +68,8 @@ def check_label_values(y, num_classes, where):
         index = int(np.argmax(bad))
         raise ValueError(
             f"{where}: labels must lie in [0, {num_classes}); sample {index} "
-            f"has label {y[index]!r} ({int(bad.sum())} bad labels in all)."
+            f"has label {y[index].item()!r} ({int(bad.sum())} bad labels in "
+            "all)."
         )
 
 
@@ -97,7 +98,7 @@ def check_dataset(ds, modalities, num_classes, where):
                     tf.shape(x[m])[0],
                     n,
                     message=(
-                        f"{where}: modality '{m}' has a different batch "
+                        f"{where}: modality {m} has a different batch "
                         "size than the labels"
                     ),
                 )

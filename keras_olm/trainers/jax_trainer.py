@@ -12,6 +12,19 @@ import keras
 
 
 class StepMixin:
+    def _purge_model_variables(self, *args, **kwargs):
+        """Keeps variable values attached during an epoch.
+
+        Keras' JAX trainer detaches them to save one copy of the weights;
+        then any error in the middle of an epoch (a bad batch, a NaN stop)
+        would leave the model with no values at all. Keeping them costs one
+        copy of the weights and leaves the model at its last synced state.
+        """
+
+    def _sync_training_state(self):
+        """Writes the state of the last finished step into the variables."""
+        self.jax_state_sync()
+
     def _run_stateless(self, fn, state_vars, values):
         """Runs `fn()` with variables mapped to values; returns new values."""
         mapping = []

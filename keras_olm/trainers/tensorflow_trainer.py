@@ -4,6 +4,9 @@ import tensorflow as tf
 
 
 class StepMixin:
+    def _sync_training_state(self):
+        """Variables are always current on this backend."""
+
     def train_step(self, data):
         x, y, sample_weight, dev = self._unpack(data)
         dev_out = self._dev_losses(dev)

@@ -4,6 +4,9 @@ import torch
 
 
 class StepMixin:
+    def _sync_training_state(self):
+        """Variables are always current on this backend."""
+
     def train_step(self, data):
         x, y, sample_weight, dev = self._unpack(data)
         with torch.no_grad():

@@ -1,0 +1,118 @@
+"""Chooses OLM's defaults by measurement on the generated imbalanced problem.
+
+Trains the same two-modality model (a fast, unreliable modality and a slow,
+reliable one; `keras_olm.synthetic.make_imbalanced`) with every variant
+below for several seeds and prints a markdown table of held-out accuracy
+per head and the final coefficients (fast, slow, fused).
+
+    KERAS_BACKEND=tensorflow python benchmarks/olm_defaults.py --epochs 12 30
+"""
+
+import argparse
+import time
+
+import keras
+import numpy as np
+
+import keras_olm
+from keras_olm.synthetic import make_imbalanced
+
+PROBLEM = dict(fast_reliability=0.85, slow_separation=0.2)
+STEPS_PER_EPOCH = 29  # 1800 training samples / 64, rounded up
+
+
+def variants():
+    olm = keras_olm.OLM
+    return {
+        "concat, fused loss only (balancer=None)": lambda: None,
+        "the three heads, no modulation": lambda: "heads",
+        "OLM defaults": lambda: olm(),
+        "OLM, held-out batch every step": lambda: olm(dev_schedule="step"),
+        "OLM, raw softmax(G/C) (no temperature)": lambda: olm(
+            lambda_temperature=None
+        ),
+        "OLM, no mean-one rescaling": lambda: olm(mean_one=False),
+        "OLM, SGD lr 1e-3 (Algorithm 1)": lambda: olm(
+            optimizer="sgd", learning_rate=1e-3
+        ),
+        "OLM, coefficients also follow CE": lambda: olm(
+            coefficient_ce_grad=True
+        ),
+        "OLM, faithful targets": lambda: olm(targets="faithful"),
+        "OLM as the authors run it": lambda: olm.authors(STEPS_PER_EPOCH),
+    }
+
+
+def encoder():
+    return keras.Sequential(
+        [
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(32, activation="relu"),
+        ]
+    )
+
+
+def run(make_balancer, seed, epochs):
+    x, y = make_imbalanced(2000, seed=seed, **PROBLEM)
+    xt, yt = make_imbalanced(2000, seed=1000 + seed, **PROBLEM)
+    keras.utils.set_random_seed(seed)
+    model = keras_olm.BalancedMultimodalModel(
+        {"fast": encoder(), "slow": encoder()},
+        num_classes=4,
+        balancer=make_balancer(),
+    )
+    model.compile(optimizer="adam")
+    start = time.perf_counter()
+    history = model.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
+    seconds = time.perf_counter() - start
+    logits = model.predict_heads(xt)
+    acc = {h: float(np.mean(v.argmax(-1) == yt)) for h, v in logits.items()}
+    coef = [
+        float(history.history[f"{h}_coef"][-1])
+        for h in model.head_names
+        if f"{h}_coef" in history.history
+    ]
+    return acc, coef, seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--epochs", type=int, nargs="+", default=[12, 30])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--only", nargs="*", help="variant name prefixes")
+    args = parser.parse_args()
+    print(f"backend: {keras.backend.backend()}; problem: {PROBLEM}")
+    for epochs in args.epochs:
+        print(f"\n### {epochs} epochs, {args.seeds} seeds (mean ± std)\n")
+        print(
+            "| variant | fused acc | slow acc | fast acc "
+            "| coefficients (fast, slow, fused) | s/run |"
+        )
+        print("|---|---|---|---|---|---|")
+        for name, make in variants().items():
+            if args.only and not any(name.startswith(p) for p in args.only):
+                continue
+            runs = [run(make, s, epochs) for s in range(args.seeds)]
+            accs = {
+                h: np.array([r[0][h] for r in runs])
+                for h in ("fused", "slow", "fast")
+            }
+            coefs = np.array([r[1] for r in runs])
+            coef_txt = (
+                " · ".join(
+                    "(" + ", ".join(f"{c:.2f}" for c in row) + ")"
+                    for row in coefs
+                )
+                if coefs.size
+                else "–"
+            )
+            cells = " | ".join(
+                f"{accs[h].mean():.3f} ± {accs[h].std():.3f}"
+                for h in ("fused", "slow", "fast")
+            )
+            sec = np.mean([r[2] for r in runs])
+            print(f"| {name} | {cells} | {coef_txt} | {sec:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

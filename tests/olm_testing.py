@@ -1,0 +1,92 @@
+"""Shared helpers of the keras-olm tests (not a test module)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+
+import keras_olm
+
+
+def tiny_encoder(units=16):
+    return keras.Sequential([keras.layers.Dense(units, activation="relu")])
+
+
+def tiny_model(balancer="olm", num_classes=4, fusion=None):
+    return keras_olm.BalancedMultimodalModel(
+        {"fast": tiny_encoder(), "slow": tiny_encoder()},
+        num_classes=num_classes,
+        fusion=fusion,
+        balancer=balancer,
+    )
+
+
+def set_weights_from_numpy(model, seed=0, scale=0.3):
+    """Gives every variable the same values on every backend."""
+    rng = np.random.default_rng(seed)
+    for v in model.trainable_variables:
+        v.assign(rng.normal(scale=scale, size=v.shape).astype("float32"))
+
+
+def deterministic_run(steps=6):
+    """A few SGD steps from fixed weights and data; returns what OLM saw."""
+    x, y = keras_olm.synthetic.make_imbalanced(
+        steps * 16, num_classes=3, seed=0
+    )
+    dev_x, dev_y = keras_olm.synthetic.make_imbalanced(
+        32, num_classes=3, seed=1
+    )
+    model = keras_olm.BalancedMultimodalModel(
+        {"fast": tiny_encoder(8), "slow": tiny_encoder(8)},
+        num_classes=3,
+        balancer=keras_olm.OLM(
+            dev_schedule="step", optimizer="sgd", learning_rate=0.05
+        ),
+    )
+    model.build({"fast": (None, 16), "slow": (None, 64)})
+    set_weights_from_numpy(model)
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    history = model.fit(
+        x,
+        y,
+        batch_size=16,
+        epochs=1,
+        shuffle=False,
+        dev_data=(dev_x, dev_y),
+        verbose=0,
+    )
+    balancer = model.balancer
+    out = {
+        name: keras.ops.convert_to_numpy(getattr(balancer, name)).tolist()
+        for name in (
+            "coefficients",
+            "lambdas",
+            "train_losses",
+            "dev_losses",
+            "norms",
+        )
+    }
+    out["history"] = {k: float(v[-1]) for k, v in history.history.items()}
+    return out
+
+
+def run_in_backend(backend, code):
+    """Runs Python `code` under another backend; returns its JSON output."""
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    here = os.path.dirname(os.path.abspath(__file__))
+    env["PYTHONPATH"] = here + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{backend} run failed:\n{proc.stdout}\n{proc.stderr[-3000:]}"
+        )
+    return json.loads(proc.stdout.strip().splitlines()[-1])

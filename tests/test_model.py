@@ -1,0 +1,361 @@
+"""BalancedMultimodalModel: API, fit logs, saving, bad inputs, training."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from olm_testing import tiny_model
+
+import keras_olm
+from keras_olm.synthetic import make_imbalanced
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, y = make_imbalanced(256, seed=0)
+    xv, yv = make_imbalanced(64, seed=1)
+    return x, y, xv, yv
+
+
+def np_(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def test_predict_returns_fused_probabilities(data):
+    x, y, _, _ = data
+    model = tiny_model()
+    probs = model.predict(x, verbose=0)
+    assert probs.shape == (256, 4)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    logits = model.predict_heads(x)
+    assert list(logits) == ["fast", "slow", "fused"]
+    assert logits["slow"].shape == (256, 4)
+    fused = np.exp(logits["fused"])
+    fused /= fused.sum(-1, keepdims=True)
+    np.testing.assert_allclose(probs, fused, rtol=1e-4, atol=1e-6)
+
+
+def test_fit_logs_every_head(data):
+    x, y, xv, yv = data
+    model = tiny_model()
+    model.compile(optimizer="adam")
+    history = model.fit(
+        x, y, epochs=2, batch_size=32, validation_data=(xv, yv), verbose=0
+    )
+    keys = set(history.history)
+    for h in ("fast", "slow", "fused"):
+        for what in ("loss", "acc", "coef", "lambda"):
+            assert f"{h}_{what}" in keys
+            assert f"val_{h}_{what}" in keys
+    assert "loss" in keys and "val_loss" in keys
+    lambdas = [history.history[f"{h}_lambda"][-1] for h in model.head_names]
+    assert sum(lambdas) == pytest.approx(1.0, abs=1e-5)
+    # 256 samples, 10% held out, batch 32: 8 steps an epoch.
+    assert int(np_(model.balancer.steps)) == 16
+    # Periodic schedule, a held-out batch every 10 steps: steps 1, 11 of
+    # epoch 1 (8 steps) and 1 of epoch 2 (slots restart every epoch).
+    assert int(np_(model.balancer.dev_steps)) == 2
+    coef = np_(model.balancer.coefficients)
+    assert np.mean(coef) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_step_schedule_reads_a_held_out_batch_every_step(data):
+    x, y, _, _ = data
+    model = tiny_model(balancer=keras_olm.OLM(dev_schedule="step"))
+    model.compile(optimizer="adam")
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    assert int(np_(model.balancer.dev_steps)) == 8
+
+
+def test_plain_joint_training_needs_no_held_out_data(data):
+    x, y, _, _ = data
+    model = tiny_model(balancer=None)
+    model.compile(optimizer="adam")
+    history = model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    assert "fast_coef" not in history.history
+    assert "slow_acc" in history.history
+
+
+def test_unimodal_heads_are_probes_without_a_balancer(data):
+    """With balancer=None the unimodal losses never reach the encoders."""
+    x, y, _, _ = data
+    model = tiny_model(balancer=None)
+    model.build({"fast": (None, 16), "slow": (None, 64)})
+    batch = {m: v[:8] for m, v in x.items()}
+    slow_kernel = model.encoders["slow"].trainable_variables[0]
+    fast_head = model.heads["fast"].trainable_variables[0]
+
+    loss_fn = keras_olm.balancers.base.cross_entropy
+    y8 = keras.ops.convert_to_tensor(y[:8])
+    grads = _gradients(
+        model,
+        lambda: loss_fn(y8, model.head_logits(batch, training=True)["slow"]),
+        [slow_kernel, fast_head],
+    )
+    assert np.all(np_(grads[0]) == 0)
+
+
+def _gradients(model, loss_fn, variables):
+    """Gradient of loss_fn w.r.t. variables, on any backend (test helper)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        with tf.GradientTape() as tape:
+            loss = loss_fn()
+        grads = tape.gradient(loss, variables)
+        return [
+            keras.ops.zeros(v.shape) if g is None else g
+            for g, v in zip(grads, variables)
+        ]
+    if backend == "torch":
+        import torch
+
+        loss = loss_fn()
+        grads = torch.autograd.grad(
+            loss, [v.value for v in variables], allow_unused=True
+        )
+        return [
+            keras.ops.zeros(v.shape) if g is None else g
+            for g, v in zip(grads, variables)
+        ]
+    import jax
+
+    values = [v.value for v in variables]
+
+    def pure(values):
+        mapping = list(zip(variables, values))
+        with keras.StatelessScope(state_mapping=mapping):
+            return loss_fn()
+
+    return jax.grad(pure)(values)
+
+
+def test_dataset_input_with_holdout_split():
+    x, y = make_imbalanced(200, seed=0)
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    train, dev = keras_olm.holdout_split(ds, 0.2, seed=3)
+    n_train = sum(1 for _ in train)
+    n_dev = sum(1 for _ in dev)
+    assert n_train + n_dev == 200 and 20 <= n_dev <= 60
+    # Deterministic and disjoint: the same elements on every pass.
+    dev_a = np.stack([e[0]["fast"] for e in dev.as_numpy_iterator()])
+    dev_b = np.stack([e[0]["fast"] for e in dev.as_numpy_iterator()])
+    np.testing.assert_array_equal(dev_a, dev_b)
+    train_rows = {
+        r.tobytes() for e in train.as_numpy_iterator() for r in [e[0]["fast"]]
+    }
+    assert not train_rows & {r.tobytes() for r in dev_a}
+
+    model = tiny_model()
+    model.compile(optimizer="adam")
+    model.fit(
+        train.shuffle(200, seed=0).batch(32),
+        dev_data=dev.batch(32),
+        epochs=1,
+        verbose=0,
+    )
+    assert int(np_(model.balancer.steps)) == -(-n_train // 32)
+
+
+def test_dataset_without_dev_data_is_a_clear_error():
+    x, y = make_imbalanced(64, seed=0)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    model = tiny_model()
+    model.compile(optimizer="adam")
+    with pytest.raises(ValueError, match="dev_data"):
+        model.fit(ds, epochs=1, verbose=0)
+
+
+def test_sum_fusion_projects_unequal_widths(data):
+    x, y, _, _ = data
+    model = tiny_model(fusion=keras_olm.LateFusion("sum", units=12))
+    model.compile(optimizer="adam")
+    model.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    assert model.heads["fused"].kernel.shape == (12, 4)
+    fusion = keras_olm.LateFusion("sum")
+    out = fusion({"a": np.ones((2, 8)), "b": np.ones((2, 4))})
+    assert tuple(out["fused"].shape) == (2, 8)
+    assert tuple(out["b"].shape) == (2, 4)
+    out = keras_olm.LateFusion("concat")(
+        {"a": np.ones((2, 3, 8)), "b": np.ones((2, 4))}
+    )
+    assert tuple(out["fused"].shape) == (2, 12)
+    with pytest.raises(ValueError, match="mode"):
+        keras_olm.LateFusion("product")
+
+
+def test_keras_round_trip_restores_weights_and_olm_state(data, tmp_path):
+    x, y, _, _ = data
+    model = tiny_model()
+    model.compile(optimizer="adam")
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert isinstance(restored, keras_olm.BalancedMultimodalModel)
+    assert isinstance(restored.balancer, keras_olm.OLM)
+    for name in ("coefficients", "lambdas", "steps", "reference_dev_losses"):
+        np.testing.assert_array_equal(
+            np_(getattr(restored.balancer, name)),
+            np_(getattr(model.balancer, name)),
+        )
+    np.testing.assert_array_equal(
+        restored.predict(x, verbose=0), model.predict(x, verbose=0)
+    )
+    heads_a, heads_b = model.predict_heads(x), restored.predict_heads(x)
+    for h in model.head_names:
+        np.testing.assert_array_equal(heads_a[h], heads_b[h])
+    # Training resumes from the restored state.
+    restored.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    assert int(np_(restored.balancer.steps)) == 24
+
+
+def test_weights_checkpoint_carries_balancer_state(data, tmp_path):
+    x, y, _, _ = data
+    model = tiny_model()
+    model.compile(optimizer="adam")
+    path = os.path.join(tmp_path, "ckpt.weights.h5")
+    model.fit(
+        x,
+        y,
+        epochs=2,
+        batch_size=32,
+        verbose=0,
+        callbacks=[
+            keras.callbacks.ModelCheckpoint(path, save_weights_only=True)
+        ],
+    )
+    fresh = tiny_model()
+    fresh.build({"fast": (None, 16), "slow": (None, 64)})
+    fresh.load_weights(path)
+    np.testing.assert_array_equal(
+        np_(fresh.balancer.coefficients), np_(model.balancer.coefficients)
+    )
+    assert int(np_(fresh.balancer.steps)) == 16
+
+
+# --- bad input ---------------------------------------------------------
+
+
+def olm_state(model):
+    return {v.name: np_(v).copy() for v in model.balancer.non_trainable_weights}
+
+
+def assert_state_unchanged(model, before):
+    for name, value in olm_state(model).items():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+
+
+@pytest.fixture
+def trained(data):
+    x, y, _, _ = data
+    model = tiny_model()
+    model.compile(optimizer="adam")
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    return model, olm_state(model)
+
+
+def test_wrong_modality_keys(trained, data):
+    model, before = trained
+    x, y, _, _ = data
+    bad = {"fast": x["fast"], "visual": x["slow"]}
+    with pytest.raises(ValueError, match=r"missing modalities \['slow'\]"):
+        model.fit(bad, y, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"unknown modalities \['visual'\]"):
+        model.predict(bad, verbose=0)
+    ds = tf.data.Dataset.from_tensor_slices((bad, y)).batch(8)
+    with pytest.raises(ValueError, match="visual"):
+        model.fit(ds, dev_data=ds, epochs=1, verbose=0)
+    assert_state_unchanged(model, before)
+
+
+def test_different_batch_sizes(trained, data):
+    model, before = trained
+    x, y, _, _ = data
+    bad = {"fast": x["fast"], "slow": x["slow"][:100]}
+    with pytest.raises(ValueError, match="same number of samples"):
+        model.fit(bad, y, epochs=1, verbose=0)
+    fast = tf.data.Dataset.from_tensor_slices(x["fast"]).batch(8)
+    slow = tf.data.Dataset.from_tensor_slices(x["slow"]).batch(6)
+    labels = tf.data.Dataset.from_tensor_slices(y).batch(8)
+    ds = tf.data.Dataset.zip(
+        (tf.data.Dataset.zip({"fast": fast, "slow": slow}), labels)
+    )
+    good_dev = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    with pytest.raises(Exception, match="modality slow has a different"):
+        model.fit(ds, dev_data=good_dev, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="same batch size"):
+        model.predict_heads({"fast": x["fast"][:4], "slow": x["slow"][:3]})
+    assert_state_unchanged(model, before)
+
+
+def test_labels_out_of_range(trained, data):
+    model, before = trained
+    x, y, _, _ = data
+    bad_y = y.copy()
+    bad_y[5] = 4
+    with pytest.raises(ValueError, match=r"\[0, 4\); sample 5 has label 4"):
+        model.fit(x, bad_y, epochs=1, verbose=0)
+    bad_y[5] = -1
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+        model.fit(x, bad_y, epochs=1, verbose=0)
+    ds = tf.data.Dataset.from_tensor_slices((x, bad_y)).batch(8)
+    good = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    with pytest.raises(Exception, match=r"labels must lie in \[0, 4\)"):
+        model.fit(ds, dev_data=good, epochs=1, verbose=0)
+    assert_state_unchanged(model, before)
+
+
+def test_nan_loss_stops_training_and_names_the_head(data):
+    x, y, _, _ = data
+    # Linear encoders carry an inf input into NaN logits (ReLU may not).
+    model = keras_olm.BalancedMultimodalModel(
+        {"fast": keras.layers.Dense(8), "slow": keras.layers.Dense(8)},
+        num_classes=4,
+    )
+    model.compile(optimizer="adam")
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    before = olm_state(model)
+    weights_before = [np_(v).copy() for v in model.trainable_variables]
+    bad = {"fast": x["fast"].copy(), "slow": x["slow"]}
+    # A sample of the 2nd batch (unshuffled) overflows the fast head's
+    # logits to inf - inf = NaN.
+    bad["fast"][40] = np.inf
+    clean_dev = ({m: v[:32] for m, v in x.items()}, y[:32])
+    with pytest.raises(
+        keras_olm.NonFiniteLossError, match=r"head 'fast' at epoch 1, step 2"
+    ):
+        model.fit(
+            bad,
+            y,
+            epochs=3,
+            batch_size=32,
+            shuffle=False,
+            dev_data=clean_dev,
+            verbose=0,
+        )
+    state = olm_state(model)
+    # One good step ran before the NaN step; the NaN step changed nothing.
+    assert int(state["steps"]) == int(before["steps"]) + 1
+    for name, value in state.items():
+        assert np.all(np.isfinite(value)), name
+    for v in model.trainable_variables:
+        assert np.all(np.isfinite(np_(v)))
+    assert len(weights_before) == len(model.trainable_variables)
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="fused"):
+        keras_olm.BalancedMultimodalModel(
+            {"fused": keras.layers.Dense(2)}, num_classes=2
+        )
+    with pytest.raises(TypeError, match="modality 'audio'"):
+        keras_olm.BalancedMultimodalModel({"audio": object()}, num_classes=2)
+    with pytest.raises(ValueError, match="Unknown balancer"):
+        keras_olm.BalancedMultimodalModel(
+            {"a": keras.layers.Dense(2)}, num_classes=2, balancer="ogm"
+        )
+    model = tiny_model()
+    with pytest.raises(ValueError, match="do not pass `loss`"):
+        model.compile(optimizer="adam", loss="mse")

@@ -1,0 +1,271 @@
+"""OLM's equations (Eq. 6-9, Algorithm 1) against hand-computed numbers."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_olm.balancers import OLM
+from keras_olm.balancers import StepMeasurements
+from keras_olm.balancers import olm as olm_lib
+
+
+def np_(x):
+    return ops.convert_to_numpy(x)
+
+
+def test_rates_code_form():
+    # heads: a, b, fused. dev0 - dev = G; (train0 - train) - G = C.
+    g, c = olm_lib.rates(
+        theta0_train=np.array([2.0, 2.0, 2.0]),
+        theta0_dev=np.array([2.0, 2.0, 2.0]),
+        train=np.array([0.5, 1.5, 1.0]),
+        dev=np.array([1.0, 1.6, 1.2]),
+        form="code",
+    )
+    np.testing.assert_allclose(np_(g), [1.0, 0.4, 0.8], rtol=1e-6)
+    np.testing.assert_allclose(np_(c), [0.5, 0.1, 0.2], rtol=1e-5)
+
+
+def test_rates_paper_form_uses_absolute_values():
+    g, c = olm_lib.rates(
+        theta0_train=np.array([2.0, 1.0]),
+        theta0_dev=np.array([2.2, 1.0]),
+        train=np.array([0.5, 1.5]),
+        dev=np.array([1.0, 1.6]),
+        form="paper",
+    )
+    # G = |dev0 - dev|; C = ||dev - train| - |dev0 - train0||.
+    np.testing.assert_allclose(np_(g), [1.2, 0.6], rtol=1e-6)
+    np.testing.assert_allclose(np_(c), [0.3, 0.1], rtol=1e-5)
+
+
+def test_rebalancing_factors_raw_softmax():
+    g = np.array([1.0, 0.4, 0.8])
+    c = np.array([0.5, 0.1, 0.2])
+    lam = np_(olm_lib.rebalancing_factors(g, c, temperature=None))
+    ratio = np.array([2.0, 4.0, 4.0])
+    expected = np.exp(ratio) / np.exp(ratio).sum()
+    np.testing.assert_allclose(lam, expected, rtol=1e-5)
+    assert lam.sum() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_rebalancing_factors_with_temperature():
+    g = np.array([1.0, 0.4, 0.8])
+    c = np.array([0.5, 0.1, 0.2])
+    lam = np_(olm_lib.rebalancing_factors(g, c, temperature=0.5))
+    share = np.array([2.0, 4.0, 4.0]) / 10.0
+    expected = np.exp(share / 0.5) / np.exp(share / 0.5).sum()
+    np.testing.assert_allclose(lam, expected, rtol=1e-5)
+
+
+def test_c_near_zero_makes_raw_factors_one_hot_but_not_tempered_ones():
+    # The dominant head's train and dev losses fall together: C ~ 0.
+    g = np.array([1.0, 0.2, 0.5])
+    c = np.array([0.0, 0.3, 0.4])
+    raw = np_(olm_lib.rebalancing_factors(g, c, temperature=None))
+    np.testing.assert_allclose(raw, [1.0, 0.0, 0.0], atol=1e-6)
+    tempered = np_(olm_lib.rebalancing_factors(g, c, temperature=1.0))
+    # Shares ~ (1, 0, 0): λ = softmax((1, 0, 0)) = (e, 1, 1) / (e + 2).
+    e = math.e
+    np.testing.assert_allclose(
+        tempered, [e / (e + 2), 1 / (e + 2), 1 / (e + 2)], rtol=1e-4
+    )
+    assert tempered.max() / tempered.min() <= math.e + 1e-4
+
+
+def test_logit_targets_faithful_and_preserve():
+    norms = np.array([6.0, 2.0, 4.0])
+    lam = np.array([0.5, 0.25, 0.25])
+    faithful = np_(olm_lib.logit_targets(norms, lam, "faithful"))
+    np.testing.assert_allclose(faithful, [2.0, 1.0, 1.0], rtol=1e-6)
+    preserve = np_(olm_lib.logit_targets(norms, lam, "preserve"))
+    np.testing.assert_allclose(preserve, [6.0, 3.0, 3.0], rtol=1e-6)
+    assert preserve.sum() == pytest.approx(norms.sum())
+
+
+def test_logit_loss_and_gradient():
+    w = np.array([1.0, 2.0, 0.5])
+    n = np.array([6.0, 1.0, 4.0])
+    t = np.array([5.0, 3.0, 2.0])
+    # |6 - 5| + |2 - 3| + |2 - 2|
+    assert float(olm_lib.logit_loss(w, n, t)) == pytest.approx(2.0)
+    grad = np_(olm_lib.logit_loss_gradient(w, n, t))
+    np.testing.assert_allclose(grad, [6.0, -1.0, 0.0])
+
+
+def test_cross_entropy_gradient_matches_hand_value():
+    s = np.array([[2.0, 0.0, -1.0]], dtype="float32")
+    y = np.array([0])
+    w = 0.5
+    z = w * s[0]
+    p = np.exp(z) / np.exp(z).sum()
+    expected = float(((p - np.array([1, 0, 0])) * s[0]).sum())
+    got = float(olm_lib.cross_entropy_gradient(w, s, y))
+    assert got == pytest.approx(expected, rel=1e-5)
+
+    # And a central finite difference of CE(w s) in w.
+    def ce(w):
+        z = w * s[0]
+        return -(z[0] - np.log(np.exp(z).sum()))
+
+    fd = (ce(w + 1e-3) - ce(w - 1e-3)) / 2e-3
+    assert got == pytest.approx(fd, rel=1e-3)
+
+
+def test_mean_logit_norm():
+    logits = np.array([[3.0, 4.0], [0.0, 1.0]])
+    assert float(olm_lib.mean_logit_norm(logits)) == pytest.approx(3.0)
+
+
+def make_olm(**kwargs):
+    olm = OLM(**kwargs)
+    olm.build_heads(["a", "b", "fused"], num_classes=2)
+    return olm
+
+
+def measure(olm, logits, head_losses, dev_losses, dev_flag=1.0, finite=True):
+    y = np.array([0, 1])
+    olm.update(
+        StepMeasurements(
+            y=ops.convert_to_tensor(y),
+            logits={
+                h: ops.convert_to_tensor(np.asarray(v, "float32"))
+                for h, v in logits.items()
+            },
+            head_losses=ops.convert_to_tensor(
+                np.asarray(head_losses, "float32")
+            ),
+            dev_losses=ops.convert_to_tensor(np.asarray(dev_losses, "float32")),
+            dev_flag=ops.convert_to_tensor(dev_flag, "float32"),
+            finite=ops.convert_to_tensor(finite),
+        )
+    )
+
+
+# Per-sample logit norms: a: 5 and 5, b: 1 and 1, fused: 2 and 4.
+LOGITS = {
+    "a": [[3.0, 4.0], [4.0, 3.0]],
+    "b": [[1.0, 0.0], [0.0, 1.0]],
+    "fused": [[2.0, 0.0], [0.0, 4.0]],
+}
+
+
+def test_one_sgd_update_by_hand():
+    olm = make_olm(
+        optimizer="sgd",
+        learning_rate=0.1,
+        mean_one=False,
+        coefficient_range=None,
+        loss_momentum=0.0,
+    )
+    # First step: G = C = 0, so λ is uniform (1/3 each).
+    measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.2, 1.1, 1.0])
+    # mean norms n = (5, 1, 3); w = 1; preserve: s̄ = 9, t = (3, 3, 3).
+    # grad = sign(n - t) * n = (5, -1, 0); w = 1 - 0.1 * grad.
+    np.testing.assert_allclose(
+        np_(olm.coefficients), [0.5, 1.1, 1.0], rtol=1e-6
+    )
+    np.testing.assert_allclose(np_(olm.lambdas), [1 / 3] * 3, rtol=1e-6)
+    np.testing.assert_allclose(np_(olm.norms), [2.5, 1.1, 3.0], rtol=1e-6)
+    np.testing.assert_allclose(
+        np_(olm.reference_dev_losses), [1.2, 1.1, 1.0], rtol=1e-6
+    )
+
+    # Second step: losses fall; Eq. 6-8 now give λ.
+    measure(olm, LOGITS, [0.4, 0.9, 0.6], [0.6, 1.0, 0.8])
+    g = np.array([0.6, 0.1, 0.2])  # dev0 - dev
+    c = np.array([0.6, 0.1, 0.4]) - g  # (train0 - train) - G
+    ratio = np.maximum(g, 1e-6) / np.maximum(c, 1e-6)
+    share = ratio / ratio.sum()
+    lam = np.exp(share) / np.exp(share).sum()
+    np.testing.assert_allclose(np_(olm.lambdas), lam, rtol=1e-4)
+    w = np.array([0.5, 1.1, 1.0])
+    n = np.array([5.0, 1.0, 3.0])
+    t = lam * (w * n).sum()
+    expected = w - 0.1 * np.sign(w * n - t) * n
+    np.testing.assert_allclose(np_(olm.coefficients), expected, rtol=1e-5)
+    assert int(np_(olm.steps)) == 2 and int(np_(olm.dev_steps)) == 2
+
+
+def test_one_adam_update_moves_by_learning_rate():
+    olm = make_olm(
+        optimizer="adam",
+        learning_rate=0.01,
+        mean_one=False,
+        coefficient_range=None,
+    )
+    measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
+    # Adam's first step is lr * sign(grad); grad = (5, -1, 0).
+    np.testing.assert_allclose(
+        np_(olm.coefficients), [0.99, 1.01, 1.0], atol=1e-6
+    )
+
+
+def test_mean_one_and_clipping():
+    olm = make_olm(
+        optimizer="sgd",
+        learning_rate=0.1,
+        mean_one=True,
+        coefficient_range=(0.6, 10.0),
+    )
+    measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
+    # Unclipped (0.5, 1.1, 1.0) rescaled to mean 1: * 3 / 2.6; then clip.
+    expected = np.clip(np.array([0.5, 1.1, 1.0]) * 3 / 2.6, 0.6, 10.0)
+    np.testing.assert_allclose(np_(olm.coefficients), expected, rtol=1e-5)
+
+
+def test_periodic_slot_without_dev_batch_keeps_dev_state():
+    olm = make_olm(optimizer="sgd", loss_momentum=0.0)
+    measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.2, 1.1, 1.0])
+    measure(olm, LOGITS, [0.5, 0.5, 0.5], [9.0, 9.0, 9.0], dev_flag=0.0)
+    np.testing.assert_allclose(np_(olm.dev_losses), [1.2, 1.1, 1.0])
+    assert int(np_(olm.dev_steps)) == 1
+    np.testing.assert_allclose(np_(olm.train_losses), [0.5, 0.5, 0.5])
+
+
+def test_non_finite_step_leaves_state_unchanged():
+    olm = make_olm()
+    measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.2, 1.1, 1.0])
+    before = {v.name: np_(v).copy() for v in olm.non_trainable_weights}
+    measure(olm, LOGITS, [np.nan, 1.0, 1.0], [1.0, 1.0, 1.0], finite=False)
+    for v in olm.non_trainable_weights:
+        np.testing.assert_array_equal(np_(v), before[v.name], err_msg=v.name)
+
+
+def test_authors_preset_and_config_round_trip():
+    olm = OLM.authors(steps_per_epoch=50)
+    config = olm.get_config()
+    assert config["dev_schedule"] == "step"
+    assert config["optimizer"] == "adam"
+    assert config["learning_rate"] == pytest.approx(1e-3)
+    assert config["coefficient_ce_grad"] is True
+    assert config["targets"] == "faithful"
+    assert config["lambda_temperature"] is None
+    assert config["coefficient_range"] is None
+    assert config["warmup_steps"] == 50
+    clone = OLM.from_config(config)
+    assert clone.get_config() == config
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(olm)
+    )
+    assert isinstance(restored, OLM)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"dev_schedule": "epoch"}, "dev_schedule"),
+        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"targets": "sum"}, "targets"),
+        ({"dev_every": 0}, "dev_every"),
+        ({"loss_momentum": 1.0}, "loss_momentum"),
+        ({"lambda_temperature": 0.0}, "lambda_temperature"),
+        ({"coefficient_range": (2.0, 1.0)}, "coefficient_range"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        OLM(**kwargs)
