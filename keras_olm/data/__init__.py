@@ -37,6 +37,7 @@ from keras_olm.data.audio import audio_to_spectrogram
 from keras_olm.data.audio import fix_length
 from keras_olm.data.audio import get_audio_preset
 from keras_olm.data.audio import load_audio
+from keras_olm.data.audio import load_clip
 from keras_olm.data.audio import resample
 from keras_olm.data.audio import spectrogram
 from keras_olm.data.audio import tfio_available
@@ -72,6 +73,7 @@ __all__ = [
     "fix_length",
     "get_audio_preset",
     "load_audio",
+    "load_clip",
     "resample",
     "spectrogram",
     "tfio_available",

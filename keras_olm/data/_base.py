@@ -186,6 +186,13 @@ class Reader:
     def _decode(self, record, training, seed):
         raise NotImplementedError
 
+    def _post_batch(self, inputs):
+        """Transforms decoded inputs after batching (or per sample)."""
+        return inputs
+
+    def _post_batch_element(self, inputs, target):
+        return self._post_batch(inputs), target
+
     def _target(self, record):
         return record["label"]
 
@@ -245,6 +252,10 @@ class Reader:
         ds = self._records_dataset(records, split, training, seed, shuffle)
         if batch_size is not None:
             ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        if type(self)._post_batch is not Reader._post_batch:
+            ds = ds.map(
+                self._post_batch_element, num_parallel_calls=tf.data.AUTOTUNE
+            )
         if prefetch:
             ds = ds.prefetch(tf.data.AUTOTUNE)
         return ds

@@ -19,8 +19,9 @@ from keras_olm.data._base import Reader
 from keras_olm.data._base import list_frames
 from keras_olm.data._base import require_dir
 from keras_olm.data._base import require_file
-from keras_olm.data.audio import audio_to_spectrogram
 from keras_olm.data.audio import get_audio_preset
+from keras_olm.data.audio import load_clip
+from keras_olm.data.audio import spectrogram
 from keras_olm.data.errors import DataError
 from keras_olm.data.image import load_frames
 
@@ -97,7 +98,7 @@ class AudioVisualReader(Reader):
             start = tf.random.stateless_uniform(
                 [], seed=seed[::-1], maxval=2**30, dtype=tf.int32
             ) % (self.audio_config.num_samples + 1)
-        spec = audio_to_spectrogram(record["audio"], self.audio_config, start)
+        wave = load_clip(record["audio"], self.audio_config, start)
         frame_paths = tf.strings.split(record["frames"], SEPARATOR)
         visual = load_frames(
             frame_paths,
@@ -107,7 +108,12 @@ class AudioVisualReader(Reader):
             size=self.image_size,
             normalize=self.normalize,
         )
-        return {"audio": spec, "visual": visual}
+        return {"audio": wave, "visual": visual}
+
+    def _post_batch(self, inputs):
+        # Spectrograms of a whole batch at once: one STFT call, not many.
+        spec = spectrogram(inputs["audio"], self.audio_config)[..., None]
+        return {**inputs, "audio": spec}
 
 
 def _read_rows(path, delimiter=","):

@@ -14,6 +14,7 @@ from keras_olm.data import audio_to_spectrogram
 from keras_olm.data import fix_length
 from keras_olm.data import get_audio_preset
 from keras_olm.data import load_audio
+from keras_olm.data import spectrogram
 from keras_olm.data import tfio_available
 
 librosa = pytest.importorskip("librosa")
@@ -207,3 +208,15 @@ def test_working_tensorflow_io_is_used_for_resampling(monkeypatch, tmp_path):
         assert len(calls) == 2  # The probe, then the pipeline.
     finally:
         tfio_available.cache_clear()
+
+
+@pytest.mark.parametrize("preset", sorted(AUDIO_PRESETS))
+def test_batched_spectrogram_equals_per_clip(preset):
+    config = get_audio_preset(preset)
+    waves = tf.random.stateless_uniform([3, config.num_samples], [1, 2], -1, 1)
+    batched = spectrogram(waves, config).numpy()
+    assert batched.shape == (3,) + config.output_shape
+    for i in range(3):
+        np.testing.assert_allclose(
+            batched[i], spectrogram(waves[i], config).numpy(), atol=1e-5
+        )

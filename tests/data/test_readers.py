@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_olm.data import AVE
 from keras_olm.data import CREMAD_CLASSES
@@ -15,6 +16,7 @@ from keras_olm.data import MerMulti
 from keras_olm.data import SunRGBD
 from keras_olm.data import SunRGBDFeatures
 from keras_olm.data import VGGSound
+from keras_olm.data import audio_to_spectrogram
 from keras_olm.data import read_split_file
 
 SMALL = {"image_size": (16, 16)}
@@ -54,6 +56,13 @@ def test_cremad(cremad_root):
     inputs, ys = collect(reader.as_dataset("test", batch_size=2))
     assert inputs["audio"].shape == (3, 257, 188, 1)
     assert inputs["visual"].shape == (3, 16, 16, 3)
+    # Batched spectrograms equal the one-clip pipeline's.
+    first = reader.samples("test")[0]["audio"]
+    np.testing.assert_allclose(
+        inputs["audio"][0],
+        audio_to_spectrogram(tf.constant(first), "cremad").numpy(),
+        atol=1e-4,
+    )
     labels = np.concatenate([y.numpy() for y in ys])
     expected = [CREMAD_CLASSES.index(c.split("_")[2]) for c in test]
     np.testing.assert_array_equal(labels, expected)
