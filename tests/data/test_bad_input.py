@@ -66,6 +66,13 @@ def test_unknown_label_names_file_and_line(cremad_root):
         CremaD(cremad_root).samples("test")
 
 
+def test_empty_wav_file_names_file(cremad_root):
+    wav, _, _ = clip_files(cremad_root, index=2)
+    wav.write_bytes(b"")
+    with pytest.raises(DataError, match=rf"{wav.name}: empty audio file"):
+        CremaD(cremad_root).samples("test")
+
+
 def test_split_naming_absent_clip(cremad_root):
     with open(cremad_root / "test.csv", "a") as f:
         f.write("9999_XXX_ANG_XX,ANG\n")
