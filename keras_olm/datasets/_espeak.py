@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -146,11 +147,20 @@ def synthesize_batch(jobs):
         out_path = os.path.join(tmp, "out.npz")
         with open(job_path, "w", encoding="utf-8") as f:
             json.dump(list(jobs), f)
-        result = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), job_path, out_path],
-            capture_output=True,
-            text=True,
-        )
+        try:
+            result = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), job_path, out_path],
+                capture_output=True,
+                text=True,
+            )
+        except OSError as error:  # no usable interpreter to start
+            warnings.warn(
+                f"Could not start a synthesis subprocess ({error}); "
+                "synthesising in-process, which is not bit-reproducible.",
+                stacklevel=2,
+            )
+            synth = Synthesizer()
+            return [synth.speak(**job) for job in jobs]
         if result.returncode != 0:
             raise RuntimeError(
                 "espeak-ng synthesis subprocess failed:\n" + result.stderr

@@ -263,6 +263,12 @@ def generate(
         )
     if not 0.0 <= test_fraction <= 1.0:
         raise ValueError("`test_fraction` must be in [0, 1].")
+    if image_size < 8:
+        raise ValueError("`image_size` must be at least 8.")
+    if image_noise < 0 or clip_seconds <= 0:
+        raise ValueError("`image_noise` must be >= 0, `clip_seconds` > 0.")
+    if not 1 <= jpeg_quality <= 100:
+        raise ValueError("`jpeg_quality` must be in [1, 100].")
     params = {
         "num_clips": int(num_clips),
         "num_speakers": int(num_speakers),

@@ -723,6 +723,10 @@ def generate(
         raise ValueError("`samples_per_class` must be at least 1.")
     if not 0.0 <= test_fraction <= 1.0:
         raise ValueError("`test_fraction` must be in [0, 1].")
+    if image_size < 8:
+        raise ValueError("`image_size` must be at least 8.")
+    if not 1 <= jpeg_quality <= 100:
+        raise ValueError("`jpeg_quality` must be in [1, 100].")
     params = {
         "samples_per_class": int(samples_per_class),
         "seed": int(seed),
