@@ -122,7 +122,13 @@ def generate_atomically(
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 root.rmdir()
-        os.rename(tmp, root)
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            if not is_complete(root):
+                raise
+            # Lost a race with a concurrent generation of the same dataset.
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

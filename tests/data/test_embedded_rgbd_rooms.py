@@ -166,3 +166,22 @@ def test_progress_bar(tmp_path, capsys):
     rgbd_rooms.generate(tmp_path / "r", samples_per_class=1, verbose=True)
     out = capsys.readouterr().out
     assert "Generating rgbd_rooms" in out and "19/19" in out
+
+
+def test_overwrite_regenerates(tmp_path, monkeypatch):
+    root = rgbd_rooms.generate(
+        tmp_path / "r", samples_per_class=1, verbose=False
+    )
+    calls = []
+    real = rgbd_rooms.render_sample
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rgbd_rooms, "render_sample", counting)
+    again = rgbd_rooms.generate(
+        root, samples_per_class=1, overwrite=True, verbose=False
+    )
+    assert again == root and len(calls) == 19 and _cache.is_complete(root)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
