@@ -8,7 +8,7 @@ import tensorflow as tf
 from keras_olm.data.errors import DataError
 from keras_olm.data.errors import SkipReport
 from keras_olm.data.errors import check_on_error
-from keras_olm.data.errors import guarded_map
+from keras_olm.data.errors import decode_records
 from keras_olm.data.errors import logger
 from keras_olm.data.image import diagnose_files
 
@@ -262,36 +262,26 @@ class Reader:
 
     def _records_dataset(self, records, split, training, seed, shuffle):
         columns = {k: [r[k] for r in records] for k in records[0]}
-        ds = tf.data.Dataset.from_tensor_slices(columns)
-        if shuffle:
-            ds = ds.shuffle(
-                len(records), seed=seed, reshuffle_each_iteration=True
-            )
-        randoms = tf.data.Dataset.random(
-            seed=seed, rerandomize_each_iteration=True
-        ).batch(2, drop_remainder=True)
-        ds = tf.data.Dataset.zip((ds, randoms))
         file_keys = [k for k in self.file_keys if k in columns]
 
-        def decode(element):
-            record, rand = element
-            seed_pair = tf.cast(rand % (2**31 - 1), tf.int32)
-            inputs = self._decode(record, training, seed_pair)
+        def decode(record, item_seed):
+            inputs = self._decode(record, training, item_seed)
             return inputs, self._target(record)
 
-        def paths(element):
-            record, _ = element
+        def paths(record):
             return tf.strings.reduce_join(
                 tf.stack([record[k] for k in file_keys]), separator=SEPARATOR
             )
 
-        ds = guarded_map(
-            ds,
+        ds = decode_records(
+            columns,
             decode,
             paths,
             diagnose_files,
             self.on_error,
             self.skip_report(split),
+            shuffle=shuffle,
+            seed=seed,
         )
         if self.on_error == "raise":
             # Nothing is dropped: let Keras know the epoch length.

@@ -151,37 +151,85 @@ def _zeros_for_spec(spec):
     return tf.zeros(shape, dtype=spec.dtype)
 
 
-def guarded_map(
-    dataset, fn, path_fn, diagnose, on_error, report, chunk_size=16
+def decode_records(
+    columns,
+    fn,
+    path_fn,
+    diagnose,
+    on_error,
+    report,
+    shuffle=False,
+    seed=None,
 ):
-    """Maps `fn` over `dataset`, turning any op error into a named error.
+    """Decodes records in a parallel map, naming the file of any failure.
 
-    Elements are decoded in chunks of `chunk_size`, each chunk in its own
-    small dataset: a parallel map followed by `ignore_errors()`. A scan
-    over the chunk's results notices any element that did not come out
-    (its decode failed: a corrupt file, a missing one, an empty clip) and
-    calls `diagnose` in Python on that element's files, only then. Under
+    Each pass draws one random number (from `seed`); with `shuffle` it sets
+    the pass's permutation of the records, and it seeds every record's
+    random choices (frames, crops), so passes differ and a seed repeats
+    them. The decode runs in one parallel map followed by
+    `ignore_errors()`; a scan over the surviving positions notices any
+    record that did not come out (a corrupt file, a missing one, an empty
+    clip), recomputes which record sat there from the pass's permutation,
+    and calls `diagnose` in Python on its files, only then. Under
     `on_error="raise"` a `DataError` naming the file stops the pipeline;
-    under `"skip"` the element is dropped and counted in `report`, and the
-    report is logged each time a pass over the data ends. The output keeps
-    the input order.
+    under `"skip"` the record is dropped and counted in `report`, and the
+    report is logged each time a pass ends.
 
     Args:
-        dataset: `tf.data.Dataset`. The input elements.
-        fn: callable. Maps one element to the decoded output structure.
-        path_fn: callable. Maps one element to a scalar string tensor: the
-            element's files, joined by newlines.
+        columns: dict from field name to a list or array with one entry per
+            record.
+        fn: callable. `fn(record, seed)` maps a dict of scalar tensors and
+            an int32 `(2,)` stateless seed to the output structure.
+        path_fn: callable. Maps a record to a scalar string tensor: the
+            record's files, joined by newlines.
         diagnose: callable. `diagnose(paths: str) -> (file, reason)`: which
             file failed and why; called in Python only after a failure.
         on_error: str. `"raise"` or `"skip"`.
         report: `SkipReport`. Where skips are counted.
-        chunk_size: int. Elements per chunk. Defaults to `16`.
+        shuffle: bool. Reshuffle the records every pass. Defaults to
+            `False`.
+        seed: int or None. Defaults to `None` (not repeatable).
 
     Returns:
-        A `tf.data.Dataset` of `fn`'s outputs, in the input order.
+        A `tf.data.Dataset` of `fn`'s outputs.
     """
     check_on_error(on_error)
-    fn, path_fn = _whole(fn), _whole(path_fn)
+    tensors = {k: tf.constant(v) for k, v in columns.items()}
+    n = int(next(iter(tensors.values())).shape[0])
+
+    def permutation(pass_seed):
+        if not shuffle:
+            return tf.range(n, dtype=tf.int64)
+        return tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=pass_seed
+        )
+
+    def one_pass(rand):
+        pass_seed = tf.stack([rand, tf.constant(0, tf.int64)])
+        # Position n is a sentinel that reports failures at the end.
+        positions = tf.range(n + 1, dtype=tf.int64)
+        order = tf.concat([permutation(pass_seed), [0]], axis=0)
+        seeds = tf.fill([n + 1], rand)
+        return tf.data.Dataset.from_tensor_slices((positions, order, seeds))
+
+    out_spec = []
+
+    def decode(position, index, rand):
+        record = {k: t[index] for k, t in tensors.items()}
+        item_seed = tf.cast(tf.stack([rand, index]) % (2**31 - 1), tf.int32)
+
+        def real():
+            value = fn(record, item_seed)
+            out_spec.append(
+                tf.nest.map_structure(tf.TensorSpec.from_tensor, value)
+            )
+            return value
+
+        def sentinel():
+            return tf.nest.map_structure(_zeros_for_spec, out_spec[-1])
+
+        value = tf.cond(position < n, real, sentinel)
+        return position, rand, value
 
     def on_failures(paths):
         for path in np.asarray(paths).reshape(-1):
@@ -199,55 +247,39 @@ def guarded_map(
             report.add(bad_file, reason)
         return np.bool_(True)
 
-    def with_paths(*element):
-        element = element[0] if len(element) == 1 else element
-        return element, path_fn(element)
+    def check(expected, item):
+        position, rand, value = item
 
-    @_whole
-    def decode_chunk(chunk):
-        elements, paths = chunk
-        n = tf.shape(paths)[0]
-        indexed = tf.data.Dataset.from_tensor_slices((elements, tf.range(n)))
-        decoded = indexed.map(
-            lambda element, i: (fn(element), i),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        ).ignore_errors()
-        out_spec = decoded.element_spec[0]
-        end = tf.data.Dataset.from_tensors(
-            (tf.nest.map_structure(_zeros_for_spec, out_spec), n)
-        )
-
-        def check(expected, item):
-            value, i = item
-
-            def report_missing():
-                ok = tf.numpy_function(
-                    on_failures, [paths[expected:i]], tf.bool, stateful=True
-                )
-                return tf.reshape(ok, [])
-
-            checked = tf.cond(
-                i > expected, report_missing, lambda: tf.constant(True)
+        def report_missing():
+            pass_seed = tf.stack([rand, tf.constant(0, tf.int64)])
+            lost = tf.gather(
+                permutation(pass_seed), tf.range(expected, position)
             )
-            with tf.control_dependencies([checked]):
-                keep = tf.logical_and(i < n, checked)
-            return i + 1, (value, keep)
+            paths = tf.map_fn(
+                lambda i: path_fn({k: t[i] for k, t in tensors.items()}),
+                lost,
+                fn_output_signature=tf.string,
+            )
+            ok = tf.numpy_function(on_failures, [paths], tf.bool, stateful=True)
+            return tf.reshape(ok, [])
 
-        return decoded.concatenate(end).scan(tf.constant(0), check)
-
-    out = (
-        dataset.map(with_paths)
-        .batch(chunk_size)
-        .interleave(
-            decode_chunk,
-            cycle_length=2,
-            block_length=chunk_size,
-            num_parallel_calls=2,
-            deterministic=True,
+        checked = tf.cond(
+            position > expected, report_missing, lambda: tf.constant(True)
         )
+        with tf.control_dependencies([checked]):
+            keep = tf.logical_and(position < n, checked)
+        return position + 1, (value, keep)
+
+    rands = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    out = (
+        rands.take(1)
+        .flat_map(one_pass)
+        .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .ignore_errors()
+        .scan(tf.constant(0, tf.int64), check)
+        .filter(_second)
+        .map(_first)
     )
-    out = out.filter(_second).map(_first)
     if on_error == "skip":
         out = _log_at_end(out, report)
     return out

@@ -142,3 +142,24 @@ def test_skip_policy_counts_and_reports(cremad_root, caplog):
 def test_skip_policy_is_opt_in():
     with pytest.raises(ValueError, match="on_error"):
         CremaD("/tmp", on_error="ignore")
+
+
+def test_skip_under_shuffling_keeps_labels(cremad_root):
+    bad = []
+    for index in (0, 4, 8):  # Including the last record of the split.
+        wav, _, _ = clip_files(cremad_root, split="train", index=index)
+        wav.write_bytes(b"corrupt" * 10)
+        bad.append(str(wav))
+    reader = CremaD(cremad_root, on_error="skip", dev_fraction=0.0, **SMALL)
+    expected = sorted(
+        r["label"] for r in reader.samples("train") if r["audio"] not in bad
+    )
+    ds = reader.as_dataset("train", batch_size=None, seed=4)
+    for _ in range(2):  # Two differently shuffled passes.
+        assert sorted(int(y) for _, y in ds) == expected
+    assert sorted(reader.skip_report("train").paths) == sorted(bad)
+    strict = CremaD(cremad_root, dev_fraction=0.0, **SMALL)
+    with pytest.raises(
+        DECODE_ERRORS, match=r"Could not load .*\.wav: not a readable audio"
+    ):
+        drain(strict.as_dataset("train", batch_size=4, seed=4))
