@@ -137,15 +137,6 @@ def _second(value, flag):
     return flag
 
 
-def _whole(fn):
-    """Lets `fn(element)` take a tuple element that tf.data unpacks."""
-
-    def call(*args):
-        return fn(args[0] if len(args) == 1 else args)
-
-    return call
-
-
 def _zeros_for_spec(spec):
     shape = [0 if d is None else d for d in spec.shape.as_list()]
     return tf.zeros(shape, dtype=spec.dtype)
