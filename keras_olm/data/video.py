@@ -86,9 +86,13 @@ def extract_video(
             if not container.streams.video:
                 raise DataError(f"{video_path}: no video stream.")
             os.makedirs(frame_dir, exist_ok=True)
+            stream = container.streams.video[0]
+            rate = float(stream.average_rate or stream.guessed_rate or 25)
             next_time = 0.0
-            for frame in container.decode(video=0):
-                if frame.time is None or frame.time + 1e-6 < next_time:
+            for index, frame in enumerate(container.decode(stream)):
+                # Streams without timestamps fall back to the frame rate.
+                time = frame.time if frame.time is not None else index / rate
+                if time + 1e-6 < next_time:
                     continue
                 written += 1
                 frame.to_image().save(
