@@ -103,8 +103,9 @@ class SunRGBD(Reader):
     By default `<root>/allsplit.mat`, else `<root>/train.txt` and
     `<root>/test.txt`. A split entry with no sample folder is an error (or
     a counted skip with `on_error="skip"`). Samples whose scene is not one
-    of the 19 classes are dropped, as the benchmark protocol does, and the
-    count is logged; `unknown_scene="error"` makes them errors instead.
+    of the 19 classes are dropped, as the benchmark protocol does; the
+    count is logged (INFO) and kept in `reader.dropped_scenes[split]`, and
+    `unknown_scene="error"` makes them errors instead.
 
     Yields `({"rgb": (h, w, 3), "depth": (h, w, depth_channels)}, label)`.
 
@@ -164,6 +165,8 @@ class SunRGBD(Reader):
         self.depth_channels = depth_channels
         self.depth_dir = "depth_bfx" if use_bfx else "depth"
         self.unknown_scene = unknown_scene
+        # Per official split: samples dropped for a scene outside the 19.
+        self.dropped_scenes = {}
         self._split_lists = self._read_splits(split_file)
         self._folders = self._find_samples()
 
@@ -267,6 +270,7 @@ class SunRGBD(Reader):
                     "label": self.label_index(scene, scene_file),
                 }
             )
+        self.dropped_scenes[split] = dropped
         log_kept(
             f"{self.name}/{split}",
             len(records),

@@ -142,6 +142,9 @@ def test_sunrgbd_text_split(sunrgbd_root, caplog):
     assert len(train) + len(dev) == 7 and len(dev) == 2 and len(test) == 3
     assert not set(train) & set(dev)
     assert "xtion/sun3ddata/mit_2/0003" not in train + dev
+    assert reader.dropped_scenes == {"train": 1, "test": 0}
+    with pytest.raises(DataError, match=r"0003/scene.txt: unknown label 'gym'"):
+        SunRGBD(sunrgbd_root, unknown_scene="error").samples("train")
     inputs, ys = collect(reader.as_dataset("test", batch_size=8))
     assert inputs["rgb"].shape == (3, 16, 16, 3)
     assert inputs["depth"].shape == (3, 16, 16, 1)
