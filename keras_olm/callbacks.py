@@ -96,8 +96,10 @@ class LogitNormHistory(keras.callbacks.Callback):
     epoch, as Keras' progress bar counts them).
 
     Rows are kept in `history` (a list of dicts, one per epoch x head x
-    class; `to_dataframe()` gives a pandas DataFrame) and, with `out_dir`,
-    written to `out_dir/olm_diagnostics.csv` after every measured epoch.
+    class; `to_dataframe()` gives a pandas DataFrame, if pandas is
+    installed) and, with `out_dir`, rewritten to
+    `out_dir/olm_diagnostics.csv` after every measured epoch. Rows of
+    further `fit` calls are appended to the same table.
     When training ends the callback draws into `out_dir`:
     `logit_norms.png` (per-class raw norms over epochs, one panel per head),
     `modulated_norms.png` and `coefficients.png` (coefficients and λ) when
@@ -122,8 +124,10 @@ class LogitNormHistory(keras.callbacks.Callback):
             memory only. Defaults to `None`.
         log_dir: str or `None`. Folder for TensorBoard scalars. Defaults to
             `None`.
-        every: int. Measure every `every` epochs; the last epoch of `fit`
-            is always measured. Defaults to `1`.
+        every: int. Measure after epochs `every`, `2 * every`, ... and
+            after the final epoch `epochs` of `fit` (not after an epoch
+            where another callback stopped training early). Defaults to
+            `1`.
         class_names: list of str or `None`. One name per class, used in the
             table and the legends. Defaults to `None` (the class ids).
         batch_size: int. Inference batch size for array `data`. Defaults
@@ -233,7 +237,8 @@ class LogitNormHistory(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         if self._writer is not None:
-            self._writer.flush()
+            self._writer.close()
+            self._writer = None
         if self.out_dir is None or not self.plot or not self.history:
             return
         try:
