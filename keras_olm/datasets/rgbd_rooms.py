@@ -372,22 +372,32 @@ def _safe_div(a, b):
     return np.where(np.abs(b) < 1e-12, np.inf, out)
 
 
-def _hit_box(o, dirs, lo, hi):
-    t1 = _safe_div(lo - o, dirs)
-    t2 = _safe_div(hi - o, dirs)
-    # Rays parallel to a slab: inside -> unbounded, outside -> miss.
-    par = np.abs(dirs) < 1e-12
-    inside = (o >= lo) & (o <= hi)
-    tmin = np.where(par, np.where(inside, -np.inf, np.inf), np.minimum(t1, t2))
-    tmax = np.where(par, np.where(inside, np.inf, -np.inf), np.maximum(t1, t2))
-    tn = tmin.max(axis=1)
-    tf = tmax.min(axis=1)
+def _hit_box(o, inv_t, lo, hi):
+    """Slab test against an axis-aligned box.
+
+    Args:
+        o: the ray origin, `(3,)`.
+        inv_t: `(3, N)` reciprocal ray directions, component-major (zero
+            components replaced by tiny ones so no NaN arises).
+        lo, hi: the box corners, `(3,)` each.
+
+    Returns:
+        `(t, axis)`: the entry distance (`inf` on a miss) and the axis of
+        the face hit, per ray.
+    """
+    tn = np.full(inv_t.shape[1], -np.inf)
+    tf = np.full(inv_t.shape[1], np.inf)
+    axis = np.zeros(inv_t.shape[1], np.int64)
+    for k in range(3):
+        t1 = (lo[k] - o[k]) * inv_t[k]
+        t2 = (hi[k] - o[k]) * inv_t[k]
+        tmin = np.minimum(t1, t2)
+        later = tmin > tn
+        tn = np.where(later, tmin, tn)
+        axis[later] = k
+        np.minimum(tf, np.maximum(t1, t2), out=tf)
     hit = (tn <= tf) & (tn > 1e-4)
-    axis = tmin.argmax(axis=1)
-    normal = np.zeros_like(dirs)
-    rows = np.arange(len(dirs))
-    normal[rows, axis] = -np.sign(dirs[rows, axis])
-    return np.where(hit, tn, np.inf), normal
+    return np.where(hit, tn, np.inf), axis
 
 
 def _hit_sphere(o, dirs, c, r):
@@ -531,10 +541,20 @@ def render_sample(class_index, sample_index, seed=0, image_size=64):
     mat = np.where((axis == 1) & (dirs[:, 1] < 0), 3, mat)
     mat = np.where((axis == 1) & (dirs[:, 1] > 0), 4, mat)
 
+    safe = np.where(np.abs(dirs) < 1e-12, 1e-12, dirs)
+    inv_t = np.ascontiguousarray((1.0 / safe).T)
+    rows = np.arange(n)
     for obj in objects:
         if obj[0] == "box":
-            to, no = _hit_box(cam, dirs, obj[1], obj[2])
-        elif obj[0] == "sphere":
+            to, ax = _hit_box(cam, inv_t, obj[1], obj[2])
+            closer = to < t
+            t = np.where(closer, to, t)
+            r, a = rows[closer], ax[closer]
+            normal[r] = 0.0
+            normal[r, a] = -np.sign(dirs[r, a])
+            mat = np.where(closer, obj[-1], mat)
+            continue
+        if obj[0] == "sphere":
             to, no = _hit_sphere(cam, dirs, obj[1], obj[2])
         else:
             to, no = _hit_cylinder(cam, dirs, *obj[1:6])
@@ -684,7 +704,7 @@ def generate(
     pixels (`python -m keras_olm.datasets._measure rgbd_rooms`), test
     accuracy with the defaults is RGB 0.78, depth 0.38, both 0.90: RGB
     dominates (as in SUN RGB-D), neither is perfect, fusion is best.
-    Generating the defaults (1,520 samples) takes about 20 s on a shared
+    Generating the defaults (1,520 samples) takes about 15 s on a shared
     2-core machine.
 
     Args:
