@@ -16,8 +16,6 @@ import numpy as np
 import keras_olm
 from keras_olm.synthetic import make_imbalanced
 
-PROBLEM = dict(fast_reliability=0.85, slow_separation=0.2)
-
 
 def encoder():
     return keras.Sequential(
@@ -34,8 +32,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    x, y = make_imbalanced(2000, seed=args.seed, **PROBLEM)
-    x_test, y_test = make_imbalanced(2000, seed=1000 + args.seed, **PROBLEM)
+    x, y = make_imbalanced(2000, seed=args.seed)
+    x_test, y_test = make_imbalanced(2000, seed=1000 + args.seed)
     results = {}
     for name, balancer in [("plain joint training", None), ("OLM", "olm")]:
         keras.utils.set_random_seed(args.seed)

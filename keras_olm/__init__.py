@@ -6,6 +6,7 @@ The public surface: `BalancedMultimodalModel`, the `OLM` balancer, the
 """
 
 from keras_olm import balancers
+from keras_olm import callbacks
 from keras_olm import synthetic
 from keras_olm.balancers import OLM
 from keras_olm.balancers import Balancer
@@ -25,6 +26,7 @@ __all__ = [
     "LateFusion",
     "NonFiniteLossError",
     "balancers",
+    "callbacks",
     "holdout_split",
     "synthetic",
 ]

@@ -7,8 +7,6 @@ import pytest
 import keras_olm
 from keras_olm.synthetic import make_imbalanced
 
-PROBLEM = dict(fast_reliability=0.85, slow_separation=0.2)
-
 
 def encoder():
     return keras.Sequential(
@@ -20,7 +18,7 @@ def encoder():
 
 
 def train(balancer, epochs, num_samples=2000, seed=0):
-    x, y = make_imbalanced(num_samples, seed=seed, **PROBLEM)
+    x, y = make_imbalanced(num_samples, seed=seed)
     keras.utils.set_random_seed(seed)
     model = keras_olm.BalancedMultimodalModel(
         {"fast": encoder(), "slow": encoder()},
@@ -34,7 +32,7 @@ def train(balancer, epochs, num_samples=2000, seed=0):
 
 @pytest.fixture(scope="module")
 def test_set():
-    return make_imbalanced(2000, seed=1000, **PROBLEM)
+    return make_imbalanced(2000, seed=1000)
 
 
 def head_figures(model, test_set):

@@ -358,12 +358,6 @@ class OLM(Balancer):
         self.steps = state("steps", 0, shape=(), dtype="int32")
         self.dev_steps = state("dev_steps", 0, shape=(), dtype="int32")
 
-    def dev_slot(self, index):
-        """Whether training step `index` (0-based) reads a held-out batch."""
-        if self.dev_schedule == "step":
-            return True
-        return index % self.dev_every == 0
-
     def modulate(self, logits):
         w = ops.stop_gradient(self.coefficients.value)
         return {h: w[i] * logits[h] for i, h in enumerate(self.head_names)}

@@ -207,27 +207,31 @@ def with_dev_slots(train, dev, slot_every):
     Every element becomes `(x, y, extras)` where `extras` holds the
     optional sample weights and, for the held-out data, `dev_x`, `dev_y`
     and `dev_flag`. With `slot_every` k > 1 only every k-th slot carries a
-    real held-out batch; the others carry zeros of the same shape and
+    real held-out batch; the others carry empty (0-sample) batches and
     `dev_flag` 0, and the training step skips the held-out forward pass
     for them.
     """
-    dev = dev.repeat()
+    dev = dev.map(lambda *e: (e[0], e[1], tf.constant(1.0)))
     if slot_every > 1:
+        # The slots between two held-out batches carry empty (0-sample)
+        # constants: nothing to produce per step, nothing to transfer.
+        def empty(spec):
+            inner = [1 if d is None else d for d in spec.shape[1:]]
+            return tf.zeros([0, *inner], spec.dtype)
 
-        def expand(x, y):
-            real = tf.data.Dataset.from_tensors((x, y, tf.constant(1.0)))
-            blank = tf.data.Dataset.from_tensors(
-                (
-                    tf.nest.map_structure(tf.zeros_like, x),
-                    tf.zeros_like(y),
-                    tf.constant(0.0),
-                )
-            ).repeat(slot_every - 1)
+        blank = tf.data.Dataset.from_tensors(
+            tf.nest.map_structure(empty, dev.element_spec[:2])
+            + (tf.constant(0.0),)
+        ).repeat(slot_every - 1)
+
+        def expand(x, y, flag):
+            real = tf.data.Dataset.from_tensors((x, y, flag))
             return real.concatenate(blank)
 
-        slots = dev.map(lambda *e: (e[0], e[1])).flat_map(expand)
+        slots = dev.flat_map(expand)
     else:
-        slots = dev.map(lambda *e: (e[0], e[1], tf.constant(1.0)))
+        slots = dev
+    slots = slots.repeat()
 
     def join(batch, slot):
         extras = {"dev_x": slot[0], "dev_y": slot[1], "dev_flag": slot[2]}
@@ -241,15 +245,3 @@ def with_dev_slots(train, dev, slot_every):
         # The infinite held-out stream hides the length from tf.data.
         joined = joined.apply(tf.data.experimental.assert_cardinality(steps))
     return joined
-
-
-def plain_extras(ds):
-    """Wraps `(x, y[, sw])` batches as `(x, y, extras)` without dev slots."""
-
-    def join(*batch):
-        extras = {}
-        if len(batch) == 3:
-            extras["sample_weight"] = batch[2]
-        return batch[0], batch[1], extras
-
-    return ds.map(join)
