@@ -60,33 +60,16 @@ import pathlib
 
 import numpy as np
 
+from keras_olm.data.sunrgbd import SENSORS
+from keras_olm.data.sunrgbd import SUNRGBD_CLASSES
 from keras_olm.datasets import _cache
 
 VERSION = "1"
 NAME = "rgbd_rooms"
 
-CLASSES = (
-    "bathroom",
-    "bedroom",
-    "classroom",
-    "computer_room",
-    "conference_room",
-    "corridor",
-    "dining_area",
-    "dining_room",
-    "discussion_area",
-    "furniture_store",
-    "home_office",
-    "kitchen",
-    "lab",
-    "lecture_theatre",
-    "library",
-    "living_room",
-    "office",
-    "rest_space",
-    "study_space",
-)
-SENSORS = ("kv1", "kv2", "realsense", "xtion")
+# The 19 scene classes and sensor folders of the real set, shared with
+# the reader so both always agree.
+CLASSES = SUNRGBD_CLASSES
 NUM_LAYOUTS = 10
 NUM_PALETTES = 10
 
