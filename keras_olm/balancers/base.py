@@ -102,6 +102,9 @@ class Balancer(keras.layers.Layer):
 
     #: Whether the model must feed held-out batches to `update`.
     needs_dev_data = False
+    #: Whether `update` reads the step's measurements (else it is skipped
+    #: and the model does not compute them).
+    measures_steps = False
     #: Whether unimodal heads read detached features (linear probes).
     detach_unimodal_heads = False
 

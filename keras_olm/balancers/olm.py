@@ -244,6 +244,7 @@ class OLM(Balancer):
     """
 
     needs_dev_data = True
+    measures_steps = True
 
     def __init__(
         self,

@@ -333,14 +333,15 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         head_losses = ops.stop_gradient(head_losses)
         dev_losses, dev_flag = dev_out
         y = self._labels(y)
-        raw = self._raw_head_losses(y, logits)
-        finite = ops.all(ops.isfinite(head_losses))
-        finite = ops.logical_and(finite, ops.all(ops.isfinite(total)))
-        # A non-finite held-out batch must not enter the balancer either.
-        finite = ops.logical_and(finite, ops.all(ops.isfinite(dev_losses)))
-        self.balancer.update(
-            StepMeasurements(y, logits, raw, dev_losses, dev_flag, finite)
-        )
+        if self.balancer.measures_steps:
+            raw = self._raw_head_losses(y, logits)
+            finite = ops.all(ops.isfinite(head_losses))
+            finite = ops.logical_and(finite, ops.all(ops.isfinite(total)))
+            # A non-finite held-out batch must not enter the balancer.
+            finite = ops.logical_and(finite, ops.all(ops.isfinite(dev_losses)))
+            self.balancer.update(
+                StepMeasurements(y, logits, raw, dev_losses, dev_flag, finite)
+            )
         return self._update_metrics(
             y, sample_weight, ops.stop_gradient(total), logits, head_losses
         )
