@@ -1,0 +1,109 @@
+"""Smoke tests of `examples/sunrgbd_depth.py` on the current backend.
+
+The example's `main` runs in-process on tiny data: the embedded RGB-D rooms
+(3 samples per class at 32x32, one epoch, a narrow ResNet18) for the
+baseline and OLM runs, and generated feature arrays for `--features`.
+"""
+
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+pytest.importorskip("keras_hub")
+
+EXAMPLE = (
+    pathlib.Path(__file__).resolve().parents[1] / "examples/sunrgbd_depth.py"
+)
+HEADS = ("rgb", "depth", "fused")
+
+
+@pytest.fixture(scope="module")
+def example():
+    spec = importlib.util.spec_from_file_location("sunrgbd_depth", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _check_accuracies(result):
+    for metric in ("acc", "mean_class_acc"):
+        assert set(result[metric]) == set(HEADS)
+        for value in result[metric].values():
+            assert 0.0 <= value <= 1.0
+
+
+def test_embedded_rooms_baseline_and_olm(example, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_OLM_CACHE", str(tmp_path / "cache"))
+    out_dir = tmp_path / "out"
+    out = example.main(
+        [
+            "--samples-per-class=3",
+            "--image-size=32",
+            "--width=0.25",
+            "--epochs=1",
+            "--batch-size=16",
+            f"--out-dir={out_dir}",
+            "--verbose=0",
+        ]
+    )
+    assert set(out["runs"]) == {"baseline", "olm"}
+    for result in out["runs"].values():
+        _check_accuracies(result)
+        for head in HEADS:
+            cm = result["confusion"][head]
+            assert cm.shape == (19, 19)
+            assert cm.sum() == out["sizes"]["test"]
+    # Train, dev (OLM) and val (checkpoint) partition the training split.
+    sizes = out["sizes"]
+    assert sizes["train"] > 0 and sizes["dev"] > 0 and sizes["val"] > 0
+    assert sizes["train"] + sizes["dev"] + sizes["val"] == 19 * 3 - 38
+    lines = out["table"].splitlines()
+    assert lines[0] == "| run | RGB | Depth | RGB-D (fused) |"
+    assert lines[2].startswith("| joint training (no OLM) |")
+    assert lines[3].startswith("| OLM |")
+    for name in (
+        "confusion_matrices.png",
+        "logit_norms_comparison.png",
+        "baseline/logit_norms.png",
+        "olm/logit_norms.png",
+        "olm/coefficients.png",
+        "olm/olm_diagnostics.csv",
+    ):
+        path = out_dir / name
+        assert path.is_file() and path.stat().st_size > 0, name
+    png = (out_dir / "confusion_matrices.png").read_bytes()
+    assert png[:4] == b"\x89PNG"
+    saved = json.loads((out_dir / "results.json").read_text())
+    assert set(saved["runs"]) == {"baseline", "olm"}
+
+
+def test_features_baseline_only(example, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    centres = {m: rng.normal(size=(19, 8)) for m in ("rgb", "depth")}
+    for split, n in (("train", 95), ("test", 38)):
+        label = np.arange(n) % 19
+        arrays = {
+            m: (c[label] + rng.normal(size=(n, 8))).astype(np.float32)
+            for m, c in centres.items()
+        }
+        np.savez(tmp_path / f"{split}.npz", label=label, **arrays)
+    out_dir = tmp_path / "out"
+    out = example.main(
+        [
+            f"--features={tmp_path}",
+            "--no-olm",
+            "--epochs=2",
+            f"--out-dir={out_dir}",
+            "--verbose=0",
+        ]
+    )
+    assert set(out["runs"]) == {"baseline"}
+    _check_accuracies(out["runs"]["baseline"])
+    printed = capsys.readouterr().out
+    assert "| joint training (no OLM) |" in printed
+    assert "| OLM |" not in printed
+    assert (out_dir / "confusion_matrices.png").is_file()
+    assert (out_dir / "baseline/logit_norms.png").is_file()
