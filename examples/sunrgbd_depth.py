@@ -260,32 +260,44 @@ def build_model(data, args, balancer):
 
 
 class BestWeights(keras.callbacks.Callback):
-    """Keeps the weights of the epoch with the best validation metric.
+    """Keeps the weights of the epoch with the best fused validation accuracy.
 
-    Call `restore()` after `fit` to load them (done after `fit` rather than
-    in `on_train_end` so every backend's trainer has synced its state).
+    Reads the accuracy that a `LogitNormHistory` on the validation split
+    measured at the end of the epoch (list it before this callback), so the
+    validation data is run once per epoch. Call `restore()` after `fit` to
+    load the best weights (after `fit` rather than in `on_train_end`, so
+    that every backend's trainer has synced its state).
 
     Args:
-        monitor: str. A log key, e.g. `"val_fused_acc"`; higher is better.
+        diagnostics: the `LogitNormHistory` measuring the validation split.
+        head: str. The head whose accuracy is maximised. Defaults to
+            `"fused"`.
     """
 
-    def __init__(self, monitor="val_fused_acc"):
+    def __init__(self, diagnostics, head="fused"):
         super().__init__()
-        self.monitor = monitor
+        self.diagnostics = diagnostics
+        self.head = head
         self.best = -np.inf
         self.best_epoch = None
         self.best_weights = None
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None:
+        rows = [
+            r
+            for r in self.diagnostics.history
+            if r["epoch"] == epoch + 1 and r["head"] == self.head
+        ]
+        if not rows:
             return
+        value = float(rows[0]["acc"])
         if value >= self.best:  # ties: the later epoch
-            self.best = float(value)
+            self.best = value
             self.best_epoch = epoch + 1
             self.best_weights = self.model.get_weights()
 
     def restore(self):
+        """Loads the best weights into the model (if any epoch was measured)."""
         if self.best_weights is not None:
             self.model.set_weights(self.best_weights)
 
@@ -305,11 +317,10 @@ def train_and_test(data, args, name, balancer):
     diagnostics = olm_callbacks.LogitNormHistory(
         data["val"], out_dir=run_dir, class_names=data["class_names"]
     )
-    best = BestWeights("val_fused_acc")
+    best = BestWeights(diagnostics)
     model.fit(
         data["train"],
         dev_data=data["dev"],
-        validation_data=data["val"],
         epochs=args.epochs,
         callbacks=[diagnostics, best],
         verbose=args.verbose,
@@ -323,6 +334,7 @@ def train_and_test(data, args, name, balancer):
         "mean_class_acc": {},
         "confusion": {},
         "best_epoch": best.best_epoch,
+        "best_val_fused_acc": best.best,
         "diagnostics_csv": diagnostics.csv_path,
     }
     for head, values in logits.items():
@@ -470,7 +482,13 @@ def main(argv=None):
     results = {}
     for name, balancer in runs:
         print(f"--- {RUN_TITLES[name]} ---")
-        results[name] = train_and_test(data, args, name, balancer)
+        result = train_and_test(data, args, name, balancer)
+        results[name] = result
+        print(
+            f"checkpoint: epoch {result['best_epoch']} (validation fused "
+            f"accuracy {result['best_val_fused_acc']:.3f}); "
+            f"{result['seconds']:.0f} s"
+        )
     heads = [*data["input_shapes"], "fused"]
     table = format_table(results, heads, "acc")
     mean_table = format_table(results, heads, "mean_class_acc")
