@@ -14,8 +14,8 @@ Data (every split comes from the repository's readers):
   classes x 80 samples at 64x64, generated once into the cache and read by
   `keras_olm.data.SunRGBD` exactly as a real SUN RGB-D copy);
 - `--data-dir DIR`: a real SUN RGB-D copy (sensor folders plus
-  `allsplit.mat`, or `train.txt`/`test.txt`; see `keras_olm.data.SunRGBD`);
-  use e.g. `--image-size 224` and a GPU;
+  `allsplit.mat`, or `train.txt`/`test.txt`; see `keras_olm.data.SunRGBD`)
+  at 224x224 by default (`--image-size`); meant for a GPU;
 - `--features DIR`: pre-extracted features (the paper used Places-CNN
   features of RGB and depth) read by `keras_olm.data.SunRGBDFeatures`, with
   MLP encoders instead of ResNet18.
@@ -32,13 +32,15 @@ encoders. Full-width ResNet18 (`--width 1`) is the default;
 `--width 0.5` keeps ResNet18's block layout with narrower stages 2-4
 (keras-hub requires 64 filters in stage 1).
 
-Run (the default takes about 6 minutes on 2 CPU cores with the TensorFlow
-backend):
+Run (the default: two runs, each training two ResNet18 encoders for 6
+epochs at 64x64; it took 6.5 minutes on 2 shared CPU cores with the
+TensorFlow backend, with test accuracy RGB / Depth / RGB-D 0.675 / 0.264 /
+0.805 without OLM and 0.839 / 0.429 / 0.933 with OLM):
 
     pip install -e ".[examples]"
     python examples/sunrgbd_depth.py
     KERAS_BACKEND=jax python examples/sunrgbd_depth.py --epochs 1 \\
-        --samples-per-class 3 --width 0.25
+        --samples-per-class 3 --image-size 32 --width 0.25 --blocks 1
     python examples/sunrgbd_depth.py --data-dir /data/SUNRGBD \\
         --image-size 224 --epochs 30
     python examples/sunrgbd_depth.py --features /data/sunrgbd_places
@@ -190,17 +192,20 @@ def load_data(args):
 # --- models ------------------------------------------------------------
 
 
-def resnet18_encoder(image_shape, width=1.0, name="resnet18"):
+def resnet18_encoder(image_shape, width=1.0, blocks=2, name="resnet18"):
     """ResNet18 (keras-hub `ResNetBackbone` config, random weights) + GAP.
 
     The configuration of keras-hub's `resnet_18_imagenet` preset: a 7x7
     stem with 64 filters, four stages of two basic blocks with strides
     1, 2, 2, 2 and 64, 128, 256, 512 filters, post-activation. `width`
-    scales the filters of stages 2-4 (keras-hub requires 64 in stage 1).
+    scales the filters of stages 2-4 (keras-hub requires 64 in stage 1);
+    `blocks=1` gives the same layout with one block per stage (ResNet10),
+    for quick smoke runs.
 
     Args:
         image_shape: tuple `(height, width, channels)`.
         width: float. Width multiplier of stages 2-4. Defaults to `1.0`.
+        blocks: int. Basic blocks per stage. Defaults to `2` (ResNet18).
         name: str. The encoder's name.
 
     Returns:
@@ -213,7 +218,7 @@ def resnet18_encoder(image_shape, width=1.0, name="resnet18"):
         input_conv_filters=[64],
         input_conv_kernel_sizes=[7],
         stackwise_num_filters=filters,
-        stackwise_num_blocks=[2, 2, 2, 2],
+        stackwise_num_blocks=[blocks] * 4,
         stackwise_num_strides=[1, 2, 2, 2],
         block_type="basic_block",
         use_pre_activation=False,
@@ -249,7 +254,9 @@ def build_model(data, args, balancer):
     encoders = {}
     for m, shape in data["input_shapes"].items():
         if data["kind"] == "images":
-            encoders[m] = resnet18_encoder(shape, args.width, f"{m}_resnet18")
+            encoders[m] = resnet18_encoder(
+                shape, args.width, args.blocks, f"{m}_resnet18"
+            )
         else:
             encoders[m] = mlp_encoder(shape, f"{m}_mlp")
     model = keras_olm.BalancedMultimodalModel(
@@ -412,13 +419,15 @@ def parse_args(argv=None):
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
-        "--data-dir", help="a SUN RGB-D copy (default: embedded RGB-D rooms)"
+        "--data-dir",
+        help="a SUN RGB-D copy; without it, the embedded RGB-D rooms",
     )
     source.add_argument(
         "--features", help="pre-extracted SUN RGB-D features (MLP encoders)"
     )
     parser.add_argument(
-        "--split-file", help="allsplit.mat (default: the reader's search)"
+        "--split-file",
+        help="allsplit.mat; without it, the reader looks in the root",
     )
     parser.add_argument(
         "--samples-per-class",
@@ -426,24 +435,42 @@ def parse_args(argv=None):
         default=80,
         help="embedded rooms: samples per class (half train, half test)",
     )
-    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument(
+        "--data-seed", type=int, default=0, help="embedded rooms: seed"
+    )
     parser.add_argument(
         "--image-size",
         type=int,
         default=None,
-        help="square input size (default: 64 embedded, 224 SUN RGB-D)",
+        help="square input size; None: 64 embedded, 224 SUN RGB-D",
     )
-    parser.add_argument("--depth-channels", type=int, choices=(1, 3), default=1)
-    parser.add_argument("--use-bfx", action="store_true")
+    parser.add_argument(
+        "--depth-channels",
+        type=int,
+        choices=(1, 3),
+        default=1,
+        help="3 repeats depth for 3-channel encoders",
+    )
+    parser.add_argument(
+        "--use-bfx", action="store_true", help="read inpainted depth_bfx/"
+    )
     parser.add_argument(
         "--width",
         type=float,
         default=1.0,
         help="ResNet18 width multiplier of stages 2-4 (1 = ResNet18)",
     )
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--blocks",
+        type=int,
+        default=2,
+        help="basic blocks per stage (2 = ResNet18; 1 for smoke runs)",
+    )
+    parser.add_argument("--epochs", type=int, default=6, help="per run")
+    parser.add_argument("--batch-size", type=int, default=32, help="per step")
+    parser.add_argument(
+        "--learning-rate", type=float, default=1e-3, help="Adam"
+    )
     parser.add_argument(
         "--dev-fraction",
         type=float,
@@ -460,9 +487,15 @@ def parse_args(argv=None):
         "--cache", action="store_true", help="keep decoded images in memory"
     )
     parser.add_argument("--no-olm", action="store_true", help="baseline only")
-    parser.add_argument("--out-dir", default="outputs/sunrgbd_depth")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", type=int, default=2)
+    parser.add_argument(
+        "--out-dir", default="outputs/sunrgbd_depth", help="figures, CSV"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="weights, splits, shuffling"
+    )
+    parser.add_argument(
+        "--verbose", type=int, default=2, help="Keras fit verbosity"
+    )
     return parser.parse_args(argv)
 
 

@@ -43,6 +43,7 @@ def test_embedded_rooms_baseline_and_olm(example, tmp_path, monkeypatch):
             "--samples-per-class=3",
             "--image-size=32",
             "--width=0.25",
+            "--blocks=1",
             "--epochs=1",
             "--batch-size=16",
             f"--out-dir={out_dir}",
