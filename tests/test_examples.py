@@ -108,3 +108,43 @@ def test_features_baseline_only(example, tmp_path, capsys):
     assert "| OLM |" not in printed
     assert (out_dir / "confusion_matrices.png").is_file()
     assert (out_dir / "baseline/logit_norms.png").is_file()
+
+
+def test_data_dir_reads_allsplit_mat(example, tmp_path):
+    """`--data-dir`: a SUN RGB-D copy with the toolbox's `allsplit.mat`."""
+    from scipy import io as sio
+
+    from keras_olm.datasets import rgbd_rooms
+
+    root = rgbd_rooms.generate(
+        tmp_path / "SUNRGBD", samples_per_class=2, image_size=32, verbose=False
+    )
+    splits = {}
+    for split in ("train", "test"):
+        splits[split] = (root / f"{split}.txt").read_text().split()
+        (root / f"{split}.txt").unlink()
+    prefix = "/n/fs/sun3d/data/SUNRGBD/"  # absolute, as in the toolbox
+    sio.savemat(
+        root / "allsplit.mat",
+        {
+            f"all{split}": np.array([prefix + p for p in paths], dtype=object)
+            for split, paths in splits.items()
+        },
+    )
+    args = example.parse_args(
+        [f"--data-dir={root}", "--image-size=32", "--batch-size=4"]
+    )
+    data = example.load_data(args)
+    assert data["kind"] == "images"
+    assert data["input_shapes"] == {"rgb": (32, 32, 3), "depth": (32, 32, 1)}
+    sizes = data["sizes"]
+    assert sizes["train"] + sizes["dev"] + sizes["val"] == len(splits["train"])
+    assert sizes["test"] == len(splits["test"])
+    counts = {
+        name: sum(len(y) for _, y in data[name].as_numpy_iterator())
+        for name in ("train", "dev", "val", "test")
+    }
+    assert counts == sizes
+    x, y = next(iter(data["train"]))
+    assert tuple(x["depth"].shape) == (4, 32, 32, 1)
+    assert 0 <= int(np.min(y)) and int(np.max(y)) < 19
