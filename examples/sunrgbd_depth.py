@@ -85,19 +85,24 @@ def _drop_index(i, element):
     return element
 
 
-def _split_validation(reader, fraction, seed):
-    """Splits the reader's `train` split into (train, val), unbatched.
-
-    The reader's own `dev` split (OLM's held-out data) is already outside
-    `train`; the validation samples are a seeded share of what is left, so
-    train, dev, val and test are disjoint.
-    """
-    n = len(reader.samples("train"))
+def _validation_indices(n, fraction, seed):
+    """Seeded (train, val) index arrays over `range(n)`."""
     n_val = int(round(n * fraction))
     if fraction > 0 and n >= 2:
         n_val = min(max(n_val, 1), n - 1)
     perm = np.random.default_rng(seed).permutation(n)
-    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _split_validation(reader, fraction, seed):
+    """Splits the reader's `train` split into (train, val), unbatched.
+
+    For in-memory readers (features): the decoded samples are filtered by
+    index. The reader's own `dev` split (OLM's held-out data) is already
+    outside `train`, so train, dev, val and test are disjoint.
+    """
+    n = len(reader.samples("train"))
+    train_idx, val_idx = _validation_indices(n, fraction, seed)
     base = reader.as_dataset(
         "train", batch_size=None, shuffle=False, training=False, prefetch=False
     ).enumerate()
@@ -106,6 +111,49 @@ def _split_validation(reader, fraction, seed):
     train = train.apply(tf.data.experimental.assert_cardinality(len(train_idx)))
     val = val.apply(tf.data.experimental.assert_cardinality(len(val_idx)))
     return train, val
+
+
+def _sunrgbd_readers(root, args, size):
+    """The SUN RGB-D reader, and one over the (fit, val) sample lists.
+
+    The first reader reads the official split and holds out `dev` for OLM.
+    The rest of its `train` split is cut (by `--seed`) into the samples
+    that fit the weights and the validation samples; both lists are
+    written as split files into `<out-dir>/splits/` and read by a second
+    reader (its `train` and `test` splits), so that the training samples
+    are shuffled before decoding and validation images are never decoded
+    in a training pass.
+    """
+    options = dict(
+        image_size=(size, size),
+        depth_channels=args.depth_channels,
+        use_bfx=args.use_bfx,
+        seed=args.seed,
+    )
+    reader = olm_data.SunRGBD(
+        root,
+        split_file=args.split_file,
+        dev_fraction=args.dev_fraction,
+        **options,
+    )
+    ids = [r["id"] for r in reader.samples("train")]
+    train_idx, val_idx = _validation_indices(
+        len(ids), args.val_fraction, args.seed
+    )
+    folder = os.path.join(args.out_dir, "splits")
+    os.makedirs(folder, exist_ok=True)
+    lists = {}
+    for name, indices in (("fit", train_idx), ("val", val_idx)):
+        lists[name] = os.path.join(folder, f"{name}.txt")
+        with open(lists[name], "w", encoding="utf-8") as f:
+            f.writelines(ids[i] + "\n" for i in indices)
+    fit_reader = olm_data.SunRGBD(
+        root,
+        split_file={"train": lists["fit"], "test": lists["val"]},
+        dev_fraction=0.0,
+        **options,
+    )
+    return reader, fit_reader
 
 
 def load_data(args):
@@ -120,6 +168,7 @@ def load_data(args):
         without the batch axis), `"kind"` (`"images"` or `"features"`) and
         `"source"` (a description).
     """
+    fit_reader = None
     if args.features:
         reader = olm_data.SunRGBDFeatures(
             args.features, dev_fraction=args.dev_fraction, seed=args.seed
@@ -143,28 +192,32 @@ def load_data(args):
         else:
             source = f"SUN RGB-D at {root}"
         size = args.image_size or (64 if args.data_dir is None else 224)
-        reader = olm_data.SunRGBD(
-            root,
-            split_file=args.split_file,
-            image_size=(size, size),
-            depth_channels=args.depth_channels,
-            use_bfx=args.use_bfx,
-            dev_fraction=args.dev_fraction,
-            seed=args.seed,
-        )
+        reader, fit_reader = _sunrgbd_readers(root, args, size)
         kind = "images"
         # Decoded 64x64 images are small: decode once, keep in memory.
         cache = args.cache or args.data_dir is None
-    bs = args.batch_size
-    train, val = _split_validation(reader, args.val_fraction, args.seed)
+    if kind == "images":
+        # Decoded, cached samples are shuffled in memory; otherwise the
+        # reader shuffles the records (file names) before decoding.
+        train = fit_reader.as_dataset(
+            "train",
+            batch_size=None,
+            shuffle=not cache,
+            seed=args.seed,
+            prefetch=False,
+        )
+        val = fit_reader.as_dataset("test", batch_size=None, prefetch=False)
+    else:
+        train, val = _split_validation(reader, args.val_fraction, args.seed)
     dev = reader.as_dataset("dev", batch_size=None, prefetch=False)
     test = reader.as_dataset("test", batch_size=None, prefetch=False)
+    n_train = int(train.cardinality())
     if cache:
         train, val, dev = train.cache(), val.cache(), dev.cache()
-    n_train = int(train.cardinality())
-    train = train.shuffle(
-        min(n_train, 2048), seed=args.seed, reshuffle_each_iteration=True
-    )
+        train = train.shuffle(
+            n_train, seed=args.seed, reshuffle_each_iteration=True
+        )
+    bs = args.batch_size
     datasets = {
         "train": train.batch(bs),
         "dev": dev.batch(bs),

@@ -131,10 +131,23 @@ def test_data_dir_reads_allsplit_mat(example, tmp_path):
             for split, paths in splits.items()
         },
     )
+    out_dir = tmp_path / "out"
     args = example.parse_args(
-        [f"--data-dir={root}", "--image-size=32", "--batch-size=4"]
+        [
+            f"--data-dir={root}",
+            "--image-size=32",
+            "--batch-size=4",
+            f"--out-dir={out_dir}",
+        ]
     )
     data = example.load_data(args)
+    fit, val = (
+        set((out_dir / "splits" / f"{name}.txt").read_text().split())
+        for name in ("fit", "val")
+    )
+    dev = {r["id"] for r in data["reader"].samples("dev")}
+    assert not (fit & val or fit & dev or val & dev)
+    assert fit | val | dev == set(splits["train"])
     assert data["kind"] == "images"
     assert data["input_shapes"] == {"rgb": (32, 32, 3), "depth": (32, 32, 1)}
     sizes = data["sizes"]
