@@ -244,4 +244,4 @@ def with_dev_slots(train, dev, slot_every):
     if steps >= 0:
         # The infinite held-out stream hides the length from tf.data.
         joined = joined.apply(tf.data.experimental.assert_cardinality(steps))
-    return joined
+    return joined.prefetch(tf.data.AUTOTUNE)
