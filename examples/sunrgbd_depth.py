@@ -24,7 +24,8 @@ Splits: the official training split is divided into `train` (fits the
 weights), `dev` (the reader's seeded hold-out, `--dev-fraction`, read only
 by OLM for its held-out losses) and `val` (`--val-fraction`, picks the
 checkpoint: the epoch with the best fused validation accuracy, and feeds the
-logit-norm diagnostics). The test split is scored once, at the end.
+logit-norm diagnostics; for images the fit and val sample lists are written
+to `<out-dir>/splits/`). The test split is scored once, at the end.
 
 Depth enters the depth ResNet18 as one channel (metres / 8 m, the reader's
 `depth_normalize="max"`); `--depth-channels 3` repeats it for 3-channel
@@ -33,7 +34,7 @@ encoders. Full-width ResNet18 (`--width 1`) is the default;
 (keras-hub requires 64 filters in stage 1).
 
 Run (the default: two runs, each training two ResNet18 encoders for 6
-epochs at 64x64; it took 6.5 minutes on 2 shared CPU cores with the
+epochs at 64x64; it took 6.5 to 7 minutes on 2 shared CPU cores with the
 TensorFlow backend, with test accuracy RGB / Depth / RGB-D 0.675 / 0.264 /
 0.805 without OLM and 0.839 / 0.429 / 0.933 with OLM):
 
