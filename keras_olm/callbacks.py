@@ -323,17 +323,7 @@ class LogitNormHistory(keras.callbacks.Callback):
             )
             return
         spec = self._dataset.element_spec
-        if not isinstance(spec, tuple) or len(spec) not in (2, 3):
-            raise ValueError(
-                f"{_WHERE}: a dataset must yield (inputs, labels) batches; "
-                f"got elements {spec}."
-            )
-        if not isinstance(spec[0], dict):
-            raise ValueError(
-                f"{_WHERE}: the inputs must be a dict from modality name to "
-                f"tensor; got {spec[0]}."
-            )
-        inputs_lib.check_modalities(spec[0].keys(), model.modalities, _WHERE)
+        inputs_lib.check_dataset_spec(spec, model.modalities, _WHERE)
         if spec[1].shape.rank == 0:
             raise ValueError(
                 f"{_WHERE}: the dataset yields single samples; batch it "

@@ -73,9 +73,8 @@ def check_label_values(y, num_classes, where):
         )
 
 
-def check_dataset(ds, modalities, num_classes, where):
-    """Adds in-pipeline checks to a dataset of `(x, y[, sw])` batches."""
-    spec = ds.element_spec
+def check_dataset_spec(spec, modalities, where):
+    """Validates a dataset's element structure: `(dict inputs, labels)`."""
     if not isinstance(spec, tuple) or len(spec) not in (2, 3):
         raise ValueError(
             f"{where}: a dataset must yield (inputs, labels) or "
@@ -87,6 +86,11 @@ def check_dataset(ds, modalities, num_classes, where):
             f"tensor; got {spec[0]}."
         )
     check_modalities(spec[0].keys(), modalities, where)
+
+
+def check_dataset(ds, modalities, num_classes, where):
+    """Adds in-pipeline checks to a dataset of `(x, y[, sw])` batches."""
+    check_dataset_spec(ds.element_spec, modalities, where)
 
     def check(*element):
         x, y = element[0], element[1]
