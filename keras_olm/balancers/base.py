@@ -14,10 +14,11 @@ The hooks, in the order the model calls them in one training step:
    features (then they are linear probes that cannot train the encoders).
 3. `modulate(logits)`: map raw per-head logits to the logits the loss
    sees (OLM multiplies each head by its coefficient).
-4. `compute_loss(y, logits, sample_weight)`: the training loss and the
+4. `compute_loss(y, logits, sample_weight, features)`: the training loss and the
    per-head losses (G-Blend and GradNorm reweight them, PMR adds terms).
-5. `transform_gradients(grads, variables, groups)`: rescale gradients per
-   modality (OGM-GE, AGM).
+5. `transform_gradients(grads, variables, groups, step)`: rescale
+   gradients per modality (OGM-GE, AGM); `step` carries the batch's
+   detached logits, per-head losses and features.
 6. `update(step)`: advance the balancer's own state from what the step
    measured (OLM's coefficients, G-Blend's weights), through `assign`
    only, so the same code runs inside every backend's compiled step.
@@ -65,9 +66,21 @@ class StepMeasurements:
             held-out batch, else 0.
         finite: bool scalar tensor. False when any loss of the step was
             NaN or infinite; balancers must then keep their state.
+        features: dict or `None`. The detached features each head read
+            (the fusion layer's outputs: one per modality and `"fused"`).
     """
 
-    def __init__(self, y, logits, head_losses, dev_losses, dev_flag, finite):
+    def __init__(
+        self,
+        y,
+        logits,
+        head_losses,
+        dev_losses,
+        dev_flag,
+        finite,
+        features=None,
+    ):
+        self.features = features
         self.y = y
         self.logits = logits
         self.head_losses = head_losses
@@ -141,13 +154,16 @@ class Balancer(keras.layers.Layer):
         """Per-head loss weights, shape `(num_heads,)`; all ones here."""
         return ops.ones((self.num_heads,))
 
-    def compute_loss(self, y, logits, sample_weight=None):
+    def compute_loss(self, y, logits, sample_weight=None, features=None):
         """Training loss of one batch.
 
         Args:
             y: int tensor. Labels, shape `(batch,)`.
             logits: dict. Raw per-head logits.
             sample_weight: float tensor or `None`.
+            features: dict or `None`. The features each head reads (one per
+                modality and `"fused"`), not detached: loss terms on them
+                train the encoders (PMR's prototype losses).
 
         Returns:
             `(total, head_losses)`: the scalar loss to differentiate and the
@@ -163,7 +179,7 @@ class Balancer(keras.layers.Layer):
         total = ops.sum(head_losses * self.head_loss_weights())
         return total, head_losses
 
-    def transform_gradients(self, grads, variables, groups):
+    def transform_gradients(self, grads, variables, groups, step=None):
         """Rescales gradients; identity here.
 
         Args:
@@ -171,6 +187,9 @@ class Balancer(keras.layers.Layer):
             variables: list of the model's trainable variables.
             groups: dict from modality name to the list of indices (into
                 `variables`) of that modality's encoder variables.
+            step: `StepMeasurements` of this batch, before the optimizer
+                step: labels, detached raw logits, per-head training losses
+                and features; no held-out losses (`dev_losses` is `None`).
 
         Returns:
             The list of gradients to apply.

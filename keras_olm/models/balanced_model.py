@@ -171,6 +171,10 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
 
     def _forward(self, inputs, training=False):
         """Raw logits of every head, as a dict."""
+        return self._forward_with_features(inputs, training)[0]
+
+    def _forward_with_features(self, inputs, training=False):
+        """Raw logits of every head and the features the heads read."""
         self._check_inputs(inputs)
         encoded = {
             m: self.encoders[m](inputs[m], training=training)
@@ -184,7 +188,7 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
                 f = ops.stop_gradient(f)
             logits[m] = self.heads[m](f)
         logits[FUSED] = self.heads[FUSED](features[FUSED])
-        return logits
+        return logits, features
 
     def call(self, inputs, training=False):
         return ops.softmax(self._forward(inputs, training)[FUSED], axis=-1)
@@ -275,13 +279,13 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
 
     def _loss_and_logits(self, x, y, sample_weight, training=True):
         """Forward pass and loss; what the trainers differentiate."""
-        logits = self._forward(x, training=training)
+        logits, features = self._forward_with_features(x, training=training)
         total, head_losses = self.balancer.compute_loss(
-            self._labels(y), logits, sample_weight
+            self._labels(y), logits, sample_weight, features=features
         )
         if self.losses:
             total = total + ops.sum(ops.stack(self.losses))
-        return total, (logits, head_losses)
+        return total, (logits, head_losses, features)
 
     def _raw_head_losses(self, y, logits):
         y = self._labels(y)
@@ -313,14 +317,25 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             }
         return self._gradient_groups
 
-    def _transform_gradients(self, grads, total):
+    def _transform_gradients(self, grads, total, y, aux):
         """Balancer gradient hook; drops the update of a non-finite step."""
+        logits, head_losses, features = _detached(aux)
+        finite = ops.all(ops.isfinite(total))
+        step = StepMeasurements(
+            self._labels(y),
+            logits,
+            head_losses,
+            None,
+            None,
+            finite,
+            features=features,
+        )
         grads = self.balancer.transform_gradients(
             grads,
             self.trainable_variables,
             self._gradient_groups_by_modality(),
+            step,
         )
-        finite = ops.all(ops.isfinite(total))
         return [
             None if g is None else ops.where(finite, g, ops.zeros_like(g))
             for g in grads
@@ -328,9 +343,7 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
 
     def _after_train_step(self, y, sample_weight, total, aux, dev_out):
         """Balancer update and metrics after the optimizer step."""
-        logits, head_losses = aux
-        logits = {h: ops.stop_gradient(v) for h, v in logits.items()}
-        head_losses = ops.stop_gradient(head_losses)
+        logits, head_losses, features = _detached(aux)
         dev_losses, dev_flag = dev_out
         y = self._labels(y)
         if self.balancer.measures_steps:
@@ -340,7 +353,15 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             # A non-finite held-out batch must not enter the balancer.
             finite = ops.logical_and(finite, ops.all(ops.isfinite(dev_losses)))
             self.balancer.update(
-                StepMeasurements(y, logits, raw, dev_losses, dev_flag, finite)
+                StepMeasurements(
+                    y,
+                    logits,
+                    raw,
+                    dev_losses,
+                    dev_flag,
+                    finite,
+                    features=features,
+                )
             )
         return self._update_metrics(
             y, sample_weight, ops.stop_gradient(total), logits, head_losses
@@ -369,7 +390,7 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         return logs
 
     def _test_logs(self, x, y, sample_weight):
-        total, (logits, head_losses) = self._loss_and_logits(
+        total, (logits, head_losses, _) = self._loss_and_logits(
             x, y, sample_weight, training=False
         )
         return self._update_metrics(
@@ -559,6 +580,16 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             config["balancer"]
         )
         return cls(**config)
+
+
+def _detached(aux):
+    """Detached `(logits, head_losses, features)` of a training step."""
+    logits, head_losses, features = aux
+    return (
+        {h: ops.stop_gradient(v) for h, v in logits.items()},
+        ops.stop_gradient(head_losses),
+        {m: ops.stop_gradient(v) for m, v in features.items()},
+    )
 
 
 class _NonFiniteGuard(keras.callbacks.Callback):

@@ -66,8 +66,9 @@ class StepMixin:
         (total, (aux, non_trainable)), grads = jax.value_and_grad(
             loss_fn, has_aux=True
         )(trainable)
-        grads, _ = self._run_stateless(
-            lambda: self._transform_gradients(grads, total),
+        # Balancer state assigned here (e.g. a noise seed) is kept.
+        grads, (_, non_trainable, _) = self._run_stateless(
+            lambda: self._transform_gradients(grads, total, y, aux),
             refs,
             (trainable, non_trainable, metrics_vars),
         )

@@ -14,7 +14,7 @@ class StepMixin:
             total, aux = self._loss_and_logits(x, y, sample_weight, True)
         variables = self.trainable_variables
         grads = tape.gradient(total, variables)
-        grads = self._transform_gradients(grads, total)
+        grads = self._transform_gradients(grads, total, y, aux)
         self.optimizer.apply(grads, variables)
         return self._after_train_step(y, sample_weight, total, aux, dev_out)
 

@@ -17,7 +17,7 @@ class StepMixin:
         variables = self.trainable_variables
         grads = [v.value.grad for v in variables]
         with torch.no_grad():
-            grads = self._transform_gradients(grads, total)
+            grads = self._transform_gradients(grads, total, y, aux)
             self.optimizer.apply(grads, variables)
             return self._after_train_step(y, sample_weight, total, aux, dev_out)
 
