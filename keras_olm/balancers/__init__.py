@@ -5,4 +5,41 @@ from keras_olm.balancers.base import JointTraining
 from keras_olm.balancers.base import StepMeasurements
 from keras_olm.balancers.olm import OLM
 
-__all__ = ["OLM", "Balancer", "JointTraining", "StepMeasurements"]
+#: Names accepted by `BalancedMultimodalModel(balancer=...)` and `get`,
+#: each mapped to the class built with its defaults.
+REGISTRY = {
+    "olm": OLM,
+    "heads": Balancer,
+    "multihead": Balancer,
+    "joint": JointTraining,
+}
+
+
+def get(identifier, **kwargs):
+    """Builds a balancer from its registered name.
+
+    Args:
+        identifier: str. A key of `REGISTRY` (case-insensitive).
+        **kwargs: passed to the balancer's constructor.
+
+    Returns:
+        A `Balancer`.
+    """
+    key = str(identifier).lower()
+    if key not in REGISTRY:
+        raise ValueError(
+            f"Unknown balancer {identifier!r}; registered: "
+            f"{sorted(REGISTRY)}, or None, or a keras_olm.balancers.Balancer "
+            "instance."
+        )
+    return REGISTRY[key](**kwargs)
+
+
+__all__ = [
+    "OLM",
+    "REGISTRY",
+    "Balancer",
+    "JointTraining",
+    "StepMeasurements",
+    "get",
+]

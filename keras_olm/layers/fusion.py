@@ -7,12 +7,21 @@ MODES = ("concat", "sum")
 
 
 def pool_features(x):
-    """Averages every axis between the batch and the feature axis.
+    """One feature vector per sample from an encoder's output.
 
     Encoders may return vectors `(batch, d)`, sequences `(batch, t, d)` or
-    feature maps `(batch, h, w, d)`; late fusion works on vectors (the
-    SeqPooling of Eq. 5).
+    feature maps `(batch, h, w, d)`, whose axes between the batch and the
+    feature axis are averaged (the SeqPooling of Eq. 5), or a dict, as the
+    sequence encoders do, whose `"pooled"` entry is used (their final
+    [CLS] token). Every late fusion works on these vectors.
     """
+    if isinstance(x, dict):
+        if "pooled" not in x:
+            raise ValueError(
+                "An encoder that returns a dict must give its pooled "
+                f"feature under 'pooled'; got keys {sorted(x)}."
+            )
+        return x["pooled"]
     rank = len(x.shape)
     if rank == 2:
         return x
@@ -22,6 +31,14 @@ def pool_features(x):
             f"shape {x.shape}"
         )
     return ops.mean(x, axis=tuple(range(1, rank - 1)))
+
+
+def _pooled_shapes(features_shape):
+    """Shapes of the pooled features, as `pool_features` gives them."""
+    return {
+        m: tuple(s["pooled"]) if isinstance(s, dict) else tuple(s)
+        for m, s in features_shape.items()
+    }
 
 
 @keras.saving.register_keras_serializable(package="keras_olm")
@@ -69,6 +86,7 @@ class LateFusion(keras.layers.Layer):
         self.projections = {}
 
     def build(self, features_shape):
+        features_shape = _pooled_shapes(features_shape)
         widths = {m: s[-1] for m, s in features_shape.items()}
         if self.mode == "sum":
             units = self.units
@@ -96,6 +114,7 @@ class LateFusion(keras.layers.Layer):
         return {**pooled, "fused": fused}
 
     def compute_output_shape(self, features_shape):
+        features_shape = _pooled_shapes(features_shape)
         out = {m: (s[0], s[-1]) for m, s in features_shape.items()}
         batch = next(iter(features_shape.values()))[0]
         if self.mode == "concat":

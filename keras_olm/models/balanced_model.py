@@ -11,12 +11,12 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_olm import balancers as balancers_lib
 from keras_olm.balancers.base import FUSED
 from keras_olm.balancers.base import Balancer
 from keras_olm.balancers.base import JointTraining
 from keras_olm.balancers.base import StepMeasurements
 from keras_olm.balancers.base import cross_entropy
-from keras_olm.balancers.olm import OLM
 from keras_olm.layers.fusion import LateFusion
 from keras_olm.models import inputs as inputs_lib
 from keras_olm.trainers import StepMixin
@@ -30,15 +30,7 @@ def _resolve_balancer(balancer):
     if balancer is None:
         return JointTraining(name="balancer")
     if isinstance(balancer, str):
-        key = balancer.lower()
-        if key == "olm":
-            return OLM(name="balancer")
-        if key in ("heads", "multihead"):
-            return Balancer(name="balancer")
-        raise ValueError(
-            f"Unknown balancer {balancer!r}; use 'olm', 'heads', None or a "
-            "keras_olm.balancers.Balancer instance."
-        )
+        return balancers_lib.get(balancer, name="balancer")
     if isinstance(balancer, Balancer):
         return balancer
     raise TypeError(
