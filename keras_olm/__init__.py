@@ -1,7 +1,8 @@
 """keras-olm: balanced multimodal learning for Keras 3.
 
 The public surface: `BalancedMultimodalModel`, the `OLM` balancer, the
-`LateFusion` layer, `holdout_split`, and the `balancers`, `callbacks`,
+fusion layers (`LateFusion`, `FiLMFusion`, `GatedFusion`,
+`AttentionFusion`), `holdout_split`, and the `balancers`, `callbacks`,
 `synthetic` modules.
 """
 
@@ -11,6 +12,9 @@ from keras_olm import synthetic
 from keras_olm.balancers import OLM
 from keras_olm.balancers import Balancer
 from keras_olm.balancers import JointTraining
+from keras_olm.layers import AttentionFusion
+from keras_olm.layers import FiLMFusion
+from keras_olm.layers import GatedFusion
 from keras_olm.layers import LateFusion
 from keras_olm.models import BalancedMultimodalModel
 from keras_olm.models import NonFiniteLossError
@@ -20,8 +24,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "OLM",
+    "AttentionFusion",
     "BalancedMultimodalModel",
     "Balancer",
+    "FiLMFusion",
+    "GatedFusion",
     "JointTraining",
     "LateFusion",
     "NonFiniteLossError",
