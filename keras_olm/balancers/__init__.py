@@ -3,6 +3,7 @@
 from keras_olm.balancers.base import Balancer
 from keras_olm.balancers.base import JointTraining
 from keras_olm.balancers.base import StepMeasurements
+from keras_olm.balancers.ogm_ge import OGMGE
 from keras_olm.balancers.olm import OLM
 
 #: Names accepted by `BalancedMultimodalModel(balancer=...)` and `get`,
@@ -12,6 +13,7 @@ REGISTRY = {
     "heads": Balancer,
     "multihead": Balancer,
     "joint": JointTraining,
+    "ogm_ge": OGMGE,
 }
 
 
@@ -36,6 +38,7 @@ def get(identifier, **kwargs):
 
 
 __all__ = [
+    "OGMGE",
     "OLM",
     "REGISTRY",
     "Balancer",

@@ -1,0 +1,332 @@
+"""On-the-fly Gradient Modulation with Generalization Enhancement.
+
+Peng et al., "Balanced Multimodal Learning via On-the-fly Gradient
+Modulation", CVPR 2022. After the backward pass, the encoder of the
+modality that currently explains the labels better (the dominant one) has
+its gradient scaled down, and every modulated encoder gradient gets
+Gaussian noise with the spread of the unmodulated gradient:
+
+    s_u   = Σ_i softmax(z_u,i)[y_i]                 (score, Eq. 8)
+    ρ_u   = s_u / s_v                               (discrepancy, Eq. 9)
+    k_u   = 1 - tanh(α · ρ_u)  if ρ_u > 1, else 1   (coefficient, Eq. 10)
+    g_u  <- k_u · g_u + ε,  ε ~ N(0, std(g_u)²)     (OGM-GE, Sec. 3.3)
+
+The official code has two coefficient forms: the paper's Eq. 10 and the
+code at the time of the paper use `1 - tanh(α · relu(ρ))` on the dominant
+modality (so the coefficient jumps from 1 to `1 - tanh(α)` as ρ crosses
+1), while later versions of the code use `1 - tanh(α · relu(ρ - 1))`,
+which is continuous at ρ = 1. `coefficient_form="shifted"` (the default)
+is the continuous one; `"paper"` is Eq. 10 as printed.
+
+Differences from the official code, all documented on the layer:
+- the scores s_u come from each modality's own head (this library gives
+  every modality a head), not from the split weights of the fused head;
+- the noise and the coefficient apply to every trainable variable of the
+  modality's encoder (the code: the 4-D convolution kernels only);
+- with M > 2 modalities, ρ_u is s_u over the mean score of the others
+  (for M = 2 this is the paper's ratio).
+"""
+
+import keras
+from keras import ops
+
+from keras_olm.balancers.base import Balancer
+
+COEFFICIENT_FORMS = ("shifted", "paper")
+
+
+# --- the math of Eq. 8-10, as pure functions -----------------------------
+
+
+def true_class_scores(y, logits):
+    """Summed softmax probability of the true class (Eq. 8).
+
+    Args:
+        y: int tensor `(batch,)`. Labels.
+        logits: float tensor `(batch, num_classes)`. One modality's logits.
+
+    Returns:
+        A scalar: Σ_i softmax(logits_i)[y_i].
+    """
+    logits = ops.convert_to_tensor(logits, "float32")
+    probs = ops.softmax(logits, axis=-1)
+    onehot = ops.one_hot(ops.cast(y, "int32"), ops.shape(logits)[-1])
+    return ops.sum(probs * onehot)
+
+
+def discrepancy_ratios(scores, eps=1e-8):
+    """Each modality's score over the mean score of the others (Eq. 9).
+
+    For two modalities this is ρ_a = s_a / s_v and ρ_v = s_v / s_a, as in
+    the paper; for more, the mean of the other modalities' scores is the
+    denominator.
+
+    Args:
+        scores: tensor `(num_modalities,)`. Scores s_u (Eq. 8).
+        eps: float. Added to the denominator. Defaults to `1e-8`.
+
+    Returns:
+        A tensor `(num_modalities,)`.
+    """
+    scores = ops.convert_to_tensor(scores, "float32")
+    m = ops.shape(scores)[0]
+    others = (ops.sum(scores) - scores) / ops.cast(m - 1, "float32")
+    return scores / (others + eps)
+
+
+def modulation_coefficients(ratios, alpha, form="shifted"):
+    """Gradient coefficients k_u of Eq. 10: < 1 for dominant modalities.
+
+    Args:
+        ratios: tensor `(num_modalities,)`. Discrepancy ratios ρ_u.
+        alpha: float. The modulation strength α.
+        form: str. `"shifted"`: k = 1 - tanh(α · relu(ρ - 1)), continuous
+            at ρ = 1 (the later official code). `"paper"`: k =
+            1 - tanh(α · ρ) where ρ > 1, else 1 (Eq. 10 as printed and the
+            code of the paper's release). Defaults to `"shifted"`.
+
+    Returns:
+        A tensor `(num_modalities,)` in (0, 1].
+    """
+    ratios = ops.convert_to_tensor(ratios, "float32")
+    if form == "shifted":
+        return 1.0 - ops.tanh(alpha * ops.relu(ratios - 1.0))
+    if form == "paper":
+        return ops.where(
+            ratios > 1.0, 1.0 - ops.tanh(alpha * ops.relu(ratios)), 1.0
+        )
+    raise ValueError(
+        f"coefficient_form must be one of {COEFFICIENT_FORMS}; got {form!r}"
+    )
+
+
+def gradient_std(grad):
+    """Unbiased standard deviation of all entries of one gradient.
+
+    This is the spread of the generalization-enhancement noise
+    (`torch.Tensor.std()` in the official code, which is unbiased).
+    """
+    g = ops.reshape(ops.convert_to_tensor(grad), (-1,))
+    n = ops.cast(ops.shape(g)[0], g.dtype)
+    centred = g - ops.mean(g)
+    return ops.sqrt(ops.sum(ops.square(centred)) / ops.maximum(n - 1.0, 1.0))
+
+
+# --- the layer ------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="keras_olm")
+class OGMGE(Balancer):
+    """OGM-GE: scale down the dominant modality's encoder gradients.
+
+    Every head trains on its own cross-entropy, as with `"heads"`. After
+    the backward pass, the scores of Eq. 8 (the summed true-class
+    probability of each modality's head on the batch) give each modality's
+    discrepancy ratio (Eq. 9); the encoder gradients of a modality whose
+    ratio is above 1 are multiplied by the coefficient of Eq. 10, and with
+    `generalization_enhancement` every modulated encoder gradient gets
+    zero-mean Gaussian noise whose standard deviation is that of the
+    unmodulated gradient (plus `1e-8`), as the official code. The heads'
+    gradients are never changed.
+
+    Modulation happens in the window of epochs
+    `[modulation_starts, modulation_ends]` (inclusive, as the official
+    code), counted from a step counter as `step // steps_per_epoch`. With
+    `steps_per_epoch=None` the window is open on every step.
+
+    The state (coefficients, ratios, step counter, the noise seed) lives in
+    non-trainable variables assigned inside the compiled step, so it is
+    saved with the model and works on JAX. A step with a non-finite loss
+    leaves it unchanged.
+
+    Args:
+        alpha: float. Modulation strength α of Eq. 10 (the paper tunes it
+            per dataset). Defaults to `0.5`.
+        coefficient_form: str. `"shifted"`, 1 - tanh(α · relu(ρ - 1)),
+            or `"paper"`, 1 - tanh(α · ρ) where ρ > 1 (Eq. 10 as printed);
+            see `modulation_coefficients`. Defaults to `"shifted"`.
+        generalization_enhancement: bool. Add the Gaussian noise (OGM-GE);
+            `False` is plain OGM. Defaults to `True`.
+        modulation_starts: int. First epoch of modulation. Defaults to `0`.
+        modulation_ends: int or `None`. Last epoch of modulation
+            (inclusive); `None` for no end. Defaults to `None`.
+        steps_per_epoch: int or `None`. Steps in one epoch, to turn the
+            step counter into epochs; `None` keeps modulation on for every
+            step (then `modulation_starts` and `modulation_ends` must be
+            left at their defaults). Defaults to `None`.
+        seed: int or `None`. Seed of the noise generator. Defaults to
+            `None`.
+        **kwargs: passed to `keras.layers.Layer`.
+
+    Example:
+    ```python
+    model = keras_olm.BalancedMultimodalModel(
+        {"audio": audio_encoder, "visual": visual_encoder},
+        num_classes=6,
+        balancer=keras_olm.balancers.OGMGE(alpha=0.5),
+    )
+    model.compile(optimizer="sgd")
+    model.fit({"audio": xa, "visual": xv}, y, epochs=10)
+    ```
+
+    References:
+        - [Peng et al., 2022](https://arxiv.org/abs/2203.15332)
+    """
+
+    def __init__(
+        self,
+        alpha=0.5,
+        coefficient_form="shifted",
+        generalization_enhancement=True,
+        modulation_starts=0,
+        modulation_ends=None,
+        steps_per_epoch=None,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if coefficient_form not in COEFFICIENT_FORMS:
+            raise ValueError(
+                f"coefficient_form must be one of {COEFFICIENT_FORMS}; got "
+                f"{coefficient_form!r}"
+            )
+        if float(alpha) < 0:
+            raise ValueError(f"alpha must be >= 0; got {alpha}")
+        if steps_per_epoch is None:
+            if modulation_starts != 0 or modulation_ends is not None:
+                raise ValueError(
+                    "modulation_starts/modulation_ends are epochs: pass "
+                    "steps_per_epoch too."
+                )
+        elif int(steps_per_epoch) < 1:
+            raise ValueError(
+                f"steps_per_epoch must be >= 1; got {steps_per_epoch}"
+            )
+        self.alpha = float(alpha)
+        self.coefficient_form = coefficient_form
+        self.generalization_enhancement = bool(generalization_enhancement)
+        self.modulation_starts = int(modulation_starts)
+        self.modulation_ends = (
+            None if modulation_ends is None else int(modulation_ends)
+        )
+        self.steps_per_epoch = (
+            None if steps_per_epoch is None else int(steps_per_epoch)
+        )
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def build_heads(self, head_names, num_classes):
+        super().build_heads(head_names, num_classes)
+        self.modalities = self.head_names[:-1]
+        if len(self.modalities) < 2:
+            raise ValueError(
+                "OGMGE compares modalities: it needs at least 2; got "
+                f"{self.modalities}."
+            )
+        m = (len(self.modalities),)
+        self.coefficients = self.add_weight(
+            name="coefficients",
+            shape=m,
+            initializer="ones",
+            trainable=False,
+        )
+        self.ratios = self.add_weight(
+            name="ratios", shape=m, initializer="ones", trainable=False
+        )
+        self.steps = self.add_weight(
+            name="steps",
+            shape=(),
+            initializer="zeros",
+            dtype="int32",
+            trainable=False,
+        )
+
+    def _active(self, steps):
+        if self.steps_per_epoch is None:
+            return ops.convert_to_tensor(True)
+        epoch = steps // self.steps_per_epoch
+        active = epoch >= self.modulation_starts
+        if self.modulation_ends is not None:
+            active = ops.logical_and(active, epoch <= self.modulation_ends)
+        return active
+
+    def transform_gradients(self, grads, variables, groups, step=None):
+        scores = ops.stack(
+            [true_class_scores(step.y, step.logits[m]) for m in self.modalities]
+        )
+        ratios = discrepancy_ratios(scores)
+        coefficients = modulation_coefficients(
+            ratios, self.alpha, self.coefficient_form
+        )
+        steps = self.steps.value
+        active = self._active(steps)
+        grads = list(grads)
+        for i, m in enumerate(self.modalities):
+            k = ops.where(active, coefficients[i], 1.0)
+            for j in groups.get(m, []):
+                g = grads[j]
+                if g is None:
+                    continue
+                new = g * ops.cast(k, g.dtype)
+                if self.generalization_enhancement:
+                    noise = keras.random.normal(
+                        ops.shape(g),
+                        stddev=gradient_std(g) + 1e-8,
+                        dtype=g.dtype,
+                        seed=self.seed_generator,
+                    )
+                    new = new + ops.where(active, noise, ops.zeros_like(noise))
+                grads[j] = new
+        keep = ops.logical_not(step.finite)
+        self.coefficients.assign(
+            ops.where(
+                keep,
+                self.coefficients.value,
+                ops.where(active, coefficients, ops.ones_like(coefficients)),
+            )
+        )
+        self.ratios.assign(ops.where(keep, self.ratios.value, ratios))
+        self.steps.assign(ops.where(keep, steps, steps + 1))
+        return grads
+
+    def save_own_variables(self, store):
+        # The noise generator's state is no layer weight; saved beside
+        # them so that a restored model continues the same noise stream.
+        super().save_own_variables(store)
+        store["noise_seed"] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        own = self._trainable_variables + self._non_trainable_variables
+        for i, variable in enumerate(own):
+            variable.assign(store[f"{i}"])
+        if "noise_seed" in list(store.keys()):
+            self.seed_generator.state.assign(store["noise_seed"])
+
+    def step_logs(self):
+        logs = {}
+        for i, m in enumerate(self.modalities):
+            logs[f"{m}_ogm_coef"] = self.coefficients.value[i]
+            logs[f"{m}_ogm_ratio"] = self.ratios.value[i]
+        return logs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            alpha=self.alpha,
+            coefficient_form=self.coefficient_form,
+            generalization_enhancement=self.generalization_enhancement,
+            modulation_starts=self.modulation_starts,
+            modulation_ends=self.modulation_ends,
+            steps_per_epoch=self.steps_per_epoch,
+            seed=self.seed,
+        )
+        return config
+
+
+__all__ = [
+    "OGMGE",
+    "discrepancy_ratios",
+    "gradient_std",
+    "modulation_coefficients",
+    "true_class_scores",
+]
