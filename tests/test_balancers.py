@@ -17,6 +17,7 @@ from keras_olm.synthetic import make_imbalanced
 #: Balancer name -> constructor arguments for a short run.
 BALANCERS = {
     "ogm_ge": dict(alpha=0.5, seed=3),
+    "mmcosine": dict(scale=8.0),
 }
 
 

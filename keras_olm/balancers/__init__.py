@@ -3,6 +3,8 @@
 from keras_olm.balancers.base import Balancer
 from keras_olm.balancers.base import JointTraining
 from keras_olm.balancers.base import StepMeasurements
+from keras_olm.balancers.mmcosine import CosineHead
+from keras_olm.balancers.mmcosine import MMCosine
 from keras_olm.balancers.ogm_ge import OGMGE
 from keras_olm.balancers.olm import OLM
 
@@ -14,6 +16,7 @@ REGISTRY = {
     "multihead": Balancer,
     "joint": JointTraining,
     "ogm_ge": OGMGE,
+    "mmcosine": MMCosine,
 }
 
 
@@ -38,10 +41,12 @@ def get(identifier, **kwargs):
 
 
 __all__ = [
+    "MMCosine",
     "OGMGE",
     "OLM",
     "REGISTRY",
     "Balancer",
+    "CosineHead",
     "JointTraining",
     "StepMeasurements",
     "get",
