@@ -2,8 +2,14 @@
 
 import torch
 
+from keras_olm.models import inputs as inputs_lib
+
 
 class StepMixin:
+    def _attach_dev_data(self, train, dev, every):
+        """Zips the held-out slots into the input pipeline."""
+        return inputs_lib.with_dev_slots(train, dev, every)
+
     def _sync_training_state(self):
         """Variables are always current on this backend."""
 
