@@ -12,10 +12,13 @@ from keras_olm import synthetic
 from keras_olm.balancers import OLM
 from keras_olm.balancers import Balancer
 from keras_olm.balancers import JointTraining
+from keras_olm.layers import IRFB
+from keras_olm.layers import MBT
 from keras_olm.layers import AttentionFusion
 from keras_olm.layers import FiLMFusion
 from keras_olm.layers import GatedFusion
 from keras_olm.layers import LateFusion
+from keras_olm.layers import SequenceEncoder
 from keras_olm.models import BalancedMultimodalModel
 from keras_olm.models import NonFiniteLossError
 from keras_olm.models.inputs import holdout_split
@@ -23,6 +26,8 @@ from keras_olm.models.inputs import holdout_split
 __version__ = "0.1.0"
 
 __all__ = [
+    "IRFB",
+    "MBT",
     "OLM",
     "AttentionFusion",
     "BalancedMultimodalModel",
@@ -32,6 +37,7 @@ __all__ = [
     "JointTraining",
     "LateFusion",
     "NonFiniteLossError",
+    "SequenceEncoder",
     "balancers",
     "callbacks",
     "holdout_split",

@@ -4,5 +4,18 @@ from keras_olm.layers.fusion import AttentionFusion
 from keras_olm.layers.fusion import FiLMFusion
 from keras_olm.layers.fusion import GatedFusion
 from keras_olm.layers.fusion import LateFusion
+from keras_olm.layers.irfb import IRFB
+from keras_olm.layers.mbt import MBT
+from keras_olm.layers.transformer import SequenceEncoder
+from keras_olm.layers.transformer import TransformerLayer
 
-__all__ = ["AttentionFusion", "FiLMFusion", "GatedFusion", "LateFusion"]
+__all__ = [
+    "IRFB",
+    "MBT",
+    "AttentionFusion",
+    "FiLMFusion",
+    "GatedFusion",
+    "LateFusion",
+    "SequenceEncoder",
+    "TransformerLayer",
+]
