@@ -14,15 +14,37 @@ from olm_testing import tiny_model
 import keras_olm
 from keras_olm.synthetic import make_imbalanced
 
-#: Balancer name -> constructor arguments for a short run.
-BALANCERS = {
-    "ogm_ge": dict(alpha=0.5, seed=3),
-    "mmcosine": dict(scale=8.0),
-}
-
 
 def np_(x):
     return keras.ops.convert_to_numpy(x)
+
+
+def _ogm_ge_state(balancer, steps):
+    # Every step counted; the coefficients of Eq. 10 are in (0, 1].
+    assert int(np_(balancer.steps)) == steps
+    k = np_(balancer.coefficients)
+    assert np.all((k > 0) & (k <= 1)) and k.min() < 1
+
+
+def _gblend_state(balancer, steps):
+    # Re-estimated at the end of every 4-step window, after the first.
+    assert int(np_(balancer.windows)) == steps // 4
+    w = np_(balancer.weights_)
+    assert not np.allclose(w, 1.0)
+    np.testing.assert_allclose(w.sum(), 3.0, rtol=1e-5)
+
+
+def _stateless(balancer, steps):
+    assert not balancer.non_trainable_weights
+
+
+#: Balancer name -> (constructor arguments for a short run, a check of its
+#: state after `steps` training steps).
+BALANCERS = {
+    "ogm_ge": (dict(alpha=0.5, seed=3), _ogm_ge_state),
+    "mmcosine": (dict(scale=8.0), _stateless),
+    "gblend": (dict(refresh_every=4, dev_schedule="step"), _gblend_state),
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +61,17 @@ def test_every_balancer_is_registered():
 @pytest.mark.parametrize("name", sorted(BALANCERS))
 def test_short_fit_is_finite_and_round_trips(name, data, tmp_path):
     x, y = data
-    balancer = keras_olm.balancers.get(name, **BALANCERS[name])
+    kwargs, check_state = BALANCERS[name]
+    balancer = keras_olm.balancers.get(name, **kwargs)
     model = tiny_model(balancer)
     model.compile(optimizer="adam")
     history = model.fit(x, y, epochs=2, batch_size=32, verbose=0)
     for key, values in history.history.items():
         assert np.all(np.isfinite(values)), (name, key, values)
-    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert history.history["fused_loss"][-1] < history.history["fused_loss"][0]
+    # Held-out batches come out of the 256 samples for some balancers.
+    n = 256 - (26 if balancer.needs_dev_data else 0)
+    check_state(model.balancer, 2 * -(-n // 32))
 
     path = os.path.join(tmp_path, f"{name}.keras")
     model.save(path)
@@ -53,7 +79,7 @@ def test_short_fit_is_finite_and_round_trips(name, data, tmp_path):
     assert type(restored.balancer) is type(model.balancer)
     config = restored.balancer.get_config()
     expected = model.balancer.get_config()
-    for key in BALANCERS[name]:
+    for key in kwargs:
         assert config[key] == expected[key], key
     # Every piece of state (the balancer's and any in its heads) returns.
     before = model.non_trainable_variables

@@ -3,6 +3,7 @@
 from keras_olm.balancers.base import Balancer
 from keras_olm.balancers.base import JointTraining
 from keras_olm.balancers.base import StepMeasurements
+from keras_olm.balancers.gblend import GBlend
 from keras_olm.balancers.mmcosine import CosineHead
 from keras_olm.balancers.mmcosine import MMCosine
 from keras_olm.balancers.ogm_ge import OGMGE
@@ -17,6 +18,7 @@ REGISTRY = {
     "joint": JointTraining,
     "ogm_ge": OGMGE,
     "mmcosine": MMCosine,
+    "gblend": GBlend,
 }
 
 
@@ -41,6 +43,7 @@ def get(identifier, **kwargs):
 
 
 __all__ = [
+    "GBlend",
     "MMCosine",
     "OGMGE",
     "OLM",

@@ -1,0 +1,237 @@
+"""Gradient-Blending (Wang, Tran and Feiszli, CVPR 2020).
+
+"What Makes Training Multi-Modal Classification Networks Hard?". Every
+head k (each modality's and the fused one) has a loss weight w_k, and the
+training loss is the blend Σ_k w_k L_k. The weights come from how much
+each head generalizes versus how much it overfits between two
+checkpoints N and N + n, measured on the training data T and on
+held-out training data V:
+
+    O_N   = L_V(N) - L_T(N)                   (overfitting, Sec. 3.2)
+    ΔG    = L_V(N) - L_V(N + n)               (generalization gained)
+    ΔO    = O_(N+n) - O_N                     (overfitting gained)
+    OGR   = |ΔO / ΔG|                         (Sec. 3.2)
+    w_k   = (1 / Z) · ΔG_k / ΔO_k²            (Proposition 1's estimate)
+
+and online Gradient-Blending (Sec. 3.3) re-estimates the weights every
+few epochs. Here L_T(N) and L_V(N) are the means of the per-head
+training-batch losses and held-out-batch losses over a window of
+`refresh_every` steps (not a separate pass over the training set); at the
+end of each window the weights are re-estimated from that window and the
+previous one. Until two windows have been measured the weights are
+uniform.
+"""
+
+import keras
+from keras import ops
+
+from keras_olm.balancers.base import Balancer
+
+DEV_SCHEDULES = ("periodic", "step")
+
+
+# --- the math, as pure functions -----------------------------------------
+
+
+def generalization_and_overfitting(train0, dev0, train1, dev1):
+    """ΔG and ΔO of every head between two checkpoints (Sec. 3.2).
+
+    Args:
+        train0: tensor `(num_heads,)`. Training losses at checkpoint N.
+        dev0: tensor `(num_heads,)`. Held-out losses at N.
+        train1: tensor `(num_heads,)`. Training losses at N + n.
+        dev1: tensor `(num_heads,)`. Held-out losses at N + n.
+
+    Returns:
+        `(delta_g, delta_o)`: ΔG = L_V(N) - L_V(N + n) and
+        ΔO = (L_V(N + n) - L_T(N + n)) - (L_V(N) - L_T(N)).
+    """
+    train0, dev0, train1, dev1 = [
+        ops.convert_to_tensor(v, "float32")
+        for v in (train0, dev0, train1, dev1)
+    ]
+    delta_g = dev0 - dev1
+    delta_o = (dev1 - train1) - (dev0 - train0)
+    return delta_g, delta_o
+
+
+def blend_weights(delta_g, delta_o, eps=1e-6):
+    """Gradient-Blending weights w_k ∝ ΔG_k / ΔO_k² (Proposition 1).
+
+    A head that did not generalize (ΔG ≤ 0) gets weight 0; ΔO² is
+    clamped below by `eps` so a head that did not overfit at all gets a
+    large but finite weight. The weights are normalised to sum to 1 (the
+    1/Z of the paper); if every head has ΔG ≤ 0 they are uniform.
+
+    Args:
+        delta_g: tensor `(num_heads,)`. Generalization gained.
+        delta_o: tensor `(num_heads,)`. Overfitting gained.
+        eps: float. Floor of ΔO². Defaults to `1e-6`.
+
+    Returns:
+        A tensor `(num_heads,)` that sums to 1.
+    """
+    delta_g = ops.convert_to_tensor(delta_g, "float32")
+    delta_o = ops.convert_to_tensor(delta_o, "float32")
+    raw = ops.relu(delta_g) / ops.maximum(ops.square(delta_o), eps)
+    total = ops.sum(raw)
+    uniform = ops.ones_like(raw) / ops.cast(ops.shape(raw)[0], raw.dtype)
+    return ops.where(total > 0, raw / ops.maximum(total, 1e-30), uniform)
+
+
+# --- the layer ------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="keras_olm")
+class GBlend(Balancer):
+    """Online Gradient-Blending: per-head loss weights from ΔG / ΔO².
+
+    The training loss is Σ_k w_k L_k over the heads. Every step adds the
+    per-head training losses and, on steps that carry a held-out batch,
+    the per-head held-out losses to running sums. Every `refresh_every`
+    steps (once the window holds at least one held-out batch) the window's
+    mean losses are compared with the previous window's: the weights
+    become ΔG / ΔO² normalised (`blend_weights`), so a head that keeps
+    improving on held-out data without widening its train/held-out gap
+    gets a large weight and an overfitting head a small one. The weights
+    are then multiplied by the number of heads, so that uniform weights
+    are all 1 as with `"heads"` (only the blend's proportions are
+    Gradient-Blending's).
+
+    The paper re-estimates every few epochs; pass
+    `refresh_every=k * steps_per_epoch` for that.
+
+    Args:
+        refresh_every: int. Window length in steps between weight
+            re-estimations. Defaults to `100`.
+        dev_schedule: str. `"periodic"` (a held-out batch every
+            `dev_every` steps) or `"step"` (every step). Defaults to
+            `"periodic"`.
+        dev_every: int. Period of the `"periodic"` schedule. Defaults to
+            `10`.
+        eps: float. Floor of ΔO² (see `blend_weights`). Defaults to
+            `1e-6`.
+        **kwargs: passed to `keras.layers.Layer`.
+
+    Example:
+    ```python
+    model = keras_olm.BalancedMultimodalModel(
+        encoders,
+        num_classes=6,
+        balancer=keras_olm.balancers.GBlend(refresh_every=2 * 50),
+    )
+    model.compile(optimizer="adam")
+    model.fit(train_ds, dev_data=dev_ds, epochs=10)
+    ```
+
+    References:
+        - [Wang et al., 2020](https://arxiv.org/abs/1905.12681)
+    """
+
+    needs_dev_data = True
+    measures_steps = True
+
+    def __init__(
+        self,
+        refresh_every=100,
+        dev_schedule="periodic",
+        dev_every=10,
+        eps=1e-6,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if dev_schedule not in DEV_SCHEDULES:
+            raise ValueError(
+                f"dev_schedule must be one of {DEV_SCHEDULES}; got "
+                f"{dev_schedule!r}"
+            )
+        if int(refresh_every) < 1:
+            raise ValueError(f"refresh_every must be >= 1; got {refresh_every}")
+        if int(dev_every) < 1:
+            raise ValueError(f"dev_every must be >= 1; got {dev_every}")
+        self.refresh_every = int(refresh_every)
+        self.dev_schedule = dev_schedule
+        self.dev_every = int(dev_every)
+        self.eps = float(eps)
+
+    def build_heads(self, head_names, num_classes):
+        super().build_heads(head_names, num_classes)
+        h = (self.num_heads,)
+
+        def state(name, value=0.0, shape=h, dtype="float32"):
+            return self.add_weight(
+                name=name,
+                shape=shape,
+                initializer=keras.initializers.Constant(value),
+                dtype=dtype,
+                trainable=False,
+            )
+
+        self.weights_ = state("blend_weights", 1.0)
+        self.train_sum = state("train_sum")
+        self.dev_sum = state("dev_sum")
+        self.train_count = state("train_count", shape=())
+        self.dev_count = state("dev_count", shape=())
+        self.reference_train = state("reference_train")
+        self.reference_dev = state("reference_dev")
+        self.windows = state("windows", 0, shape=(), dtype="int32")
+        self.steps = state("steps", 0, shape=(), dtype="int32")
+
+    def head_loss_weights(self):
+        return ops.stop_gradient(self.weights_.value)
+
+    def update(self, step):
+        keep = ops.logical_not(step.finite)
+        old = {v.name: v.value for v in self.non_trainable_weights}
+        steps = old["steps"] + 1
+        flag = ops.cast(step.dev_flag > 0, "float32")
+        train_sum = old["train_sum"] + step.head_losses
+        train_count = old["train_count"] + 1.0
+        dev_sum = old["dev_sum"] + flag * step.dev_losses
+        dev_count = old["dev_count"] + flag
+        refresh = ops.logical_and(
+            steps % self.refresh_every == 0, dev_count > 0
+        )
+        train_mean = train_sum / ops.maximum(train_count, 1.0)
+        dev_mean = dev_sum / ops.maximum(dev_count, 1.0)
+        delta_g, delta_o = generalization_and_overfitting(
+            old["reference_train"], old["reference_dev"], train_mean, dev_mean
+        )
+        blended = blend_weights(delta_g, delta_o, self.eps) * self.num_heads
+        ready = ops.logical_and(refresh, old["windows"] > 0)
+        zeros = ops.zeros_like(train_sum)
+        new = {
+            "blend_weights": ops.where(ready, blended, old["blend_weights"]),
+            "train_sum": ops.where(refresh, zeros, train_sum),
+            "dev_sum": ops.where(refresh, zeros, dev_sum),
+            "train_count": ops.where(refresh, 0.0, train_count),
+            "dev_count": ops.where(refresh, 0.0, dev_count),
+            "reference_train": ops.where(
+                refresh, train_mean, old["reference_train"]
+            ),
+            "reference_dev": ops.where(refresh, dev_mean, old["reference_dev"]),
+            "windows": old["windows"] + ops.cast(refresh, "int32"),
+            "steps": steps,
+        }
+        for variable in self.non_trainable_weights:
+            name = variable.name
+            variable.assign(ops.where(keep, old[name], new[name]))
+
+    def step_logs(self):
+        return {
+            f"{h}_blend": self.weights_.value[i]
+            for i, h in enumerate(self.head_names)
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            refresh_every=self.refresh_every,
+            dev_schedule=self.dev_schedule,
+            dev_every=self.dev_every,
+            eps=self.eps,
+        )
+        return config
+
+
+__all__ = ["GBlend", "blend_weights", "generalization_and_overfitting"]
