@@ -34,6 +34,14 @@ def _gblend_state(balancer, steps):
     np.testing.assert_allclose(w.sum(), 3.0, rtol=1e-5)
 
 
+def _gradnorm_state(balancer, steps):
+    assert int(np_(balancer.steps)) == steps
+    w = np_(balancer.loss_weights)
+    assert not np.allclose(w, 1.0)
+    np.testing.assert_allclose(w.sum(), 3.0, rtol=1e-5)
+    assert np.all(np_(balancer.grad_norms) > 0)
+
+
 def _stateless(balancer, steps):
     assert not balancer.non_trainable_weights
 
@@ -44,6 +52,7 @@ BALANCERS = {
     "ogm_ge": (dict(alpha=0.5, seed=3), _ogm_ge_state),
     "mmcosine": (dict(scale=8.0), _stateless),
     "gblend": (dict(refresh_every=4, dev_schedule="step"), _gblend_state),
+    "gradnorm": (dict(alpha=1.5), _gradnorm_state),
 }
 
 

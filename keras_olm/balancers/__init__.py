@@ -4,6 +4,7 @@ from keras_olm.balancers.base import Balancer
 from keras_olm.balancers.base import JointTraining
 from keras_olm.balancers.base import StepMeasurements
 from keras_olm.balancers.gblend import GBlend
+from keras_olm.balancers.gradnorm import GradNorm
 from keras_olm.balancers.mmcosine import CosineHead
 from keras_olm.balancers.mmcosine import MMCosine
 from keras_olm.balancers.ogm_ge import OGMGE
@@ -19,6 +20,7 @@ REGISTRY = {
     "ogm_ge": OGMGE,
     "mmcosine": MMCosine,
     "gblend": GBlend,
+    "gradnorm": GradNorm,
 }
 
 
@@ -44,6 +46,7 @@ def get(identifier, **kwargs):
 
 __all__ = [
     "GBlend",
+    "GradNorm",
     "MMCosine",
     "OGMGE",
     "OLM",
