@@ -1,6 +1,6 @@
 """Step time of OLM relative to plain joint training, per backend.
 
-Measures, in one run and on the same model and batches, the mean time of a
+Measures, in one run and on the same model and batches, the time of a
 training step for plain joint training (`balancer=None`), the heads without
 modulation, OLM with the periodic held-out schedule (the default) and OLM
 with a held-out batch every step (the authors' schedule), and prints each
@@ -10,10 +10,25 @@ as a ratio to plain joint training. Run it once per backend:
         KERAS_BACKEND=$b python benchmarks/olm_overhead.py
     done
 
-Targets: <= 1.03 for the periodic schedule, <= 1.40 for the per-step one.
+Two models: `--model mlp` (the default; two 3-layer MLPs on 1,024-d
+inputs, 31 classes, a ~10 ms step: the worst case for a fixed per-step
+cost) and `--model resnet18` (the main job's encoders: two keras-hub
+ResNet18 on 64x64 RGB and depth, 19 classes).
+
+How it is measured: every variant's model is built and compiled once and
+trained for one warm-up epoch (compilation); then the variants take turns,
+one epoch each, `--repeats` times, so that a slow spell of the machine hits
+them all alike. A step's time is an epoch's time (between the epoch-begin
+and epoch-end callbacks, so `fit`'s own set-up is excluded) divided by its
+steps; the fastest epoch of each variant is reported (other jobs on the
+machine only ever add time), with wall and CPU time (all threads of the
+process). Targets: <= 1.03 for the periodic schedule, <= 1.40 for the
+per-step one.
 """
 
 import argparse
+import importlib.util
+import pathlib
 import time
 
 import keras
@@ -22,26 +37,8 @@ import numpy as np
 import keras_olm
 
 
-def encoder(width, depth):
-    return keras.Sequential(
-        [keras.layers.Dense(width, activation="relu") for _ in range(depth)]
-    )
-
-
-def make_model(balancer, width, depth, num_classes):
-    return keras_olm.BalancedMultimodalModel(
-        {"audio": encoder(width, depth), "visual": encoder(width, depth)},
-        num_classes=num_classes,
-        balancer=balancer,
-    )
-
-
-class StepTimer(keras.callbacks.Callback):
-    """Wall and CPU time of each epoch after the first (which compiles).
-
-    CPU time (all threads of this process) is the steadier measure when
-    other jobs share the cores; wall time is what a user waits.
-    """
+class EpochTimer(keras.callbacks.Callback):
+    """Wall and CPU time of every epoch."""
 
     def __init__(self):
         super().__init__()
@@ -51,81 +48,123 @@ class StepTimer(keras.callbacks.Callback):
         self.start = (time.perf_counter(), time.process_time())
 
     def on_epoch_end(self, epoch, logs=None):
-        if epoch > 0:
-            wall = time.perf_counter() - self.start[0]
-            cpu = time.process_time() - self.start[1]
-            self.times.append((wall, cpu))
+        wall = time.perf_counter() - self.start[0]
+        cpu = time.process_time() - self.start[1]
+        self.times.append((wall, cpu))
 
 
-def measure(balancer, x, y, dev, args):
-    keras.utils.set_random_seed(0)
-    model = make_model(balancer, args.width, args.depth, args.classes)
-    model.compile(optimizer="adam")
-    timer = StepTimer()
-    model.fit(
-        x,
-        y,
-        batch_size=args.batch_size,
-        epochs=args.epochs + 1,
-        dev_data=dev,
-        callbacks=[timer],
-        verbose=0,
-    )
-    steps = int(np.ceil(len(y) / args.batch_size))
-    return np.array(timer.times) / steps
+def mlp_encoders(args):
+    def encoder():
+        return keras.Sequential(
+            [
+                keras.layers.Dense(args.width, activation="relu")
+                for _ in range(args.depth)
+            ]
+        )
+
+    return {"audio": encoder(), "visual": encoder()}
+
+
+def resnet18_encoders(args):
+    path = pathlib.Path(__file__).parents[1] / "examples" / "sunrgbd_depth.py"
+    spec = importlib.util.spec_from_file_location("sunrgbd_depth", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    size = args.image_size
+    return {
+        "rgb": example.resnet18_encoder((size, size, 3), name="rgb"),
+        "depth": example.resnet18_encoder((size, size, 1), name="depth"),
+    }
+
+
+def make_data(args, n, rng):
+    if args.model == "mlp":
+        x = {
+            m: rng.normal(size=(n, args.input_dim)).astype("float32")
+            for m in ("audio", "visual")
+        }
+    else:
+        s = args.image_size
+        x = {
+            "rgb": rng.normal(size=(n, s, s, 3)).astype("float32"),
+            "depth": rng.normal(size=(n, s, s, 1)).astype("float32"),
+        }
+    y = rng.integers(0, args.classes, size=n).astype("int32")
+    return x, y
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--samples", type=int, default=8192)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--model", choices=("mlp", "resnet18"), default="mlp")
+    parser.add_argument("--samples", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--input-dim", type=int, default=1024)
-    parser.add_argument("--classes", type=int, default=31)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--classes", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=6)
     args = parser.parse_args()
+    mlp = args.model == "mlp"
+    args.samples = args.samples or (8192 if mlp else 640)
+    args.batch_size = args.batch_size or (128 if mlp else 32)
+    args.classes = args.classes or (31 if mlp else 19)
 
     rng = np.random.default_rng(0)
-    n, d = args.samples, args.input_dim
-    x = {
-        "audio": rng.normal(size=(n, d)).astype("float32"),
-        "visual": rng.normal(size=(n, d)).astype("float32"),
-    }
-    y = rng.integers(0, args.classes, size=n).astype("int32")
-    m = max(args.batch_size * 4, n // 10)
-    dev = (
-        {k: rng.normal(size=(m, d)).astype("float32") for k in x},
-        rng.integers(0, args.classes, size=m).astype("int32"),
-    )
+    x, y = make_data(args, args.samples, rng)
+    dev = make_data(args, max(args.batch_size * 4, args.samples // 10), rng)
     variants = {
-        "plain joint training": lambda: None,
-        "heads, no modulation": lambda: "heads",
-        "OLM periodic (default, every 10)": lambda: keras_olm.OLM(),
-        "OLM held-out batch every step": lambda: keras_olm.OLM(
-            dev_schedule="step"
-        ),
+        "plain joint training": None,
+        "heads, no modulation": "heads",
+        "OLM periodic (default, every 10)": "periodic",
+        "OLM held-out batch every step": "step",
     }
-    # Interleave the variants over repeats so drift hits them all alike.
-    times = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, make in variants.items():
-            times[name].extend(measure(make(), x, y, dev, args))
-    # The fastest epoch of each variant: other jobs on the machine only
-    # ever add time, so the minimum is the least disturbed estimate.
-    base = np.min(times["plain joint training"], axis=0)
+    build = mlp_encoders if mlp else resnet18_encoders
+    models, timers = {}, {}
+    for name, kind in variants.items():
+        keras.utils.set_random_seed(0)
+        balancer = kind
+        if kind in ("periodic", "step"):
+            balancer = keras_olm.OLM(dev_schedule=kind)
+        model = keras_olm.BalancedMultimodalModel(
+            build(args), num_classes=args.classes, balancer=balancer
+        )
+        model.compile(optimizer="adam")
+        models[name], timers[name] = model, EpochTimer()
+    steps = int(np.ceil(args.samples / args.batch_size))
+    # Epoch 0 of each variant compiles; then the variants take turns.
+    for _ in range(args.repeats + 1):
+        for name, model in models.items():
+            model.fit(
+                x,
+                y,
+                batch_size=args.batch_size,
+                epochs=1,
+                dev_data=dev,
+                callbacks=[timers[name]],
+                verbose=0,
+            )
+    times = {
+        name: np.array(timer.times[1:]) / steps
+        for name, timer in timers.items()
+    }
+    base = times["plain joint training"].min(axis=0)
+    description = (
+        f"2 x MLP {args.input_dim}->{args.width}x{args.depth}"
+        if mlp
+        else f"2 x ResNet18 on {args.image_size}x{args.image_size} RGB + D"
+    )
     print(
-        f"backend {keras.backend.backend()}; {n} samples, batch "
-        f"{args.batch_size}, 2 x MLP {d}->{args.width}x{args.depth}, "
-        f"{args.classes} classes; fastest of {len(times[name])} epochs\n"
+        f"backend {keras.backend.backend()}; {description}, "
+        f"{args.classes} classes, batch {args.batch_size}, {steps} steps "
+        f"an epoch; fastest of {args.repeats} interleaved epochs\n"
     )
     print(
         "| variant | wall ms / step | wall ratio | CPU ms / step | CPU ratio |"
     )
     print("|---|---|---|---|---|")
     for name, values in times.items():
-        wall, cpu = np.min(values, axis=0)
+        wall, cpu = values.min(axis=0)
         print(
             f"| {name} | {1000 * wall:.2f} | {wall / base[0]:.3f} "
             f"| {1000 * cpu:.2f} | {cpu / base[1]:.3f} |"
