@@ -42,6 +42,14 @@ def _gradnorm_state(balancer, steps):
     assert np.all(np_(balancer.grad_norms) > 0)
 
 
+def _pmr_state(balancer, steps):
+    assert int(np_(balancer.steps)) == steps
+    for m in balancer.modalities:
+        head = balancer._heads.layers[m]
+        np.testing.assert_array_equal(np_(head.seen), np.ones(4))
+        assert np.abs(np_(head.prototypes)).sum() > 0
+
+
 def _stateless(balancer, steps):
     assert not balancer.non_trainable_weights
 
@@ -53,6 +61,7 @@ BALANCERS = {
     "mmcosine": (dict(scale=8.0), _stateless),
     "gblend": (dict(refresh_every=4, dev_schedule="step"), _gblend_state),
     "gradnorm": (dict(alpha=1.5), _gradnorm_state),
+    "pmr": (dict(alpha=1.0), _pmr_state),
 }
 
 

@@ -9,6 +9,8 @@ from keras_olm.balancers.mmcosine import CosineHead
 from keras_olm.balancers.mmcosine import MMCosine
 from keras_olm.balancers.ogm_ge import OGMGE
 from keras_olm.balancers.olm import OLM
+from keras_olm.balancers.pmr import PMR
+from keras_olm.balancers.pmr import PrototypeHead
 
 #: Names accepted by `BalancedMultimodalModel(balancer=...)` and `get`,
 #: each mapped to the class built with its defaults.
@@ -21,6 +23,7 @@ REGISTRY = {
     "mmcosine": MMCosine,
     "gblend": GBlend,
     "gradnorm": GradNorm,
+    "pmr": PMR,
 }
 
 
@@ -50,10 +53,12 @@ __all__ = [
     "MMCosine",
     "OGMGE",
     "OLM",
+    "PMR",
     "REGISTRY",
     "Balancer",
     "CosineHead",
     "JointTraining",
+    "PrototypeHead",
     "StepMeasurements",
     "get",
 ]
