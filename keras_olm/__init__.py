@@ -1,6 +1,7 @@
 """keras-olm: balanced multimodal learning for Keras 3.
 
-The public surface: `BalancedMultimodalModel`, the `OLM` balancer, the
+The public surface: `BalancedMultimodalModel`, the `OLM` balancer and the
+field's others (`OGMGE`, `GBlend`, `MMCosine`, `GradNorm`, `PMR`), the
 fusion layers (`LateFusion`, `FiLMFusion`, `GatedFusion`,
 `AttentionFusion`), `holdout_split`, and the `balancers`, `callbacks`,
 `synthetic` modules.
@@ -9,9 +10,14 @@ fusion layers (`LateFusion`, `FiLMFusion`, `GatedFusion`,
 from keras_olm import balancers
 from keras_olm import callbacks
 from keras_olm import synthetic
+from keras_olm.balancers import OGMGE
 from keras_olm.balancers import OLM
+from keras_olm.balancers import PMR
 from keras_olm.balancers import Balancer
+from keras_olm.balancers import GBlend
+from keras_olm.balancers import GradNorm
 from keras_olm.balancers import JointTraining
+from keras_olm.balancers import MMCosine
 from keras_olm.layers import IRFB
 from keras_olm.layers import MBT
 from keras_olm.layers import AttentionFusion
@@ -28,14 +34,19 @@ __version__ = "0.1.0"
 __all__ = [
     "IRFB",
     "MBT",
+    "OGMGE",
     "OLM",
+    "PMR",
     "AttentionFusion",
     "BalancedMultimodalModel",
     "Balancer",
     "FiLMFusion",
+    "GBlend",
     "GatedFusion",
+    "GradNorm",
     "JointTraining",
     "LateFusion",
+    "MMCosine",
     "NonFiniteLossError",
     "SequenceEncoder",
     "balancers",
