@@ -26,6 +26,47 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when a training step produced a NaN or infinite loss."""
 
 
+def _resolve_regression_targets(targets):
+    if targets is None:
+        return {}
+    if isinstance(targets, str):
+        targets = [targets]
+    if isinstance(targets, (list, tuple)):
+        targets = {name: 1 for name in targets}
+    if not isinstance(targets, dict):
+        raise TypeError(
+            "regression_targets must be None, a list of names or a dict "
+            f"from name to width; got {type(targets).__name__}."
+        )
+    out = {}
+    for name, width in targets.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(
+                f"regression target names must be strings; got {name!r}."
+            )
+        if name == inputs_lib.LABEL:
+            raise ValueError(
+                f"'{inputs_lib.LABEL}' holds the class labels; rename that "
+                "regression target."
+            )
+        if isinstance(width, bool) or int(width) != width or width < 1:
+            raise ValueError(
+                f"regression target '{name}' needs a width >= 1; got {width!r}."
+            )
+        out[name] = int(width)
+    return out
+
+
+def _squared_error(target, prediction, sample_weight=None):
+    """Mean squared error of one regression head (mean over the batch)."""
+    per_sample = ops.mean(ops.square(target - prediction), axis=-1)
+    if sample_weight is not None:
+        per_sample = per_sample * ops.cast(
+            ops.reshape(sample_weight, (-1,)), per_sample.dtype
+        )
+    return ops.mean(per_sample)
+
+
 def _resolve_balancer(balancer):
     if balancer is None:
         return JointTraining(name="balancer")
@@ -61,6 +102,21 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
     coefficient and λ (`audio_coef`, `audio_lambda`), and the same with
     `val_` for validation data.
 
+    Regression heads (optional, e.g. MER-MULTI's valence): with
+    `regression_targets={"valence": 1}` a linear layer on the fused
+    feature predicts each target (there are no unimodal regression
+    heads; a one-modality model's fused feature is that modality's, so
+    it gives the unimodal regression baseline). Their mean squared
+    errors, times `regression_weight`, are added to the balancer's loss:
+    the balancer (OLM) modulates and balances the classification heads
+    only. Targets are then a dict `{"label": class ids, "valence":
+    values}` (arrays, or a dataset yielding such dicts), checked for
+    missing or unknown keys and non-finite values; `fit` logs
+    `valence_mse` and `valence_mae` (and `val_...`). Calling the model (and
+    `predict`) then returns a dict `{"label": (batch, num_classes)
+    probabilities, "valence": (batch, 1)}`; without regression heads it
+    returns the probabilities alone, as before.
+
     Args:
         encoders: dict from modality name to a Keras layer or model. Inputs
             are dicts with the same keys. Encoders may return vectors,
@@ -75,6 +131,12 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             without modulation, or `None` for plain joint training (the
             fused head's loss only; unimodal heads become linear probes on
             detached features). Defaults to `"olm"`.
+        regression_targets: dict from target name to its width, a list of
+            names (width 1 each), or `None` for a classifier only. Each
+            target gets a linear regression head on the fused feature.
+            Names must differ from `"label"`. Defaults to `None`.
+        regression_weight: float. Weight of the regression heads' mean
+            squared errors in the training loss. Defaults to `1.0`.
         **kwargs: passed to `keras.Model`.
 
     Example:
@@ -87,11 +149,26 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
     model.compile(optimizer="adam")
     model.fit({"audio": xa, "visual": xv}, y, epochs=10)  # 10% held out
     probs = model.predict({"audio": xa, "visual": xv})     # (n, 6)
+
+    # With a valence regression head (MER-MULTI):
+    model = keras_olm.BalancedMultimodalModel(
+        encoders, num_classes=6, regression_targets={"valence": 1}
+    )
+    model.compile(optimizer="adam")
+    model.fit(x, {"label": y, "valence": v}, epochs=10)  # logs valence_mse
+    out = model.predict(x)  # {"label": (n, 6), "valence": (n, 1)}
     ```
     """
 
     def __init__(
-        self, encoders, num_classes, fusion=None, balancer="olm", **kwargs
+        self,
+        encoders,
+        num_classes,
+        fusion=None,
+        balancer="olm",
+        regression_targets=None,
+        regression_weight=1.0,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         if not isinstance(encoders, dict) or len(encoders) < 1:
@@ -129,6 +206,28 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             keras.metrics.SparseCategoricalAccuracy(name=f"{h}_acc")
             for h in self.head_names
         ]
+        self.regression_targets = _resolve_regression_targets(
+            regression_targets
+        )
+        regression_weight = float(regression_weight)
+        if not math.isfinite(regression_weight) or regression_weight < 0:
+            raise ValueError(
+                "regression_weight must be a finite number >= 0; got "
+                f"{regression_weight}."
+            )
+        self.regression_weight = regression_weight
+        self.regression_heads = {
+            name: keras.layers.Dense(width, name=f"{name}_regression")
+            for name, width in self.regression_targets.items()
+        }
+        self.regression_mse = [
+            keras.metrics.MeanSquaredError(name=f"{name}_mse")
+            for name in self.regression_targets
+        ]
+        self.regression_mae = [
+            keras.metrics.MeanAbsoluteError(name=f"{name}_mae")
+            for name in self.regression_targets
+        ]
         self._gradient_groups = None
 
     # --- forward -----------------------------------------------------------
@@ -143,7 +242,8 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         symbolic = {
             m: keras.KerasTensor(tuple(input_shape[m])) for m in self.modalities
         }
-        self._forward(symbolic, training=False)
+        _, features = self._forward_with_features(symbolic, training=False)
+        self._regress(features)
         self.built = True
 
     def _check_inputs(self, inputs):
@@ -182,8 +282,19 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         logits[FUSED] = self.heads[FUSED](features[FUSED])
         return logits, features
 
+    def _regress(self, features):
+        """Regression heads' predictions on the fused feature, as a dict."""
+        return {
+            name: head(features[FUSED])
+            for name, head in self.regression_heads.items()
+        }
+
     def call(self, inputs, training=False):
-        return ops.softmax(self._forward(inputs, training)[FUSED], axis=-1)
+        logits, features = self._forward_with_features(inputs, training)
+        probs = ops.softmax(logits[FUSED], axis=-1)
+        if not self.regression_heads:
+            return probs
+        return {inputs_lib.LABEL: probs, **self._regress(features)}
 
     def head_logits(self, inputs, training=False):
         """Raw (unmodulated) logits of every head.
@@ -264,6 +375,8 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         return x, y, sample_weight, dev
 
     def _labels(self, y):
+        if isinstance(y, dict):
+            y = y[inputs_lib.LABEL]
         y = ops.convert_to_tensor(y)
         if len(y.shape) > 1:
             y = ops.reshape(y, (-1,))
@@ -275,9 +388,27 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         total, head_losses = self.balancer.compute_loss(
             self._labels(y), logits, sample_weight, features=features
         )
+        predictions = self._regress(features)
+        if predictions:
+            targets = self._regression_values(y)
+            regression_loss = sum(
+                _squared_error(targets[n], predictions[n], sample_weight)
+                for n in self.regression_targets
+            )
+            total = total + self.regression_weight * regression_loss
         if self.losses:
             total = total + ops.sum(ops.stack(self.losses))
-        return total, (logits, head_losses, features)
+        return total, (logits, head_losses, features, predictions)
+
+    def _regression_values(self, y):
+        """The regression targets of a batch, `(batch, width)` float."""
+        return {
+            name: ops.reshape(
+                ops.cast(ops.convert_to_tensor(y[name]), "float32"),
+                (-1, width),
+            )
+            for name, width in self.regression_targets.items()
+        }
 
     def _raw_head_losses(self, y, logits):
         y = self._labels(y)
@@ -311,7 +442,7 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
 
     def _transform_gradients(self, grads, total, y, aux):
         """Balancer gradient hook; drops the update of a non-finite step."""
-        logits, head_losses, features = _detached(aux)
+        logits, head_losses, features, _ = _detached(aux)
         finite = ops.all(ops.isfinite(total))
         step = StepMeasurements(
             self._labels(y),
@@ -335,8 +466,9 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
 
     def _after_train_step(self, y, sample_weight, total, aux, dev_out):
         """Balancer update and metrics after the optimizer step."""
-        logits, head_losses, features = _detached(aux)
+        logits, head_losses, features, predictions = _detached(aux)
         dev_losses, dev_flag = dev_out
+        targets = y
         y = self._labels(y)
         if self.balancer.measures_steps:
             raw = self._raw_head_losses(y, logits)
@@ -356,10 +488,24 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
                 )
             )
         return self._update_metrics(
-            y, sample_weight, ops.stop_gradient(total), logits, head_losses
+            targets,
+            sample_weight,
+            ops.stop_gradient(total),
+            logits,
+            head_losses,
+            predictions,
         )
 
-    def _update_metrics(self, y, sample_weight, total, logits, head_losses):
+    def _update_metrics(
+        self, y, sample_weight, total, logits, head_losses, predictions
+    ):
+        if predictions:
+            values = self._regression_values(y)
+            for i, name in enumerate(self.regression_targets):
+                for metric in (self.regression_mse[i], self.regression_mae[i]):
+                    metric.update_state(
+                        values[name], predictions[name], sample_weight
+                    )
         y = self._labels(y)
         self._loss_tracker.update_state(total)
         for i, h in enumerate(self.head_names):
@@ -382,11 +528,11 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         return logs
 
     def _test_logs(self, x, y, sample_weight):
-        total, (logits, head_losses, _) = self._loss_and_logits(
+        total, (logits, head_losses, _, predictions) = self._loss_and_logits(
             x, y, sample_weight, training=False
         )
         return self._update_metrics(
-            y, sample_weight, total, logits, head_losses
+            y, sample_weight, total, logits, head_losses, predictions
         )
 
     # --- fit ---------------------------------------------------------------
@@ -415,7 +561,9 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         Args:
             x: dict of arrays, or a `tf.data.Dataset` of
                 `(inputs, labels[, sample_weight])` batches.
-            y: labels for array inputs.
+            y: labels for array inputs; with regression heads a dict
+                `{"label": class ids, <target>: values}` (datasets then
+                yield such dicts too).
             batch_size: int. For array inputs. Defaults to 32.
             dev_data: held-out data for balancers that measure held-out
                 losses (OLM): a batched `tf.data.Dataset` or an
@@ -443,8 +591,14 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             if y is None:
                 raise ValueError("fit: labels `y` are required with arrays.")
             inputs_lib.check_arrays(
-                x, y, self.modalities, self.num_classes, "fit"
+                x,
+                y,
+                self.modalities,
+                self.num_classes,
+                "fit",
+                self.regression_targets,
             )
+            y = inputs_lib.normalize_targets(y, self.regression_targets, "fit")
             if needs_dev and dev_data is None:
                 (x, y, sample_weight), dev_data = inputs_lib.split_arrays(
                     x, y, sample_weight, dev_split, dev_seed
@@ -459,7 +613,11 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
                     "from the dataset; do not pass `y` or `sample_weight`."
                 )
             train = inputs_lib.check_dataset(
-                x, self.modalities, self.num_classes, "fit"
+                x,
+                self.modalities,
+                self.num_classes,
+                "fit",
+                self.regression_targets,
             )
         else:
             raise TypeError(
@@ -480,7 +638,7 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
                 if self.balancer.dev_schedule == "step"
                 else (self.balancer.dev_every)
             )
-            train = self._attach_dev_data(train, dev, every)
+            train = inputs_lib.with_dev_slots(train, dev, every)
         if validation_data is not None:
             validation_data = self._as_dataset(
                 validation_data, batch_size, "validation_data"
@@ -510,15 +668,25 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
 
         if isinstance(data, tf.data.Dataset):
             return inputs_lib.check_dataset(
-                data, self.modalities, self.num_classes, where
+                data,
+                self.modalities,
+                self.num_classes,
+                where,
+                self.regression_targets,
             )
         if isinstance(data, (tuple, list)) and len(data) in (2, 3):
             x, y = data[0], data[1]
             inputs_lib.check_arrays(
-                x, y, self.modalities, self.num_classes, where
+                x,
+                y,
+                self.modalities,
+                self.num_classes,
+                where,
+                self.regression_targets,
             )
+            y = inputs_lib.normalize_targets(y, self.regression_targets, where)
             sw = data[2] if len(data) == 3 else None
-            n = len(y)
+            n = len(data[0][self.modalities[0]])
             return inputs_lib.arrays_to_dataset(
                 x, y, sw, min(batch_size, n), False, 0
             )
@@ -555,6 +723,8 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             num_classes=self.num_classes,
             fusion=keras.saving.serialize_keras_object(self.fusion),
             balancer=keras.saving.serialize_keras_object(self.balancer),
+            regression_targets=dict(self.regression_targets) or None,
+            regression_weight=self.regression_weight,
         )
         return config
 
@@ -575,12 +745,13 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
 
 
 def _detached(aux):
-    """Detached `(logits, head_losses, features)` of a training step."""
-    logits, head_losses, features = aux
+    """Detached `(logits, head_losses, features, regression)` of a step."""
+    logits, head_losses, features, predictions = aux
     return (
         {h: ops.stop_gradient(v) for h, v in logits.items()},
         ops.stop_gradient(head_losses),
         {m: ops.stop_gradient(v) for m, v in features.items()},
+        {n: ops.stop_gradient(v) for n, v in predictions.items()},
     )
 
 

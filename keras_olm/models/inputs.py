@@ -10,6 +10,10 @@ import tensorflow as tf
 
 _GOLDEN = 2654435761  # Knuth's multiplicative hash constant.
 
+#: Key of the class labels in a dict of targets (models with regression
+#: heads take `{"label": class ids, <regression name>: values}`).
+LABEL = "label"
+
 
 def check_modalities(keys, modalities, where):
     """Raises a clear error when input keys differ from the encoders'."""
@@ -29,8 +33,12 @@ def check_modalities(keys, modalities, where):
         )
 
 
-def check_arrays(x, y, modalities, num_classes, where):
-    """Validates array inputs: keys, equal lengths, labels in range."""
+def check_arrays(x, y, modalities, num_classes, where, regression_targets=None):
+    """Validates array inputs: keys, equal lengths, labels in range.
+
+    With `regression_targets` (a dict from name to width), `y` must be a
+    dict `{"label": class ids, name: values, ...}` with finite values.
+    """
     if not isinstance(x, dict):
         raise TypeError(
             f"{where}: inputs must be a dict from modality name to array; "
@@ -38,9 +46,11 @@ def check_arrays(x, y, modalities, num_classes, where):
         )
     check_modalities(x.keys(), modalities, where)
     lengths = {m: len(x[m]) for m in modalities}
+    targets = {}
     if y is not None:
-        y = np.asarray(y)
+        y, targets = split_target_arrays(y, regression_targets, where)
         lengths["labels"] = len(y)
+        lengths.update({n: len(v) for n, v in targets.items()})
     if len(set(lengths.values())) > 1:
         raise ValueError(
             f"{where}: every modality (and the labels) must have the same "
@@ -48,6 +58,80 @@ def check_arrays(x, y, modalities, num_classes, where):
         )
     if y is not None:
         check_label_values(y, num_classes, where)
+
+
+def check_target_keys(keys, regression_targets, where):
+    """Raises a clear error when a dict of targets has the wrong keys."""
+    expected = {LABEL, *(regression_targets or {})}
+    keys = set(keys)
+    if keys != expected:
+        parts = []
+        if expected - keys:
+            parts.append(f"missing targets {sorted(expected - keys)}")
+        if keys - expected:
+            parts.append(f"unknown targets {sorted(keys - expected)}")
+        raise ValueError(
+            f"{where}: the targets must be a dict with exactly the keys "
+            f"{sorted(expected)} (the class labels under '{LABEL}' and one "
+            "entry per regression head); " + " and ".join(parts) + "."
+        )
+
+
+def split_target_arrays(y, regression_targets, where):
+    """`(labels, {name: float32 (n, width)})` from array targets, checked."""
+    if not regression_targets:
+        if isinstance(y, dict):
+            raise ValueError(
+                f"{where}: this model has no regression heads, so the "
+                "labels must be an array of class ids, not a dict with keys "
+                f"{sorted(y)}."
+            )
+        return np.asarray(y), {}
+    if not isinstance(y, dict):
+        raise ValueError(
+            f"{where}: this model has regression heads "
+            f"{sorted(regression_targets)}, so the targets must be a dict "
+            f"{{'{LABEL}': class ids, "
+            + ", ".join(f"'{n}': values" for n in regression_targets)
+            + f"}}; got {type(y).__name__}."
+        )
+    check_target_keys(y.keys(), regression_targets, where)
+    targets = {}
+    for name, width in regression_targets.items():
+        values = np.asarray(y[name])
+        if not np.issubdtype(values.dtype, np.number) or np.issubdtype(
+            values.dtype, np.complexfloating
+        ):
+            raise ValueError(
+                f"{where}: regression target '{name}' must be real numbers; "
+                f"got dtype {values.dtype}."
+            )
+        values = values.astype(np.float32)
+        n = len(values)
+        if values.size != n * width:
+            raise ValueError(
+                f"{where}: regression target '{name}' must have {width} "
+                f"value(s) per sample; got shape {values.shape}."
+            )
+        values = values.reshape(n, width)
+        bad = ~np.isfinite(values).all(axis=1)
+        if np.any(bad):
+            index = int(np.argmax(bad))
+            raise ValueError(
+                f"{where}: regression target '{name}' must be finite; sample "
+                f"{index} has {values[index].tolist()} ({int(bad.sum())} "
+                "non-finite samples in all)."
+            )
+        targets[name] = values
+    return np.asarray(y[LABEL]), targets
+
+
+def normalize_targets(y, regression_targets, where):
+    """Array targets as fit feeds them: labels, or a dict with `(n, w)`."""
+    labels, targets = split_target_arrays(y, regression_targets, where)
+    if not regression_targets:
+        return labels
+    return {LABEL: labels, **targets}
 
 
 def check_label_values(y, num_classes, where):
@@ -73,7 +157,7 @@ def check_label_values(y, num_classes, where):
         )
 
 
-def check_dataset_spec(spec, modalities, where):
+def check_dataset_spec(spec, modalities, where, regression_targets=None):
     """Validates a dataset's element structure: `(dict inputs, labels)`."""
     if not isinstance(spec, tuple) or len(spec) not in (2, 3):
         raise ValueError(
@@ -86,14 +170,31 @@ def check_dataset_spec(spec, modalities, where):
             f"tensor; got {spec[0]}."
         )
     check_modalities(spec[0].keys(), modalities, where)
+    if regression_targets:
+        if not isinstance(spec[1], dict):
+            raise ValueError(
+                f"{where}: this model has regression heads "
+                f"{sorted(regression_targets)}, so the dataset must yield "
+                f"targets as a dict {{'{LABEL}': ..., "
+                + ", ".join(f"'{n}': ..." for n in regression_targets)
+                + f"}}; got {spec[1]}."
+            )
+        check_target_keys(spec[1].keys(), regression_targets, where)
+    elif isinstance(spec[1], dict):
+        raise ValueError(
+            f"{where}: this model has no regression heads, so the labels "
+            f"must be a tensor of class ids, not a dict with keys "
+            f"{sorted(spec[1])}."
+        )
 
 
-def check_dataset(ds, modalities, num_classes, where):
+def check_dataset(ds, modalities, num_classes, where, regression_targets=None):
     """Adds in-pipeline checks to a dataset of `(x, y[, sw])` batches."""
-    check_dataset_spec(ds.element_spec, modalities, where)
+    check_dataset_spec(ds.element_spec, modalities, where, regression_targets)
 
     def check(*element):
-        x, y = element[0], element[1]
+        x, targets = element[0], element[1]
+        y = targets[LABEL] if regression_targets else targets
         n = tf.shape(y)[0]
         deps = []
         for m in modalities:
@@ -104,6 +205,27 @@ def check_dataset(ds, modalities, num_classes, where):
                     message=(
                         f"{where}: modality {m} has a different batch "
                         "size than the labels"
+                    ),
+                )
+            )
+        for name in regression_targets or {}:
+            value = targets[name]
+            deps.append(
+                tf.debugging.assert_equal(
+                    tf.shape(value)[0],
+                    n,
+                    message=(
+                        f"{where}: regression target {name} has a different "
+                        "batch size than the labels"
+                    ),
+                )
+            )
+            deps.append(
+                tf.debugging.assert_all_finite(
+                    tf.cast(value, "float32"),
+                    message=(
+                        f"{where}: regression target {name} must be finite "
+                        "(found NaN or inf)"
                     ),
                 )
             )
@@ -121,26 +243,43 @@ def check_dataset(ds, modalities, num_classes, where):
             )
         )
         with tf.control_dependencies(deps):
-            y = tf.identity(y)
-        return (x, y) + tuple(element[2:])
+            targets = tf.nest.map_structure(tf.identity, targets)
+        return (x, targets) + tuple(element[2:])
 
     return ds.map(check)
 
 
+def _num_samples(y):
+    return len(y[LABEL]) if isinstance(y, dict) else len(y)
+
+
+def _take_targets(y, idx):
+    if isinstance(y, dict):
+        return {k: np.asarray(v)[idx] for k, v in y.items()}
+    return np.asarray(y)[idx]
+
+
 def arrays_to_dataset(x, y, sample_weight, batch_size, shuffle, seed):
     """Batches array inputs into a tf.data pipeline."""
-    tensors = (x, np.asarray(y)) + (
+    y = (
+        {k: np.asarray(v) for k, v in y.items()}
+        if isinstance(y, dict)
+        else np.asarray(y)
+    )
+    tensors = (x, y) + (
         () if sample_weight is None else (np.asarray(sample_weight),)
     )
     ds = tf.data.Dataset.from_tensor_slices(tensors)
     if shuffle:
-        ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(
+            _num_samples(y), seed=seed, reshuffle_each_iteration=True
+        )
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def split_arrays(x, y, sample_weight, fraction, seed):
     """Splits arrays into (train, held-out) by a seeded permutation."""
-    n = len(y)
+    n = _num_samples(y)
     n_dev = int(round(n * fraction))
     if not 0 < n_dev < n:
         raise ValueError(
@@ -154,7 +293,7 @@ def split_arrays(x, y, sample_weight, fraction, seed):
     def take(idx):
         xs = {m: np.asarray(v)[idx] for m, v in x.items()}
         sw = None if sample_weight is None else np.asarray(sample_weight)[idx]
-        return xs, np.asarray(y)[idx], sw
+        return xs, _take_targets(y, idx), sw
 
     return take(train_idx), take(dev_idx)
 
