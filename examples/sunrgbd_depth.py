@@ -58,21 +58,19 @@ RGB-D), `logit_norms_comparison.png`, `results.json`, and per run
 (`logit_norms.png`, `accuracy.png`, `coefficients.png`, ...).
 """
 
-import argparse
-import json
 import os
-import time
+import sys
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-import keras_olm
-from keras_olm import callbacks as olm_callbacks
 from keras_olm import data as olm_data
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402  (examples/_common.py)
+
 HEAD_TITLES = {"rgb": "RGB", "depth": "Depth", "fused": "RGB-D (fused)"}
-RUN_TITLES = {"baseline": "joint training (no OLM)", "olm": "OLM"}
 
 
 # --- data --------------------------------------------------------------
@@ -90,15 +88,6 @@ def _drop_index(i, element):
     return element
 
 
-def _validation_indices(n, fraction, seed):
-    """Seeded (train, val) index arrays over `range(n)`."""
-    n_val = int(round(n * fraction))
-    if fraction > 0 and n >= 2:
-        n_val = min(max(n_val, 1), n - 1)
-    perm = np.random.default_rng(seed).permutation(n)
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
-
-
 def _split_validation(reader, fraction, seed):
     """Splits the reader's `train` split into (train, val), unbatched.
 
@@ -107,7 +96,7 @@ def _split_validation(reader, fraction, seed):
     outside `train`, so train, dev, val and test are disjoint.
     """
     n = len(reader.samples("train"))
-    train_idx, val_idx = _validation_indices(n, fraction, seed)
+    train_idx, val_idx = _common.validation_indices(n, fraction, seed)
     base = reader.as_dataset(
         "train", batch_size=None, shuffle=False, training=False, prefetch=False
     ).enumerate()
@@ -142,7 +131,7 @@ def _sunrgbd_readers(root, args, size):
         **options,
     )
     ids = [r["id"] for r in reader.samples("train")]
-    train_idx, val_idx = _validation_indices(
+    train_idx, val_idx = _common.validation_indices(
         len(ids), args.val_fraction, args.seed
     )
     folder = os.path.join(args.out_dir, "splits")
@@ -214,37 +203,21 @@ def load_data(args):
         val = fit_reader.as_dataset("test", batch_size=None, prefetch=False)
     else:
         train, val = _split_validation(reader, args.val_fraction, args.seed)
-    dev = reader.as_dataset("dev", batch_size=None, prefetch=False)
-    test = reader.as_dataset("test", batch_size=None, prefetch=False)
-    n_train = int(train.cardinality())
-    if cache:
-        train, val, dev = train.cache(), val.cache(), dev.cache()
-        train = train.shuffle(
-            n_train, seed=args.seed, reshuffle_each_iteration=True
-        )
-    bs = args.batch_size
-    datasets = {
-        "train": train.batch(bs),
-        "dev": dev.batch(bs),
-        "val": val.batch(bs),
-        "test": test.batch(bs),
+    splits = {
+        "train": train,
+        "val": val,
+        "dev": reader.as_dataset("dev", batch_size=None, prefetch=False),
+        "test": reader.as_dataset("test", batch_size=None, prefetch=False),
     }
-    datasets = {k: v.prefetch(tf.data.AUTOTUNE) for k, v in datasets.items()}
-    spec = datasets["train"].element_spec[0]
-    return {
-        **datasets,
-        "reader": reader,
-        "class_names": list(reader.class_names),
-        "input_shapes": {m: tuple(spec[m].shape[1:]) for m in spec},
-        "kind": kind,
-        "source": source,
-        "sizes": {
-            "train": n_train,
-            "dev": len(reader.samples("dev")),
-            "val": int(val.cardinality()),
-            "test": len(reader.samples("test")),
-        },
-    }
+    return _common.batch_datasets(
+        reader,
+        splits,
+        args.batch_size,
+        cache,
+        args.seed,
+        kind=kind,
+        source=source,
+    )
 
 
 # --- models ------------------------------------------------------------
@@ -317,164 +290,13 @@ def build_model(data, args, balancer):
             )
         else:
             encoders[m] = mlp_encoder(shape, f"{m}_mlp")
-    model = keras_olm.BalancedMultimodalModel(
-        encoders, num_classes=len(data["class_names"]), balancer=balancer
+    return _common.compile_model(
+        encoders, len(data["class_names"]), balancer, args.learning_rate
     )
-    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
-    return model
-
-
-class BestWeights(keras.callbacks.Callback):
-    """Keeps the weights of the epoch with the best fused validation accuracy.
-
-    Reads the accuracy that a `LogitNormHistory` on the validation split
-    measured at the end of the epoch (list it before this callback), so the
-    validation data is run once per epoch. Call `restore()` after `fit` to
-    load the best weights (after `fit` rather than in `on_train_end`, so
-    that every backend's trainer has synced its state).
-
-    Args:
-        diagnostics: the `LogitNormHistory` measuring the validation split.
-        head: str. The head whose accuracy is maximised. Defaults to
-            `"fused"`.
-    """
-
-    def __init__(self, diagnostics, head="fused"):
-        super().__init__()
-        self.diagnostics = diagnostics
-        self.head = head
-        self.best = -np.inf
-        self.best_epoch = None
-        self.best_weights = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        rows = [
-            r
-            for r in self.diagnostics.history
-            if r["epoch"] == epoch + 1 and r["head"] == self.head
-        ]
-        if not rows:
-            return
-        value = float(rows[0]["acc"])
-        if value >= self.best:  # ties: the later epoch
-            self.best = value
-            self.best_epoch = epoch + 1
-            self.best_weights = self.model.get_weights()
-
-    def restore(self):
-        """Loads the best weights into the model (if any epoch was measured)."""
-        if self.best_weights is not None:
-            self.model.set_weights(self.best_weights)
-
-
-def train_and_test(data, args, name, balancer):
-    """Trains one run, picks its checkpoint on `val`, scores `test` once.
-
-    Returns:
-        A dict with `"acc"` and `"mean_class_acc"` (head -> float),
-        `"confusion"` (head -> (C, C) counts, rows = true class),
-        `"best_epoch"`, `"seconds"` and the diagnostics CSV path.
-    """
-    start = time.perf_counter()
-    keras.utils.set_random_seed(args.seed)
-    model = build_model(data, args, balancer)
-    run_dir = os.path.join(args.out_dir, name)
-    diagnostics = olm_callbacks.LogitNormHistory(
-        data["val"], out_dir=run_dir, class_names=data["class_names"]
-    )
-    best = BestWeights(diagnostics)
-    model.fit(
-        data["train"],
-        dev_data=data["dev"],
-        epochs=args.epochs,
-        callbacks=[diagnostics, best],
-        verbose=args.verbose,
-    )
-    best.restore()
-    logits = model.predict_heads(data["test"])
-    labels = np.concatenate([y for _, y in data["test"].as_numpy_iterator()])
-    num_classes = len(data["class_names"])
-    result = {
-        "acc": {},
-        "mean_class_acc": {},
-        "confusion": {},
-        "best_epoch": best.best_epoch,
-        "best_val_fused_acc": best.best,
-        "diagnostics_csv": diagnostics.csv_path,
-    }
-    for head, values in logits.items():
-        pred = values.argmax(-1)
-        cm = np.zeros((num_classes, num_classes), np.int64)
-        np.add.at(cm, (labels, pred), 1)
-        present = cm.sum(1) > 0
-        recall = np.diag(cm)[present] / cm.sum(1)[present]
-        result["acc"][head] = float(np.mean(pred == labels))
-        result["mean_class_acc"][head] = float(recall.mean())
-        result["confusion"][head] = cm
-    result["seconds"] = time.perf_counter() - start
-    return result
-
-
-# --- reporting ---------------------------------------------------------
-
-
-def format_table(results, heads, metric="acc"):
-    """The per-head test metric of every run as a Markdown table."""
-    lines = [
-        "| run | " + " | ".join(HEAD_TITLES.get(h, h) for h in heads) + " |",
-        "|---" * (len(heads) + 1) + "|",
-    ]
-    for name, result in results.items():
-        cells = " | ".join(f"{result[metric][h]:.3f}" for h in heads)
-        lines.append(f"| {RUN_TITLES.get(name, name)} | {cells} |")
-    return "\n".join(lines)
-
-
-def plot_confusion_grid(results, heads, class_names, path):
-    """Fig. 4 analogue: row-normalised confusion matrices, runs x heads."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows, cols = len(results), len(heads)
-    fig, axes = plt.subplots(
-        rows,
-        cols,
-        figsize=(6 * cols + 1, 6 * rows),
-        squeeze=False,
-        layout="constrained",
-    )
-    ticks = np.arange(len(class_names))
-    image = None
-    for r, (name, result) in enumerate(results.items()):
-        for c, head in enumerate(heads):
-            ax = axes[r][c]
-            cm = result["confusion"][head].astype(float)
-            cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-            image = ax.imshow(cm, vmin=0, vmax=1, cmap="Blues")
-            ax.set_title(
-                f"{RUN_TITLES.get(name, name)}: {HEAD_TITLES.get(head, head)}"
-                f"\naccuracy {result['acc'][head]:.3f}",
-                fontsize=9,
-            )
-            ax.set_xticks(ticks)
-            ax.set_yticks(ticks)
-            ax.set_xticklabels(class_names, rotation=90, fontsize=6)
-            ax.set_yticklabels(class_names, fontsize=6)
-            ax.set_xlabel("predicted", fontsize=8)
-            ax.set_ylabel("true", fontsize=8)
-    fig.colorbar(image, ax=axes, shrink=0.6, label="share of the true class")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = _common.make_parser(__doc__)
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--data-dir",
@@ -524,113 +346,13 @@ def parse_args(argv=None):
         default=2,
         help="basic blocks per stage (2 = ResNet18; 1 for smoke runs)",
     )
-    parser.add_argument("--epochs", type=int, default=6, help="per run")
-    parser.add_argument("--batch-size", type=int, default=32, help="per step")
-    parser.add_argument(
-        "--learning-rate", type=float, default=1e-3, help="Adam"
-    )
-    parser.add_argument(
-        "--dev-fraction",
-        type=float,
-        default=0.1,
-        help="share of the training split held out for OLM",
-    )
-    parser.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.1,
-        help="share of the rest held out to pick the checkpoint",
-    )
-    parser.add_argument(
-        "--cache", action="store_true", help="keep decoded images in memory"
-    )
-    parser.add_argument("--no-olm", action="store_true", help="baseline only")
-    parser.add_argument(
-        "--out-dir", default="outputs/sunrgbd_depth", help="figures, CSV"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="weights, splits, shuffling"
-    )
-    parser.add_argument(
-        "--verbose", type=int, default=2, help="Keras fit verbosity"
-    )
+    _common.add_training_args(parser, "outputs/sunrgbd_depth", epochs=6)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
-    """Runs the example; returns `{run: result}` (see `train_and_test`)."""
-    args = parse_args(argv)
-    start = time.perf_counter()
-    os.makedirs(args.out_dir, exist_ok=True)
-    data = load_data(args)
-    print(
-        f"backend: {keras.backend.backend()} | data: {data['source']} | "
-        f"splits: {data['sizes']} | inputs: {data['input_shapes']}"
-    )
-    runs = [("baseline", None)]
-    if not args.no_olm:
-        runs.append(("olm", "olm"))
-    results = {}
-    for name, balancer in runs:
-        print(f"--- {RUN_TITLES[name]} ---")
-        result = train_and_test(data, args, name, balancer)
-        results[name] = result
-        print(
-            f"checkpoint: epoch {result['best_epoch']} (validation fused "
-            f"accuracy {result['best_val_fused_acc']:.3f}); "
-            f"{result['seconds']:.0f} s"
-        )
-    heads = [*data["input_shapes"], "fused"]
-    table = format_table(results, heads, "acc")
-    mean_table = format_table(results, heads, "mean_class_acc")
-    print("\nTest accuracy:")
-    print(table)
-    print("\nTest mean class accuracy:")
-    print(mean_table)
-    figures = {
-        "confusion": plot_confusion_grid(
-            results,
-            heads,
-            data["class_names"],
-            os.path.join(args.out_dir, "confusion_matrices.png"),
-        )
-    }
-    if len(results) > 1:
-        figures["logit_norms"] = os.path.join(
-            args.out_dir, "logit_norms_comparison.png"
-        )
-        olm_callbacks.plot_logit_norms(
-            [r["diagnostics_csv"] for r in results.values()],
-            labels=[RUN_TITLES[n] for n in results],
-            path=figures["logit_norms"],
-        )
-    seconds = time.perf_counter() - start
-    summary = {
-        "backend": keras.backend.backend(),
-        "data": data["source"],
-        "sizes": data["sizes"],
-        "args": vars(args),
-        "seconds": seconds,
-        "runs": {
-            name: {
-                k: v
-                for k, v in r.items()
-                if k not in ("confusion", "diagnostics_csv")
-            }
-            | {"confusion": {h: m.tolist() for h, m in r["confusion"].items()}}
-            for name, r in results.items()
-        },
-    }
-    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    print(f"\nFigures: {', '.join(str(p) for p in figures.values())}")
-    print(f"Total time: {seconds:.0f} s")
-    return {
-        "runs": results,
-        "table": table,
-        "sizes": data["sizes"],
-        "figures": figures,
-    }
+    """Runs the example; returns what `_common.run_comparison` returns."""
+    return _common.main(argv, parse_args, load_data, build_model, HEAD_TITLES)
 
 
 if __name__ == "__main__":

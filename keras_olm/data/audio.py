@@ -217,21 +217,29 @@ def _soundfile_read(path, target_rate):
 
 
 def _resample_np(wave, rate_in, rate_out):
+    """Resamples as `librosa.resample(res_type="soxr_hq")` does.
+
+    The output has librosa's length, `ceil(len(wave) * rate_out /
+    rate_in)` (soxr may give one sample less; librosa pads it with a
+    zero), so that tiling a resampled clip repeats it with the same period
+    as the reference code.
+    """
     rate_in, rate_out = int(rate_in), int(rate_out)
     if rate_in == rate_out or wave.size == 0:
         return wave.astype(np.float32)
     if importlib.util.find_spec("soxr") is not None:
         import soxr
 
-        return soxr.resample(wave, rate_in, rate_out, quality="HQ").astype(
-            np.float32
-        )
-    from scipy import signal
+        out = soxr.resample(wave, rate_in, rate_out, quality="HQ")
+    else:
+        from scipy import signal
 
-    g = math.gcd(rate_in, rate_out)
-    return signal.resample_poly(wave, rate_out // g, rate_in // g).astype(
-        np.float32
-    )
+        g = math.gcd(rate_in, rate_out)
+        out = signal.resample_poly(wave, rate_out // g, rate_in // g)
+    size = int(np.ceil(wave.shape[-1] * (float(rate_out) / rate_in)))
+    if out.shape[-1] < size:
+        out = np.pad(out, (0, size - out.shape[-1]))
+    return out[:size].astype(np.float32)
 
 
 def resample(wave, rate_in, rate_out):

@@ -1,0 +1,461 @@
+"""What the examples share: splits, training both runs, tables, figures.
+
+`sunrgbd_depth.py` and `cremad.py` train the same late-fusion model twice,
+with the same seed, data and splits: plain joint training
+(`balancer=None`) and OLM. This module holds the parts they share:
+
+- `make_parser`, `add_training_args`: the common command-line options;
+- `validation_indices`, `batch_datasets`: the `val` split (picks the
+  checkpoint) and the batched `train` / `dev` / `val` / `test` datasets;
+- `BestWeights`, `train_and_test`: one run, its checkpoint and its test
+  scores (accuracy, mean class accuracy, confusion matrices);
+- `format_table`, `plot_confusion_grid`, `run_comparison`, `main`: both
+  runs,
+  their tables, the confusion-matrix comparison (Fig. 4 of Zong et al.,
+  IJCAI 2024), the logit-norm comparison (Fig. 5) and `results.json`.
+
+Not part of the `keras_olm` package: the examples import it from their
+own folder.
+"""
+
+import argparse
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn.metrics import confusion_matrix
+
+import keras_olm
+from keras_olm import callbacks as olm_callbacks
+
+RUN_TITLES = {"baseline": "joint training (no OLM)", "olm": "OLM"}
+
+
+# --- command line ------------------------------------------------------
+
+
+def make_parser(doc):
+    """An `argparse` parser described by the first paragraph of `doc`."""
+    return argparse.ArgumentParser(
+        description=doc.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+
+def add_training_args(
+    parser, out_dir, epochs, batch_size=32, learning_rate=1e-3
+):
+    """Adds the options every example has to an `argparse` parser.
+
+    `--epochs`, `--batch-size`, `--learning-rate`, `--dev-fraction`,
+    `--val-fraction`, `--cache`, `--no-olm`, `--out-dir`, `--seed` and
+    `--verbose`.
+
+    Args:
+        parser: `argparse.ArgumentParser`.
+        out_dir: str. Default of `--out-dir`.
+        epochs: int. Default of `--epochs`.
+        batch_size: int. Default of `--batch-size`. Defaults to `32`.
+        learning_rate: float. Default of `--learning-rate` (Adam).
+            Defaults to `1e-3`.
+    """
+    parser.add_argument("--epochs", type=int, default=epochs, help="per run")
+    parser.add_argument(
+        "--batch-size", type=int, default=batch_size, help="per step"
+    )
+    parser.add_argument(
+        "--learning-rate", type=float, default=learning_rate, help="Adam"
+    )
+    parser.add_argument(
+        "--dev-fraction",
+        type=float,
+        default=0.1,
+        help="share of the training split held out for OLM",
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of the rest held out to pick the checkpoint",
+    )
+    parser.add_argument(
+        "--cache", action="store_true", help="keep decoded inputs in memory"
+    )
+    parser.add_argument("--no-olm", action="store_true", help="baseline only")
+    parser.add_argument("--out-dir", default=out_dir, help="figures, CSV")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="weights, splits, shuffling"
+    )
+    parser.add_argument(
+        "--verbose", type=int, default=2, help="Keras fit verbosity"
+    )
+
+
+# --- data --------------------------------------------------------------
+
+
+def validation_indices(n, fraction, seed):
+    """Seeded `(train, val)` index arrays over `range(n)`.
+
+    At least one sample goes to each side when `fraction > 0` and
+    `n >= 2`.
+
+    Args:
+        n: int. Number of samples.
+        fraction: float. Share of them in `val`.
+        seed: int. Seed of the permutation.
+
+    Returns:
+        A tuple of two sorted int arrays, disjoint, covering `range(n)`.
+    """
+    n_val = int(round(n * fraction))
+    if fraction > 0 and n >= 2:
+        n_val = min(max(n_val, 1), n - 1)
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def batch_datasets(reader, splits, batch_size, cache, seed, **info):
+    """Batches the unbatched splits; returns the examples' data dict.
+
+    Args:
+        reader: the `keras_olm.data` reader of the official splits (its
+            `dev` and `test` sizes are reported).
+        splits: dict with unbatched `tf.data.Dataset`s `"train"`,
+            `"dev"`, `"val"` and `"test"`, elements
+            `({modality: tensor}, label)`, `"train"` with a known
+            cardinality.
+        batch_size: int. Batch size of every split.
+        cache: bool. Keep the decoded `train`, `dev` and `val` samples in
+            memory after the first pass; `train` is then shuffled in
+            memory every epoch (otherwise the reader shuffles records
+            before decoding).
+        seed: int. Seed of the in-memory shuffle.
+        **info: more entries of the returned dict (e.g. `kind`, `source`).
+
+    Returns:
+        A dict with the batched, prefetched datasets (`"train"`, `"dev"`,
+        `"val"`, `"test"`), `"reader"`, `"class_names"`, `"input_shapes"`
+        (modality -> shape without the batch axis), `"sizes"` (split ->
+        number of samples) and `info`.
+    """
+    train, val, dev = splits["train"], splits["val"], splits["dev"]
+    n_train = int(train.cardinality())
+    if cache:
+        train, val, dev = train.cache(), val.cache(), dev.cache()
+        train = train.shuffle(n_train, seed=seed, reshuffle_each_iteration=True)
+    datasets = {"train": train, "dev": dev, "val": val, "test": splits["test"]}
+    datasets = {
+        k: v.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        for k, v in datasets.items()
+    }
+    spec = datasets["train"].element_spec[0]
+    return {
+        **datasets,
+        "reader": reader,
+        "class_names": list(reader.class_names),
+        "input_shapes": {m: tuple(spec[m].shape[1:]) for m in spec},
+        "sizes": {
+            "train": n_train,
+            "dev": len(reader.samples("dev")),
+            "val": int(val.cardinality()),
+            "test": len(reader.samples("test")),
+        },
+        **info,
+    }
+
+
+# --- training ----------------------------------------------------------
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Keeps the weights of the epoch with the best fused validation accuracy.
+
+    Reads the accuracy that a `LogitNormHistory` on the validation split
+    measured at the end of the epoch (list it before this callback), so the
+    validation data is run once per epoch. Call `restore()` after `fit` to
+    load the best weights (after `fit` rather than in `on_train_end`, so
+    that every backend's trainer has synced its state).
+
+    Args:
+        diagnostics: the `LogitNormHistory` measuring the validation split.
+        head: str. The head whose accuracy is maximised. Defaults to
+            `"fused"`.
+    """
+
+    def __init__(self, diagnostics, head="fused"):
+        super().__init__()
+        self.diagnostics = diagnostics
+        self.head = head
+        self.best = -np.inf
+        self.best_epoch = None
+        self.best_weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        rows = [
+            r
+            for r in self.diagnostics.history
+            if r["epoch"] == epoch + 1 and r["head"] == self.head
+        ]
+        if not rows:
+            return
+        value = float(rows[0]["acc"])
+        if value >= self.best:  # ties: the later epoch
+            self.best = value
+            self.best_epoch = epoch + 1
+            self.best_weights = self.model.get_weights()
+
+    def restore(self):
+        """Loads the best weights into the model (if any epoch was measured)."""
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
+def compile_model(
+    encoders, num_classes, balancer, learning_rate, weight_decay=None
+):
+    """The late-fusion `BalancedMultimodalModel`, compiled with Adam.
+
+    With `weight_decay`, AdamW with that decoupled weight decay.
+    """
+    model = keras_olm.BalancedMultimodalModel(
+        encoders, num_classes=num_classes, balancer=balancer
+    )
+    if weight_decay:
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate)
+    model.compile(optimizer=optimizer)
+    return model
+
+
+def train_and_test(data, args, name, balancer, build_model):
+    """Trains one run, picks its checkpoint on `val`, scores `test` once.
+
+    Args:
+        data: the dict of `batch_datasets`.
+        args: the parsed command line (`seed`, `out_dir`, `epochs`,
+            `verbose`).
+        name: str. The run's name (its folder under `args.out_dir`).
+        balancer: the model's balancer (`None` or `"olm"`).
+        build_model: callable `(data, args, balancer) -> compiled model`.
+
+    Returns:
+        A dict with `"acc"` and `"mean_class_acc"` (head -> float),
+        `"confusion"` (head -> (C, C) counts, rows = true class),
+        `"best_epoch"`, `"best_val_fused_acc"`, `"seconds"` and
+        `"diagnostics_csv"` (the `LogitNormHistory` CSV path).
+    """
+    start = time.perf_counter()
+    keras.utils.set_random_seed(args.seed)
+    model = build_model(data, args, balancer)
+    run_dir = os.path.join(args.out_dir, name)
+    diagnostics = olm_callbacks.LogitNormHistory(
+        data["val"], out_dir=run_dir, class_names=data["class_names"]
+    )
+    best = BestWeights(diagnostics)
+    model.fit(
+        data["train"],
+        dev_data=data["dev"],
+        epochs=args.epochs,
+        callbacks=[diagnostics, best],
+        verbose=args.verbose,
+    )
+    best.restore()
+    logits = model.predict_heads(data["test"])
+    labels = np.concatenate([y for _, y in data["test"].as_numpy_iterator()])
+    classes = np.arange(len(data["class_names"]))
+    result = {
+        "acc": {},
+        "mean_class_acc": {},
+        "confusion": {},
+        "best_epoch": best.best_epoch,
+        "best_val_fused_acc": best.best,
+        "diagnostics_csv": diagnostics.csv_path,
+    }
+    for head, values in logits.items():
+        pred = values.argmax(-1)
+        cm = confusion_matrix(labels, pred, labels=classes)
+        present = cm.sum(1) > 0
+        recall = np.diag(cm)[present] / cm.sum(1)[present]
+        result["acc"][head] = float(np.mean(pred == labels))
+        result["mean_class_acc"][head] = float(recall.mean())
+        result["confusion"][head] = cm
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+# --- reporting ---------------------------------------------------------
+
+
+def format_table(results, heads, head_titles, metric="acc"):
+    """The per-head test metric of every run as a Markdown table."""
+    lines = [
+        "| run | " + " | ".join(head_titles.get(h, h) for h in heads) + " |",
+        "|---" * (len(heads) + 1) + "|",
+    ]
+    for name, result in results.items():
+        cells = " | ".join(f"{result[metric][h]:.3f}" for h in heads)
+        lines.append(f"| {RUN_TITLES.get(name, name)} | {cells} |")
+    return "\n".join(lines)
+
+
+def plot_confusion_grid(results, heads, class_names, path, head_titles):
+    """Fig. 4 analogue: row-normalised confusion matrices, runs x heads."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, cols = len(results), len(heads)
+    side = min(6.0, 1.5 + 0.25 * len(class_names))
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(side * cols + 1, side * rows),
+        squeeze=False,
+        layout="constrained",
+    )
+    ticks = np.arange(len(class_names))
+    image = None
+    for r, (name, result) in enumerate(results.items()):
+        for c, head in enumerate(heads):
+            ax = axes[r][c]
+            cm = result["confusion"][head].astype(float)
+            cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+            image = ax.imshow(cm, vmin=0, vmax=1, cmap="Blues")
+            ax.set_title(
+                f"{RUN_TITLES.get(name, name)}: {head_titles.get(head, head)}"
+                f"\naccuracy {result['acc'][head]:.3f}",
+                fontsize=9,
+            )
+            ax.set_xticks(ticks)
+            ax.set_yticks(ticks)
+            ax.set_xticklabels(class_names, rotation=90, fontsize=6)
+            ax.set_yticklabels(class_names, fontsize=6)
+            ax.set_xlabel("predicted", fontsize=8)
+            ax.set_ylabel("true", fontsize=8)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="share of the true class")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def run_comparison(args, data, build_model, head_titles, start=None):
+    """Trains the baseline and (unless `--no-olm`) OLM; reports both.
+
+    Prints the per-head test accuracy and mean class accuracy of each run
+    as Markdown tables, and writes into `args.out_dir`:
+    `confusion_matrices.png` (rows: runs; columns: heads),
+    `logit_norms_comparison.png` (both runs' per-class logit norms, when
+    OLM ran too), `results.json`, and per run the `LogitNormHistory` CSV
+    and figures (`baseline/`, `olm/`).
+
+    Args:
+        args: the parsed command line (see `add_training_args`).
+        data: the dict of `batch_datasets`.
+        build_model: callable `(data, args, balancer) -> compiled model`.
+        head_titles: dict. Column titles of the heads (e.g.
+            `{"audio": "Audio", "fused": "AV (fused)"}`).
+        start: float or None. `time.perf_counter()` when the example
+            started (the printed total time counts from it). Defaults to
+            `None`: now.
+
+    Returns:
+        A dict with `"runs"` (run -> result of `train_and_test`),
+        `"table"` (the accuracy table), `"sizes"` and `"figures"` (name ->
+        PNG path).
+    """
+    start = time.perf_counter() if start is None else start
+    print(
+        f"backend: {keras.backend.backend()} | data: {data['source']} | "
+        f"splits: {data['sizes']} | inputs: {data['input_shapes']}"
+    )
+    runs = [("baseline", None)]
+    if not args.no_olm:
+        runs.append(("olm", "olm"))
+    results = {}
+    for name, balancer in runs:
+        print(f"--- {RUN_TITLES[name]} ---")
+        result = train_and_test(data, args, name, balancer, build_model)
+        results[name] = result
+        print(
+            f"checkpoint: epoch {result['best_epoch']} (validation fused "
+            f"accuracy {result['best_val_fused_acc']:.3f}); "
+            f"{result['seconds']:.0f} s"
+        )
+    heads = [*data["input_shapes"], "fused"]
+    table = format_table(results, heads, head_titles, "acc")
+    mean_table = format_table(results, heads, head_titles, "mean_class_acc")
+    print("\nTest accuracy:")
+    print(table)
+    print("\nTest mean class accuracy:")
+    print(mean_table)
+    figures = {
+        "confusion": plot_confusion_grid(
+            results,
+            heads,
+            data["class_names"],
+            os.path.join(args.out_dir, "confusion_matrices.png"),
+            head_titles,
+        )
+    }
+    if len(results) > 1:
+        figures["logit_norms"] = os.path.join(
+            args.out_dir, "logit_norms_comparison.png"
+        )
+        olm_callbacks.plot_logit_norms(
+            [r["diagnostics_csv"] for r in results.values()],
+            labels=[RUN_TITLES[n] for n in results],
+            path=figures["logit_norms"],
+        )
+    seconds = time.perf_counter() - start
+    summary = {
+        "backend": keras.backend.backend(),
+        "data": data["source"],
+        "sizes": data["sizes"],
+        "args": vars(args),
+        "seconds": seconds,
+        "runs": {
+            name: {
+                k: v
+                for k, v in r.items()
+                if k not in ("confusion", "diagnostics_csv")
+            }
+            | {"confusion": {h: m.tolist() for h, m in r["confusion"].items()}}
+            for name, r in results.items()
+        },
+    }
+    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(f"\nFigures: {', '.join(str(p) for p in figures.values())}")
+    print(f"Total time: {seconds:.0f} s")
+    return {
+        "runs": results,
+        "table": table,
+        "sizes": data["sizes"],
+        "figures": figures,
+    }
+
+
+def main(argv, parse_args, load_data, build_model, head_titles):
+    """An example's `main`: parse, load the data, `run_comparison`.
+
+    Args:
+        argv: list of str or None. The command line (None: `sys.argv`).
+        parse_args: callable `argv -> args` (with `out_dir`).
+        load_data: callable `args -> data` (see `batch_datasets`).
+        build_model: callable `(data, args, balancer) -> compiled model`.
+        head_titles: dict. Column titles of the heads.
+
+    Returns:
+        What `run_comparison` returns.
+    """
+    args = parse_args(argv)
+    start = time.perf_counter()
+    os.makedirs(args.out_dir, exist_ok=True)
+    data = load_data(args)
+    return run_comparison(args, data, build_model, head_titles, start=start)
