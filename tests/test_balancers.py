@@ -24,6 +24,11 @@ def _ogm_ge_state(balancer, steps):
     assert int(np_(balancer.steps)) == steps
     k = np_(balancer.coefficients)
     assert np.all((k > 0) & (k <= 1)) and k.min() < 1
+    # The noise generator advanced inside the traced steps (on JAX the
+    # state assigned in transform_gradients must be kept), so every step
+    # drew new noise.
+    fresh = keras.random.SeedGenerator(balancer.seed).state
+    assert not np.array_equal(np_(balancer.seed_generator.state), np_(fresh))
 
 
 def _gblend_state(balancer, steps):
@@ -67,7 +72,9 @@ BALANCERS = {
 
 @pytest.fixture(scope="module")
 def data():
-    return make_imbalanced(256, seed=0)
+    # 320 samples: 10 full batches of 32, or 9 and one held-out batch of
+    # 32 when 10% is held out (uneven batches would retrace the step).
+    return make_imbalanced(320, seed=0)
 
 
 def test_every_balancer_is_registered():
@@ -87,9 +94,7 @@ def test_short_fit_is_finite_and_round_trips(name, data, tmp_path):
     for key, values in history.history.items():
         assert np.all(np.isfinite(values)), (name, key, values)
     assert history.history["fused_loss"][-1] < history.history["fused_loss"][0]
-    # Held-out batches come out of the 256 samples for some balancers.
-    n = 256 - (26 if balancer.needs_dev_data else 0)
-    check_state(model.balancer, 2 * -(-n // 32))
+    check_state(model.balancer, 18 if balancer.needs_dev_data else 20)
 
     path = os.path.join(tmp_path, f"{name}.keras")
     model.save(path)
@@ -105,6 +110,7 @@ def test_short_fit_is_finite_and_round_trips(name, data, tmp_path):
     assert len(before) == len(after)
     for a, b in zip(before, after):
         np.testing.assert_array_equal(np_(b), np_(a), err_msg=a.path)
-    np.testing.assert_allclose(
-        restored.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6
-    )
+    few = {m: v[:8] for m, v in x.items()}
+    before, after = model.head_logits(few), restored.head_logits(few)
+    for h in model.head_names:
+        np.testing.assert_allclose(np_(after[h]), np_(before[h]), atol=1e-6)
