@@ -1,0 +1,388 @@
+"""Input-pipeline throughput, and the input wait of a training step.
+
+Two measurements on the same CREMA-D-layout files, in one run:
+
+1. Samples per second of `keras_olm.data.CremaD`'s tf.data pipeline
+   against a per-sample loader doing the same preprocessing with librosa
+   and PIL. Both produce, per clip, the CREMA-D spectrogram (22,050 Hz,
+   3 s, n_fft 512, hop 353: 257 x 188, `log(|STFT| + 1e-7)`) and one
+   224x224 frame normalised with the ImageNet mean and std, in batches.
+
+   - tf.data: the reader's `as_dataset` as a user gets it (parallel
+     decode map, batching, the batched STFT after `.batch()`, prefetch),
+     evaluation mode (fixed middle frame), no shuffle.
+   - per-sample: what a user without keras-olm writes: one clip at a
+     time in one Python process, `librosa.load(sr=22050)` (soxr
+     resampling), tile to 3 s, `librosa.stft`, log; `PIL.Image.open`,
+     `resize((224, 224), BILINEAR)`, normalise; `np.stack` per batch.
+
+   The files are generated once: `--clips` clips of 2-3 s of noisy tones
+   as 16-bit WAV at `--file-rate` (CREMA-D ships 16 kHz, so both loaders
+   resample) and three 480x360 JPEG frames per clip (CREMA-D's video
+   size; 1 fps). One untimed pass first warms the page cache and traces
+   the pipeline, then each loader runs `--repeats` full passes,
+   alternating; the table gives the median pass. The two outputs are
+   compared sample by sample (max abs difference): the log spectrograms
+   agree to float32 rounding on the bins below 90% of the files' Nyquist
+   frequency (typically 1e-5; the largest differences, about 1e-2, are
+   in the clips' weakest bins); above it the
+   16 kHz files have no content, |STFT| sits near the float32 floor of
+   the resampler's stopband and the logs of two float32 FFTs differ by up
+   to a few units, so both figures are printed. The frames differ by the
+   resize filter (PIL's
+   BILINEAR widens its kernel when shrinking, `tf.image.resize` samples
+   without antialiasing) and by the JPEG IDCT variant, so their mean
+   absolute difference is printed too.
+
+2. Input wait during `fit`: the share of a training step spent waiting
+   for input. Keras' trainers fetch the next batch inside the step on
+   some backends (TensorFlow runs `next(iterator)` in the traced
+   function) and between steps on others, so callbacks cannot separate
+   the wait portably. Instead the same model (the two CNN encoders of
+   `examples/cremad.py` at these input sizes, late fusion, OLM with the
+   reader's `dev` split as held-out data) is fitted twice, from the same
+   initial weights and on the same samples: once fed by the pipeline and
+   once by an in-memory `.cache()` of the pipeline's own output (filled
+   in an untimed epoch). Epoch 1 of each fit (tracing, cache filling) is
+   excluded; the step time is the median over the other epochs, and
+
+       input wait = (step from pipeline - step from memory)
+                    / step from pipeline.
+
+   On a CPU-only machine this counts the CPU the pipeline takes from
+   training too (both share the cores), which is the cost a user sees
+   there; on a GPU the decoding overlaps the device's work.
+
+Run (one line; prints the markdown table for benchmarks/README.md):
+
+    python benchmarks/input_pipeline.py
+
+Targets: tf.data >= 5x the per-sample loader; input wait < 5% of the step.
+"""
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_olm import data as olm_data
+from keras_olm.data.image import IMAGENET_MEAN
+from keras_olm.data.image import IMAGENET_STD
+
+sys.path.insert(
+    0,
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"),
+)
+import cremad  # noqa: E402  (examples/cremad.py: the CNN encoders)
+
+LABELS = olm_data.CREMAD_CLASSES
+
+
+# --- files -------------------------------------------------------------
+
+
+def write_dataset(root, clips, file_rate, seed=0):
+    """Writes `clips` clips in the CREMA-D layout under `root`.
+
+    Audio: 2-3 s of a random tone plus noise, 16-bit PCM at `file_rate`.
+    Frames: three 480x360 JPEGs per clip (smooth colour fields plus noise,
+    so that JPEG decoding does real work). A fifth of the clips go to
+    `test.csv`.
+    """
+    import soundfile
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, "AudioWAV"), exist_ok=True)
+    rows = []
+    for i in range(clips):
+        label = LABELS[i % len(LABELS)]
+        clip = f"{1001 + i % 91}_{i:04d}_{label}_XX"
+        n = int(rng.uniform(2.0, 3.0) * file_rate)
+        t = np.arange(n) / file_rate
+        wave = 0.4 * np.sin(2 * np.pi * rng.uniform(100, 2000) * t)
+        wave += 0.05 * rng.standard_normal(n)
+        soundfile.write(
+            os.path.join(root, "AudioWAV", f"{clip}.wav"),
+            wave.astype(np.float32),
+            file_rate,
+            subtype="PCM_16",
+        )
+        folder = os.path.join(root, "Image-01-FPS", clip)
+        os.makedirs(folder, exist_ok=True)
+        for k in range(3):
+            base = rng.uniform(0, 255, (9, 12, 3)).astype(np.uint8)
+            image = Image.fromarray(base).resize((480, 360), Image.BICUBIC)
+            pixels = np.asarray(image, np.float32)
+            pixels += rng.normal(0, 8, pixels.shape)
+            pixels = np.clip(pixels, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(
+                os.path.join(folder, f"{k + 1:05d}.jpg"), quality=90
+            )
+        rows.append(f"{clip},{label}\n")
+    n_test = len(rows) // 5
+    with open(os.path.join(root, "train.csv"), "w") as f:
+        f.writelines(rows[n_test:])
+    with open(os.path.join(root, "test.csv"), "w") as f:
+        f.writelines(rows[:n_test])
+    return root
+
+
+# --- the per-sample loader ----------------------------------------------
+
+
+def librosa_pil_sample(record, config, image_size):
+    """One clip the way a user without keras-olm preprocesses it.
+
+    Args:
+        record: a record of the reader (`"audio"`, `"frames"`, `"label"`).
+        config: the `SpectrogramConfig` ("cremad").
+        image_size: tuple `(height, width)`.
+
+    Returns:
+        A tuple `(spectrogram (freq, time, 1), frame (h, w, 3), label)`.
+    """
+    import librosa
+    from PIL import Image
+
+    wave, _ = librosa.load(record["audio"], sr=config.sample_rate)
+    repeats = max(1, math.ceil(config.num_samples / len(wave)))
+    wave = np.tile(wave, repeats)[: config.num_samples]
+    wave = np.clip(wave, -1.0, 1.0)
+    stft = librosa.stft(wave, n_fft=config.n_fft, hop_length=config.hop_length)
+    spec = np.log(np.abs(stft) + config.log_offset).astype(np.float32)
+    frames = record["frames"].split("\n")
+    path = frames[len(frames) // 2]  # the evaluation frame: the middle one
+    with Image.open(path) as image:
+        image = image.convert("RGB").resize(
+            image_size[::-1], Image.Resampling.BILINEAR
+        )
+        pixels = np.asarray(image, np.float32) / 255.0
+    frame = (pixels - IMAGENET_MEAN) / IMAGENET_STD
+    return spec[..., None], frame.astype(np.float32), record["label"]
+
+
+def librosa_pil_batches(records, config, image_size, batch_size):
+    """Yields `({"audio", "visual"}, labels)` batches, one clip at a time."""
+    for start in range(0, len(records), batch_size):
+        samples = [
+            librosa_pil_sample(r, config, image_size)
+            for r in records[start : start + batch_size]
+        ]
+        audio, visual, labels = zip(*samples)
+        yield (
+            {"audio": np.stack(audio), "visual": np.stack(visual)},
+            np.asarray(labels),
+        )
+
+
+def tf_data_batches(reader, batch_size):
+    """The reader's evaluation pipeline, as numpy batches."""
+    ds = reader.as_dataset(
+        "train", batch_size=batch_size, shuffle=False, training=False
+    )
+    return ds.as_numpy_iterator()
+
+
+def timed_pass(make_batches):
+    """Seconds and samples of one full pass, and the batches' outputs."""
+    start = time.perf_counter()
+    batches = list(make_batches())
+    seconds = time.perf_counter() - start
+    samples = sum(len(y) for _, y in batches)
+    return seconds, samples, batches
+
+
+def compare_outputs(a, b, config, file_rate):
+    """Absolute differences of the two loaders' outputs.
+
+    Returns a dict: `"audio"`: max abs difference over the frequency bins
+    below 90% of the files' Nyquist frequency (where the clips have
+    content) and over all bins; `"visual"`: max and mean abs difference;
+    `"labels_equal"`: bool.
+    """
+    out = {}
+    x, y = (
+        np.concatenate([inputs["audio"] for inputs, _ in c]) for c in (a, b)
+    )
+    freqs = np.arange(x.shape[1]) * config.sample_rate / config.n_fft
+    band = freqs < 0.45 * min(file_rate, config.sample_rate)
+    diff = np.abs(x - y)
+    out["audio"] = (float(diff[:, band].max()), float(diff.max()))
+    x, y = (
+        np.concatenate([inputs["visual"] for inputs, _ in c]) for c in (a, b)
+    )
+    diff = np.abs(x - y)
+    out["visual"] = (float(diff.max()), float(diff.mean()))
+    labels_a, labels_b = (np.concatenate([y for _, y in c]) for c in (a, b))
+    out["labels_equal"] = bool(np.array_equal(labels_a, labels_b))
+    out["band_hz"] = float(freqs[band].max())
+    return out
+
+
+# --- input wait during fit -----------------------------------------------
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall time of every epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self.start)
+
+
+def fit_step_seconds(train, dev, steps, epochs, args, weights=None):
+    """Median step time of epochs 2.. of a fit; also the initial weights."""
+    keras.utils.set_random_seed(0)
+    data = {
+        "input_shapes": {
+            m: tuple(s.shape[1:]) for m, s in train.element_spec[0].items()
+        },
+        "class_names": list(LABELS),
+    }
+    model_args = argparse.Namespace(
+        width=args.width,
+        stages=4,
+        dropout=0.5,
+        learning_rate=1e-3,
+        weight_decay=0.05,
+    )
+    model = cremad.build_model(data, model_args, "olm")
+    if weights is None:
+        weights = model.get_weights()
+    else:
+        model.set_weights(weights)
+    timer = EpochTimer()
+    model.fit(
+        train,
+        dev_data=dev,
+        epochs=epochs,
+        callbacks=[timer],
+        verbose=0,
+    )
+    return float(np.median(timer.seconds[1:])) / steps, weights
+
+
+def input_wait(reader, args):
+    """Step times fed by the pipeline and by memory; the wait share."""
+    n = len(reader.samples("train"))
+    steps = n // args.batch_size
+    train = reader.as_dataset(
+        "train", batch_size=args.batch_size, drop_remainder=True, seed=0
+    )
+    dev = reader.as_dataset("dev", batch_size=args.batch_size)
+    # The in-memory copy: the same pipeline, cached in its first epoch.
+    cached_train = train.cache()
+    cached_dev = dev.cache()
+    epochs = args.fit_epochs + 1  # the first one is excluded
+    memory, weights = fit_step_seconds(
+        cached_train, cached_dev, steps, epochs, args
+    )
+    piped, _ = fit_step_seconds(train, dev, steps, epochs, args, weights)
+    return piped, memory, steps
+
+
+# --- main --------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--clips", type=int, default=320, help="files")
+    parser.add_argument(
+        "--file-rate", type=int, default=16000, help="WAV sample rate"
+    )
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes")
+    parser.add_argument(
+        "--fit-epochs", type=int, default=3, help="timed epochs per fit"
+    )
+    parser.add_argument("--width", type=int, default=16, help="CNN width")
+    parser.add_argument(
+        "--data-dir", help="reuse (or create) the generated files here"
+    )
+    parser.add_argument("--skip-fit", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    root = args.data_dir or os.path.join(
+        tempfile.gettempdir(),
+        f"keras_olm_input_pipeline_{args.clips}_{args.file_rate}",
+    )
+    if not os.path.isfile(os.path.join(root, "test.csv")):
+        write_dataset(root, args.clips, args.file_rate)
+    reader = olm_data.CremaD(root, dev_fraction=0.1, seed=0)
+    config = reader.audio_config
+    records = reader.samples("train")
+    bs = args.batch_size
+    loaders = {
+        "tf.data (keras_olm.data.CremaD)": lambda: tf_data_batches(reader, bs),
+        "per-sample librosa + PIL": lambda: librosa_pil_batches(
+            records, config, reader.image_size, bs
+        ),
+    }
+    outputs, times = {}, {name: [] for name in loaders}
+    for name, make in loaders.items():  # untimed warm-up pass
+        _, samples, outputs[name] = timed_pass(make)
+    for _ in range(args.repeats):
+        for name, make in loaders.items():
+            seconds, samples, _ = timed_pass(make)
+            times[name].append(seconds)
+    diff = compare_outputs(*outputs.values(), config, args.file_rate)
+    rates = {name: samples / np.median(t) for name, t in times.items()}
+    base = rates["per-sample librosa + PIL"]
+    print(
+        f"backend {keras.backend.backend()}, tensorflow {tf.__version__}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
+        f"{samples} clips of the CREMA-D preset "
+        f"({config.output_shape[0]}x{config.output_shape[1]} spectrogram, "
+        f"{reader.image_size[0]}x{reader.image_size[1]} frame from 480x360 "
+        f"JPEG, WAV at {args.file_rate} Hz), batch {bs}, median of "
+        f"{args.repeats} passes"
+    )
+    print(
+        f"outputs: log-spectrogram max abs diff {diff['audio'][0]:.1e} up "
+        f"to {diff['band_hz']:.0f} Hz ({diff['audio'][1]:.1e} over all "
+        f"bins, float32 FFT rounding in the resampler's empty stopband); "
+        f"frame max abs diff {diff['visual'][0]:.3f}, mean "
+        f"{diff['visual'][1]:.4f} (normalised units); labels equal: "
+        f"{diff['labels_equal']}"
+    )
+    print()
+    print("| loader | samples/s | ratio |")
+    print("|---|---|---|")
+    for name, rate in rates.items():
+        print(f"| {name} | {rate:.1f} | {rate / base:.2f}x |")
+    if args.skip_fit:
+        return rates, None
+    piped, memory, steps = input_wait(reader, args)
+    wait = (piped - memory) / piped
+    print()
+    print(
+        f"| fit ({steps} steps of {bs}, OLM, CNN width {args.width}) "
+        "| s/step | input wait |"
+    )
+    print("|---|---|---|")
+    print(f"| fed from memory (`.cache()`) | {memory:.3f} | - |")
+    print(f"| fed by the tf.data pipeline | {piped:.3f} | {100 * wait:.1f}% |")
+    return rates, wait
+
+
+if __name__ == "__main__":
+    main()
