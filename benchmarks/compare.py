@@ -1,0 +1,851 @@
+"""The Table 1 analogue: every fusion and balancer on the embedded datasets.
+
+Zong et al. (IJCAI 2024), Table 1, compares unimodal models, late fusions
+(concatenation, summation, FiLM, gated, attention) and balancers (G-Blend,
+OGM-GE, PMR, ...) with the same encoders. This script does the same on the
+two embedded stand-ins, with one API: every row is a
+`keras_olm.BalancedMultimodalModel` that differs only in `fusion=` and
+`balancer=`.
+
+Data (decoded once by the package's readers and cached as `.npz` under
+`$KERAS_OLM_CACHE`, default `~/.cache/keras_olm`):
+
+- `digits`: the embedded audio-visual digits
+  (`keras_olm.datasets.av_digits.generate`, read by `keras_olm.data.CremaD`
+  in the CREMA-D layout): a 64 x 94 log-mel spectrogram and one 32x32
+  frame per clip, 10 classes, split by speaker (1,433 training and 364
+  test clips).
+- `rooms`: the embedded RGB-D rooms (`keras_olm.datasets.rgbd_rooms`, read
+  by `keras_olm.data.SunRGBD`) at 32x32, 19 scene classes (760 training
+  and 760 test rooms).
+
+Splits: the official test split is scored once per run. The official
+training split is cut once (seed 0) into `val` (15%, picks the
+checkpoint) and the training pool. Every row fits on the same pool;
+balancers that measure held-out losses (OLM, G-Blend) hold out 10% of it
+inside `fit` (`dev_split=0.1`, seed 0), never the validation or test data.
+
+Rows (`--rows` keys in brackets):
+
+- `<modality> only` [unimodal]: one encoder and its classifier
+  (a one-modality `BalancedMultimodalModel`, `balancer=None`);
+- `Ensemble of unimodal models` [ensemble]: the average of the unimodal
+  models' softmax probabilities (its s/epoch is the sum of theirs);
+- `Concat`, `Sum`, `FiLM`, `Gated`, `Attention` [concat, sum, film, gated,
+  attention]: plain joint training (`balancer=None`, the fused loss only)
+  with each late fusion of `keras_olm.layers`;
+- `Concat + <balancer>` [heads, olm, and every other name registered in
+  `keras_olm.balancers.REGISTRY` when the script runs]: concatenation with
+  that balancer's defaults; `heads` is every head's cross-entropy without
+  modulation.
+
+Every row: the same small CNN encoders (`cnn_encoder`: `--width`,
+`--stages`), Adam (`--learning-rate`), `--batch-size`, `--epochs` epochs,
+the same seed for the same initial encoder weights; after each epoch the
+fused accuracy on `val` is measured and the best epoch's weights are
+scored once on test.
+Columns: accuracy, mAP (macro over classes of one-vs-rest average
+precision, `sklearn.metrics.average_precision_score`), macro F1 (of the
+arg-max predictions), mean ± std over `--seeds`, and seconds per training
+epoch (the mean over epochs 2.., which excludes tracing; includes the
+validation pass).
+
+    KERAS_BACKEND=tensorflow python benchmarks/compare.py --write-readme
+    python benchmarks/compare.py --quick       # 1 seed, 4 rows, 3 epochs
+    python benchmarks/compare.py --datasets digits --rows concat,olm \\
+        --seeds 0 1 2 --epochs 8
+    python benchmarks/compare.py --resume results.json   # add to a grid
+
+TensorFlow is the fastest backend here (each run is dominated by tracing
+and compiling its step; JAX's compilation took about 3 times as long).
+
+Prints the markdown table, writes the bar plot (`--plot`, default
+`benchmarks/compare.png`) and, with `--write-readme`, replaces the
+`## compare.py` section of `benchmarks/README.md`.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+from sklearn.metrics import average_precision_score
+from sklearn.metrics import f1_score
+
+import keras_olm
+from keras_olm import balancers as olm_balancers
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+README_HEADING = "## `compare.py`"
+
+# --- data --------------------------------------------------------------
+
+DATASET_TITLES = {"digits": "AV digits", "rooms": "RGB-D rooms"}
+
+
+def _cache_dir():
+    from keras_olm.datasets import _cache
+
+    return _cache.cache_root()
+
+
+def _read_split(reader, split):
+    xs = {m: [] for m in reader.modalities}
+    ys = []
+    batches = reader.as_dataset(
+        split, batch_size=128, shuffle=False, training=False
+    )
+    for x, y in batches.as_numpy_iterator():
+        for m in xs:
+            xs[m].append(x[m])
+        ys.append(y)
+    return {m: np.concatenate(v) for m, v in xs.items()}, np.concatenate(ys)
+
+
+def _decode_digits(size):
+    from keras_olm import data as olm_data
+    from keras_olm.data.audio import SpectrogramConfig
+    from keras_olm.datasets import av_digits
+
+    kwargs = {} if size is None else {"num_clips": size, "num_speakers": 8}
+    root = av_digits.generate(verbose=False, **kwargs)
+    # The clips are 1.5 s long: the whole clip, 64 mel bands (as
+    # examples/cremad.py's "digits" spectrogram): 64 x 94.
+    audio = SpectrogramConfig(
+        sample_rate=22050,
+        num_samples=33075,
+        n_fft=512,
+        hop_length=353,
+        num_mel_bins=64,
+        zscore=True,
+    )
+    reader = olm_data.CremaD(
+        root,
+        class_names=av_digits.LABELS,
+        audio=audio,
+        image_size=(32, 32),
+        dev_fraction=0.0,
+    )
+    return reader
+
+
+def _decode_rooms(size):
+    from keras_olm import data as olm_data
+    from keras_olm.datasets import rgbd_rooms
+
+    root = rgbd_rooms.generate(samples_per_class=size or 80, verbose=False)
+    return olm_data.SunRGBD(root, image_size=(32, 32), dev_fraction=0.0)
+
+
+DECODERS = {"digits": _decode_digits, "rooms": _decode_rooms}
+
+
+def load_dataset(name, size=None):
+    """Decoded arrays of one embedded dataset, cached as `.npz`.
+
+    Args:
+        name: str. `"digits"` or `"rooms"`.
+        size: int or `None`. A smaller generated set: clips (`digits`) or
+            samples per class (`rooms`). `None` for the defaults (1,797
+            clips; 80 rooms per class).
+
+    Returns:
+        A dict with `"train"` and `"test"` (each `(inputs dict, labels)`),
+        `"modalities"` and `"num_classes"`.
+    """
+    path = os.path.join(_cache_dir(), f"compare-{name}-{size or 'full'}.npz")
+    if not os.path.exists(path):
+        reader = DECODERS[name](size)
+        arrays = {}
+        for split in ("train", "test"):
+            x, y = _read_split(reader, split)
+            arrays.update({f"{split}/{m}": v for m, v in x.items()})
+            arrays[f"{split}/label"] = y
+        arrays["num_classes"] = np.array(len(reader.class_names))
+        arrays["modalities"] = np.array(list(reader.modalities))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    with np.load(path) as f:
+        modalities = [str(m) for m in f["modalities"]]
+        out = {
+            split: (
+                {m: f[f"{split}/{m}"] for m in modalities},
+                f[f"{split}/label"].astype("int32"),
+            )
+            for split in ("train", "test")
+        }
+        out["modalities"] = modalities
+        out["num_classes"] = int(f["num_classes"])
+    return out
+
+
+def _take(split, indices):
+    x, y = split
+    return {m: v[indices] for m, v in x.items()}, y[indices]
+
+
+def make_splits(data, val_fraction=0.15, max_train=None, max_eval=None):
+    """The training pool, `val` and `test` (fixed, seed 0).
+
+    Args:
+        data: the dict of `load_dataset`.
+        val_fraction: float. Share of the official training split that
+            picks the checkpoint. Defaults to `0.15`.
+        max_train: int or `None`. Keep at most this many pool samples
+            (smoke runs). Defaults to `None`.
+        max_eval: int or `None`. Keep at most this many `val` and test
+            samples. Defaults to `None`.
+    """
+    n = len(data["train"][1])
+    order = np.random.default_rng(0).permutation(n)
+    n_val = max(1, int(round(val_fraction * n)))
+    val_idx, pool_idx = order[:n_val], order[n_val:]
+    test_idx = np.arange(len(data["test"][1]))
+    if max_train is not None:
+        pool_idx = pool_idx[:max_train]
+    if max_eval is not None:
+        val_idx = val_idx[:max_eval]
+        test_idx = np.random.default_rng(0).permutation(test_idx)[:max_eval]
+    return {
+        "pool": _take(data["train"], pool_idx),
+        "val": _take(data["train"], val_idx),
+        "test": _take(data["test"], test_idx),
+    }
+
+
+# --- models ------------------------------------------------------------
+
+
+def cnn_encoder(width, stages, name):
+    """2x2 average pooling, input batch norm, strided conv blocks, pooling.
+
+    The average pooling halves the inputs (spectrograms to 32 x 47, frames
+    to 16x16: less noise on the noisy digit frames, and a quarter of the
+    work). Block i is a 3x3 convolution with `width * 2**i` filters and
+    stride 2, batch norm and ReLU; global average pooling gives a
+    `width * 2**(stages - 1)` vector.
+    """
+    # Momentum 0.9: the moving statistics must track the weights within the
+    # few hundred steps of a run, or validation scores lag training.
+    layers = [
+        keras.layers.AveragePooling2D(2, padding="same", name=f"{name}_pool"),
+        keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_in_bn"),
+    ]
+    for i in range(stages):
+        layers += [
+            keras.layers.Conv2D(
+                width * 2**i,
+                3,
+                strides=2,
+                padding="same",
+                use_bias=False,
+                name=f"{name}_conv{i}",
+            ),
+            keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}"),
+            keras.layers.ReLU(name=f"{name}_relu{i}"),
+        ]
+    layers.append(keras.layers.GlobalAveragePooling2D(name=f"{name}_gap"))
+    return keras.Sequential(layers, name=name)
+
+
+FUSIONS = {
+    "concat": ("Concat", lambda: keras_olm.LateFusion("concat")),
+    "sum": ("Sum", lambda: keras_olm.LateFusion("sum")),
+    "film": ("FiLM", lambda: keras_olm.FiLMFusion()),
+    "gated": ("Gated", lambda: keras_olm.GatedFusion()),
+    "attention": ("Attention", lambda: keras_olm.AttentionFusion()),
+}
+# Registry aliases of rows listed once.
+_ALIASES = {"multihead", "joint"}
+
+
+def balancer_names():
+    """`heads`, `olm`, then every other balancer registered now."""
+    names = ["heads", "olm"]
+    for name in olm_balancers.REGISTRY:
+        if name not in names and name not in _ALIASES:
+            names.append(name)
+    return names
+
+
+def balancer_title(name):
+    titles = {"heads": "heads (no modulation)", "olm": "OLM"}
+    return titles.get(name, name.upper().replace("_", "-"))
+
+
+def all_rows():
+    """Every row key, in table order."""
+    return ["unimodal", "ensemble", *FUSIONS, *balancer_names()]
+
+
+QUICK_ROWS = ["unimodal", "ensemble", "concat", "olm"]
+
+
+class BestEpoch(keras.callbacks.Callback):
+    """Keeps the weights of the epoch with the best fused `val` accuracy.
+
+    The validation pass runs here, on arrays, through `predict_heads` (no
+    traced test function: one trace fewer per run). Also times every
+    epoch, the validation pass included.
+
+    Args:
+        val: `(inputs dict, labels)` arrays.
+    """
+
+    def __init__(self, val):
+        super().__init__()
+        self.val = val
+        self.best = -np.inf
+        self.best_epoch = None
+        self.best_weights = None
+        self.epoch_seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        x, y = self.val
+        logits = self.model.predict_heads(x)["fused"]
+        value = float(np.mean(logits.argmax(-1) == y))
+        if value > self.best:  # ties: the earlier epoch
+            self.best = value
+            self.best_epoch = epoch + 1
+            self.best_weights = self.model.get_weights()
+        self.epoch_seconds.append(time.perf_counter() - self._start)
+
+    def seconds_per_epoch(self):
+        times = self.epoch_seconds[1:] or self.epoch_seconds
+        return float(np.mean(times))
+
+
+def train_one(splits, modalities, num_classes, fusion, balancer, args, seed):
+    """Trains one model; returns its test probabilities and timings."""
+    keras.utils.set_random_seed(seed)
+    encoders = {
+        m: cnn_encoder(args.width, args.stages, name=f"{m}_encoder")
+        for m in modalities
+    }
+    model = keras_olm.BalancedMultimodalModel(
+        encoders, num_classes, fusion=fusion, balancer=balancer
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(args.learning_rate),
+        jit_compile=args.jit_compile,
+    )
+    x, y = splits["pool"]
+    val_x, val_y = splits["val"]
+    best = BestEpoch(({m: val_x[m] for m in modalities}, val_y))
+    model.fit(
+        {m: x[m] for m in modalities},
+        y,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        dev_split=0.1,
+        dev_seed=0,
+        callbacks=[best],
+        verbose=0,
+    )
+    model.set_weights(best.best_weights)
+    test_x, _ = splits["test"]
+    logits = model.predict_heads({m: test_x[m] for m in modalities})
+    probs = keras.ops.convert_to_numpy(
+        keras.ops.softmax(logits["fused"], axis=-1)
+    )
+    return {
+        "probs": probs,
+        "sec_per_epoch": best.seconds_per_epoch(),
+        "best_epoch": best.best_epoch,
+    }
+
+
+def scores(y, probs, num_classes):
+    """Accuracy, mAP and macro F1 of probabilities `(n, num_classes)`."""
+    pred = probs.argmax(-1)
+    onehot = np.eye(num_classes)[y]
+    present = onehot.sum(0) > 0  # AP is undefined for absent classes
+    return {
+        "acc": float(np.mean(pred == y)),
+        "map": float(
+            average_precision_score(
+                onehot[:, present], probs[:, present], average="macro"
+            )
+        ),
+        "f1": float(
+            f1_score(
+                y,
+                pred,
+                labels=np.arange(num_classes)[present],
+                average="macro",
+                zero_division=0,
+            )
+        ),
+    }
+
+
+ENSEMBLE = "Ensemble of unimodal models"
+
+
+def row_titles(rows, modalities):
+    """The result titles of the requested row keys, in table order."""
+    titles = []
+    for key in all_rows():
+        if key not in rows:
+            continue
+        if key == "unimodal":
+            titles += [f"only:{i}" for i in range(len(modalities))]
+        elif key == "ensemble":
+            titles.append(ENSEMBLE)
+        elif key in FUSIONS:
+            titles.append(FUSIONS[key][0])
+        else:
+            titles.append(f"Concat + {balancer_title(key)}")
+    return titles
+
+
+def run_dataset(name, rows, args, log, store, save=None, seeds=None):
+    """Every requested row for every seed on one dataset.
+
+    Runs already in `store` (from `--resume`) are not run again.
+
+    Args:
+        name: str. The dataset.
+        rows: list of row keys.
+        args: the parsed command line.
+        log: callable printing progress.
+        store: dict, updated in place: `store[name]["runs"][title][seed]`
+            is a result dict (`acc`, `map`, `f1`, `sec_per_epoch`,
+            `best_epoch`; unimodal rows also keep their test `probs` for
+            the ensemble) or a string (the error that stopped that row).
+        save: callable called after every run, or `None`.
+        seeds: list of int or `None`. Seeds to run now (default
+            `args.seeds`); the returned view covers `args.seeds`.
+
+    Returns:
+        A dict from row title to the list of per-seed results, or to a
+        string for a row that failed; `"modalities"` lists the dataset's
+        modalities. The unimodal rows are titled `only:<i>` for the i-th
+        modality (see `row_title`).
+    """
+    data = load_dataset(name, args.dataset_size.get(name))
+    splits = make_splits(data, max_train=args.max_train, max_eval=args.max_eval)
+    modalities, num_classes = data["modalities"], data["num_classes"]
+    test_y = splits["test"][1]
+    log(
+        f"{name}: pool {len(splits['pool'][1])}, val {len(splits['val'][1])},"
+        f" test {len(test_y)}, modalities {modalities}, {num_classes} classes"
+    )
+    entry = store.setdefault(name, {"runs": {}})
+    entry["modalities"] = modalities
+    runs = entry["runs"]
+
+    def attempt(title, seed, fn, *fn_args):
+        done = runs.setdefault(title, {})
+        if str(seed) in done:
+            return done[str(seed)]
+        if any(isinstance(v, str) for v in done.values()):
+            return None  # failed on an earlier seed
+        shown = title
+        if title.startswith("only:"):
+            shown = f"{modalities[int(title[5:])]} only"
+        start = time.perf_counter()
+        try:
+            run = fn(*fn_args)
+        except Exception as e:  # a failing balancer must not stop the grid
+            done[str(seed)] = f"failed: {type(e).__name__}: {e}"
+            log(f"  {shown}, seed {seed}: {done[str(seed)]}")
+            save()
+            return None
+        result = {
+            **scores(test_y, np.asarray(run["probs"]), num_classes),
+            "sec_per_epoch": run["sec_per_epoch"],
+            "best_epoch": run["best_epoch"],
+        }
+        if title.startswith("only:"):
+            result["probs"] = np.round(run["probs"], 6).tolist()
+        done[str(seed)] = result
+        save()
+        log(
+            f"  {shown}, seed {seed}: acc {result['acc']:.3f} mAP "
+            f"{result['map']:.3f} F1 {result['f1']:.3f} best epoch "
+            f"{result['best_epoch']} ({time.perf_counter() - start:.0f} s)"
+        )
+        return result
+
+    def joint(fusion, balancer, seed):
+        return train_one(
+            splits, modalities, num_classes, fusion, balancer, args, seed
+        )
+
+    def alone(modality, seed):
+        one = {k: (_only(x, modality), y) for k, (x, y) in splits.items()}
+        return train_one(one, [modality], num_classes, None, None, args, seed)
+
+    save = save or (lambda: None)
+    for seed in args.seeds if seeds is None else seeds:
+        if "unimodal" in rows or "ensemble" in rows:
+            unimodal = [
+                attempt(f"only:{i}", seed, alone, m, seed)
+                for i, m in enumerate(modalities)
+            ]
+            if "ensemble" in rows and all(unimodal):
+                attempt(ENSEMBLE, seed, _ensemble, unimodal)
+        for key, (title, make_fusion) in FUSIONS.items():
+            if key in rows:
+                attempt(title, seed, joint, make_fusion(), None, seed)
+        for key in balancer_names():
+            if key in rows:
+                title = f"Concat + {balancer_title(key)}"
+                concat = keras_olm.LateFusion("concat")
+                attempt(title, seed, joint, concat, key, seed)
+
+    view = {"modalities": modalities}
+    for title in row_titles(rows, modalities):
+        done = runs.get(title, {})
+        failed = [v for v in done.values() if isinstance(v, str)]
+        if failed:
+            view[title] = failed[0]
+        else:
+            view[title] = [done[str(s)] for s in args.seeds if str(s) in done]
+    return view
+
+
+def _only(x, modality):
+    return {modality: x[modality]}
+
+
+def _ensemble(unimodal):
+    """The unimodal models' averaged probabilities, as one run."""
+    return {
+        "probs": np.mean([np.asarray(r["probs"]) for r in unimodal], axis=0),
+        "sec_per_epoch": sum(r["sec_per_epoch"] for r in unimodal),
+        "best_epoch": "/".join(str(r["best_epoch"]) for r in unimodal),
+    }
+
+
+# --- reporting ---------------------------------------------------------
+
+
+def _mean_std(values, digits=3):
+    values = np.asarray(values, float)
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=0):.{digits}f}"
+
+
+def _runs(results):
+    """The rows of `run_dataset` results, without the metadata."""
+    return {t: r for t, r in results.items() if t != "modalities"}
+
+
+def row_title(title, all_results):
+    """`only:<i>` becomes "<i-th modality of each dataset> only"."""
+    if not title.startswith("only:"):
+        return title
+    i = int(title.split(":")[1])
+    names = [r["modalities"][i] for r in all_results.values()]
+    return f"{' / '.join(names)} only"
+
+
+def format_table(all_results):
+    """The markdown table: rows are methods, columns per dataset."""
+    datasets = list(all_results)
+    titles = []
+    for results in all_results.values():
+        titles += [t for t in _runs(results) if t not in titles]
+    header = "| method |"
+    rule = "|---|"
+    for name in datasets:
+        d = DATASET_TITLES.get(name, name)
+        header += f" {d} acc | {d} mAP | {d} macro F1 | {d} s/epoch |"
+        rule += "---|---|---|---|"
+    lines = [header, rule]
+    for title in titles:
+        line = f"| {row_title(title, all_results)} |"
+        for name in datasets:
+            runs = all_results[name].get(title)
+            if runs is None:
+                line += " – | – | – | – |"
+            elif isinstance(runs, str):
+                line += f" {runs} | | | |"
+            else:
+                line += "".join(
+                    f" {_mean_std([r[k] for r in runs])} |"
+                    for k in ("acc", "map", "f1")
+                )
+                sec = _mean_std([r["sec_per_epoch"] for r in runs], 2)
+                line += f" {sec} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def plot(all_results, path):
+    """Bar plot of test accuracy (mean ± std over seeds) per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(all_results)
+    fig, axes = plt.subplots(
+        1, len(datasets), figsize=(6 * len(datasets), 6), squeeze=False
+    )
+    for ax, name in zip(axes[0], datasets):
+        modalities = all_results[name]["modalities"]
+        rows = [
+            (
+                f"{modalities[int(t[5:])]} only" if t[:5] == "only:" else t,
+                np.array([r["acc"] for r in runs]),
+            )
+            for t, runs in _runs(all_results[name]).items()
+            if not isinstance(runs, str)
+        ]
+        titles = [t for t, _ in rows]
+        means = [v.mean() for _, v in rows]
+        stds = [v.std() for _, v in rows]
+        colors = [
+            "tab:gray"
+            if " only" in t or "Ensemble" in t
+            else ("tab:orange" if "+" in t else "tab:blue")
+            for t in titles
+        ]
+        pos = np.arange(len(rows))[::-1]
+        ax.barh(pos, means, xerr=stds, color=colors, capsize=3)
+        ax.set_yticks(pos, titles)
+        low = min(means) if means else 0.0
+        ax.set_xlim(max(0.0, math.floor((low - 0.1) * 10) / 10), 1.0)
+        ax.set_xlabel("test accuracy (mean ± std over seeds)")
+        ax.set_title(DATASET_TITLES.get(name, name))
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(
+        "Unimodal (gray), late fusions with joint training (blue), "
+        "balancers with concat fusion (orange)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def readme_section(table, args, wall):
+    seeds = " ".join(str(s) for s in args.seeds)
+    return f"""{README_HEADING}: the Table 1 analogue
+
+Every late fusion and every balancer registered in
+`keras_olm.balancers.REGISTRY`, with the same small CNN encoders
+({args.stages} strided conv blocks, width {args.width}), Adam
+{args.learning_rate:g}, batch {args.batch_size}, {args.epochs} epochs,
+on the embedded AV digits (audio spectrogram + one frame, 10 classes,
+split by speaker) and RGB-D rooms (32x32, 19 classes). The checkpoint
+(epoch) is chosen by fused accuracy on a validation split of the training
+data and scored once on test; OLM and G-Blend hold their held-out data out
+of the training pool. The Ensemble row averages the unimodal models'
+probabilities (its s/epoch is the sum of theirs). mAP is the macro mean of
+one-vs-rest average precision; s/epoch excludes the first (tracing) epoch.
+Mean ± std over seeds {seeds}; {keras.backend.backend()} backend,
+{wall / 60:.1f} minutes wall on 2 CPU cores shared with other jobs (times
+are rough). Bar plot: `compare.png`.
+
+    KERAS_BACKEND={keras.backend.backend()} python benchmarks/compare.py \\
+        --seeds {seeds} --epochs {args.epochs} --write-readme
+
+{table}
+"""
+
+
+def write_readme(section, path):
+    """Replaces (or appends) the `## compare.py` section of the README."""
+    text = "# Benchmarks\n"
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    start = text.find(README_HEADING)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(README_HEADING))
+        tail = "" if end < 0 else text[end:]
+        text = text[:start] + section.rstrip("\n") + "\n" + tail
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+# --- command line --------------------------------------------------------
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--datasets", nargs="+", default=list(DECODERS), choices=DECODERS
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument(
+        "--rows",
+        default=None,
+        help=f"comma-separated row keys (default all): {all_rows()}",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"1 seed, 3 epochs, rows {QUICK_ROWS}, 600 training samples",
+    )
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--stages", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument(
+        "--max-train", type=int, default=None, help="cap on the pool"
+    )
+    parser.add_argument(
+        "--max-eval", type=int, default=None, help="cap on val and test"
+    )
+    parser.add_argument(
+        "--digits-clips",
+        type=int,
+        default=None,
+        help="generate a smaller AV digits set (default: all 1,797)",
+    )
+    parser.add_argument(
+        "--rooms-per-class",
+        type=int,
+        default=None,
+        help="generate a smaller RGB-D rooms set (default: 80)",
+    )
+    parser.add_argument(
+        "--plot", default=os.path.join(HERE, "compare.png"), help="PNG path"
+    )
+    parser.add_argument(
+        "--jit-compile",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="Keras' compile(jit_compile=...)",
+    )
+    parser.add_argument("--write-readme", action="store_true")
+    parser.add_argument(
+        "--readme",
+        default=os.path.join(HERE, "README.md"),
+        help="the README whose section --write-readme replaces",
+    )
+    parser.add_argument(
+        "--resume",
+        default=None,
+        help="JSON file of results: runs found there are not run again, "
+        "every new run is added (same settings and backend required)",
+    )
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds = args.seeds or [0]
+        args.epochs = args.epochs or 3
+        args.rows = args.rows or ",".join(QUICK_ROWS)
+        args.max_train = args.max_train or 600
+    args.seeds = args.seeds if args.seeds is not None else [0, 1, 2]
+    args.epochs = args.epochs or 10
+    args.rows = args.rows.split(",") if args.rows else all_rows()
+    unknown = sorted(set(args.rows) - set(all_rows()))
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {all_rows()}")
+    args.jit_compile = {"auto": "auto", "true": True, "false": False}[
+        args.jit_compile
+    ]
+    args.dataset_size = {
+        "digits": args.digits_clips,
+        "rooms": args.rooms_per_class,
+    }
+    return args
+
+
+def _settings(args):
+    """What must agree between runs merged by `--resume`."""
+    return {
+        "backend": keras.backend.backend(),
+        "epochs": args.epochs,
+        "width": args.width,
+        "stages": args.stages,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "max_train": args.max_train,
+        "max_eval": args.max_eval,
+        "dataset_size": args.dataset_size,
+        "jit_compile": str(args.jit_compile),
+    }
+
+
+def _load_store(path, settings):
+    if path is None or not os.path.exists(path):
+        return {"settings": settings, "wall_seconds": 0.0, "datasets": {}}
+    with open(path, encoding="utf-8") as f:
+        store = json.load(f)
+    if store["settings"] != settings:
+        raise ValueError(
+            f"--resume {path}: its runs used {store['settings']}, this run "
+            f"{settings}; use another file."
+        )
+    return store
+
+
+def main(argv=None):
+    """Runs the grid; returns `(results, table)`."""
+    args = parse_args(argv)
+
+    def log(message):
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    if keras.backend.backend() == "torch":
+        import torch
+
+        # tf.data's threads and torch's OpenMP pool oversubscribe small
+        # CPUs (see the README's torch tip).
+        torch.set_num_threads(1)
+    start = time.perf_counter()
+    store = _load_store(args.resume, _settings(args))
+    previous = store["wall_seconds"]
+
+    def save():
+        if args.resume is None:
+            return
+        store["wall_seconds"] = previous + time.perf_counter() - start
+        tmp = args.resume + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(store, f)
+        os.replace(tmp, args.resume)
+
+    log(
+        f"backend {keras.backend.backend()}, seeds {args.seeds}, epochs "
+        f"{args.epochs}, rows {args.rows}"
+    )
+    # Seed by seed over the datasets: an interrupted grid (see --resume)
+    # has every row of the first seeds.
+    for seed in args.seeds:
+        for name in args.datasets:
+            run_dataset(
+                name, args.rows, args, log, store["datasets"], save, [seed]
+            )
+    results = {
+        name: run_dataset(
+            name, args.rows, args, lambda _: None, store["datasets"], seeds=[]
+        )
+        for name in args.datasets
+    }
+    wall = previous + time.perf_counter() - start
+    table = format_table(results)
+    print(table)
+    print(f"\n{wall:.0f} s wall, backend {keras.backend.backend()}")
+    if args.plot:
+        plot(results, args.plot)
+    if args.write_readme:
+        write_readme(readme_section(table, args, wall), args.readme)
+    return results, table
+
+
+if __name__ == "__main__":
+    main()
