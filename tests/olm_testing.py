@@ -31,10 +31,14 @@ def set_weights_from_numpy(model, seed=0, scale=0.3):
         v.assign(rng.normal(scale=scale, size=v.shape).astype("float32"))
 
 
-def deterministic_run(steps=6):
-    """A few SGD steps from fixed weights and data; returns what OLM saw."""
+def deterministic_run(steps=6, epochs=2):
+    """A few SGD steps from fixed weights and data; returns what OLM saw.
+
+    A held-out batch every second step, counted across the epoch boundary,
+    from a held-out set of two batches (so its stream wraps around).
+    """
     x, y = keras_olm.synthetic.make_imbalanced(
-        steps * 16, num_classes=3, seed=0
+        steps // epochs * 16, num_classes=3, seed=0
     )
     dev_x, dev_y = keras_olm.synthetic.make_imbalanced(
         32, num_classes=3, seed=1
@@ -43,7 +47,10 @@ def deterministic_run(steps=6):
         {"fast": tiny_encoder(8), "slow": tiny_encoder(8)},
         num_classes=3,
         balancer=keras_olm.OLM(
-            dev_schedule="step", optimizer="sgd", learning_rate=0.05
+            dev_schedule="periodic",
+            dev_every=2,
+            optimizer="sgd",
+            learning_rate=0.05,
         ),
     )
     model.build({"fast": (None, 16), "slow": (None, 64)})
@@ -53,7 +60,7 @@ def deterministic_run(steps=6):
         x,
         y,
         batch_size=16,
-        epochs=1,
+        epochs=epochs,
         shuffle=False,
         dev_data=(dev_x, dev_y),
         verbose=0,
@@ -67,6 +74,8 @@ def deterministic_run(steps=6):
             "train_losses",
             "dev_losses",
             "norms",
+            "steps",
+            "dev_steps",
         )
     }
     out["history"] = {k: float(v[-1]) for k, v in history.history.items()}

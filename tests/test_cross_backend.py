@@ -9,7 +9,8 @@ from olm_testing import deterministic_run
 from olm_testing import run_in_backend
 
 BACKENDS = ("tensorflow", "jax", "torch")
-# Six SGD steps in float32 from identical weights: the backends' kernels
+# Six SGD steps (two epochs, a held-out batch every second step) in float32
+# from identical weights: the backends' kernels
 # differ in summation order only, so 1e-4 relative is ample.
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -32,6 +33,7 @@ def test_coefficients_and_losses_agree_across_backends(here, other):
         "import json, olm_testing; "
         "print(json.dumps(olm_testing.deterministic_run()))",
     )
+    assert here["dev_steps"] == there["dev_steps"]
     for key in ("coefficients", "lambdas", "train_losses", "dev_losses"):
         np.testing.assert_allclose(
             here[key], there[key], rtol=RTOL, atol=ATOL, err_msg=key
@@ -44,5 +46,8 @@ def test_coefficients_and_losses_agree_across_backends(here, other):
 
 def test_the_run_moves_the_coefficients(here):
     """Guards the comparison above against comparing untouched state."""
+    # Held-out batches at steps 0, 2 and 4 of the fit, across the epoch
+    # boundary (3 steps an epoch).
+    assert here["steps"] == 6 and here["dev_steps"] == 3
     assert np.ptp(here["coefficients"]) > 1e-3
     assert np.ptp(here["lambdas"]) > 1e-4

@@ -9,56 +9,16 @@ into the new state.
 
 import jax
 import keras
-import numpy as np
 
-from keras_olm.models import inputs as inputs_lib
-
-
-class _DevFeed:
-    """Adds a held-out batch to every k-th training batch, on the host.
-
-    Under JAX the training batches already pass through Python between
-    tf.data and the compiled step, so the held-out batches are merged there
-    rather than zipped into the input pipeline: the steps in between get
-    the plain training batch and run a step compiled without the held-out
-    forward pass (measured cost of the zipped stream: 0.6-0.8 ms of CPU a
-    step). The count and the held-out stream restart with each epoch, as
-    the zipped stream of the other backends does, so all three see the
-    same held-out batches at the same steps.
-    """
-
-    def __init__(self, dev, every):
-        self.dev = dev
-        self.every = int(every)
-        self.epoch_iterator = None
-
-    def merge(self, iterator, data):
-        if iterator is not self.epoch_iterator:
-            self.epoch_iterator = iterator
-            self.count = 0
-            self.batches = self.dev.repeat().as_numpy_iterator()
-        self.count += 1
-        if (self.count - 1) % self.every:
-            return data
-        dev = next(self.batches)
-        extras = {
-            "dev_x": dev[0],
-            "dev_y": dev[1],
-            "dev_flag": np.float32(1.0),
-        }
-        if len(data) > 2 and data[2] is not None:
-            extras["sample_weight"] = data[2]
-        return (data[0], data[1], extras)
+from keras_olm.trainers.dev_feed import HostDevFeed
 
 
 class StepMixin:
     _dev_feed = None
 
     def _attach_dev_data(self, train, dev, every):
-        """Feeds held-out batches from the host (see `_DevFeed`)."""
-        if self.steps_per_execution > 1:
-            return inputs_lib.with_dev_slots(train, dev, every)
-        self._dev_feed = _DevFeed(dev, every)
+        """Feeds held-out batches from the host (see `dev_feed`)."""
+        self._dev_feed = HostDevFeed(dev, every)
         return train
 
     def make_train_function(self, force=False):
@@ -71,8 +31,7 @@ class StepMixin:
             feed = self._dev_feed
             if feed is None:
                 return step(state, iterator)
-            data = feed.merge(iterator, next(iterator))
-            return step(state, iter([data]))
+            return step(state, feed.wrap(iterator))
 
         self.train_function = train_function
         return train_function

@@ -2,16 +2,40 @@
 
 import torch
 
-from keras_olm.models import inputs as inputs_lib
+from keras_olm.trainers.dev_feed import HostDevFeed
 
 
 class StepMixin:
-    def _attach_dev_data(self, train, dev, every):
-        """Zips the held-out slots into the input pipeline."""
-        return inputs_lib.with_dev_slots(train, dev, every)
+    _dev_feed = None
 
     def _sync_training_state(self):
         """Variables are always current on this backend."""
+
+    def _attach_dev_data(self, train, dev, every):
+        """Feeds held-out batches from the host (see `dev_feed`)."""
+        self._dev_feed = HostDevFeed(dev, every)
+        return train
+
+    def make_train_function(self, force=False):
+        if self.train_function is not None and not force:
+            return self.train_function
+        super().make_train_function(force)
+        step = self.train_function
+
+        def train_function(data):
+            feed = self._dev_feed
+            if feed is None:
+                return step(data)
+            return step([feed.merge(batch) for batch in data])
+
+        self.train_function = train_function
+        return train_function
+
+    def fit(self, *args, **kwargs):
+        try:
+            return super().fit(*args, **kwargs)
+        finally:
+            self._dev_feed = None
 
     def train_step(self, data):
         x, y, sample_weight, dev = self._unpack(data)
