@@ -2,8 +2,9 @@
 
 The example's `main` runs in-process on tiny data: the embedded
 audio-visual digits (24 clips, 4 speakers, one epoch, a narrow CNN) for the
-baseline and OLM runs; a CREMA-D-layout fixture for `--data-dir`; and a
-missing `--data-dir`.
+baseline and OLM runs. `--data-dir` is checked without training (the
+training code is the same): the data the example builds from a tiny
+CREMA-D-layout fixture, against librosa; and a wrong `--data-dir`.
 """
 
 import importlib.util
@@ -129,29 +130,65 @@ def _write_cremad(root, layouts):
     return root
 
 
-def test_data_dir_reads_cremad_layout(example, layouts, tmp_path, capsys):
-    """`--data-dir`: CREMA-D's layout, labels and the 257 x 188 preset."""
+def test_data_dir_reads_cremad_layout(example, layouts, tmp_path):
+    """`--data-dir`: CREMA-D's layout, labels, splits and 257 x 188 audio.
+
+    The spectrograms equal OGM-GE's librosa code (`librosa.load(sr=22050)`,
+    tile to 3 s, `log(|librosa.stft(512, 353)| + 1e-7)`) on the bins below
+    7.2 kHz (the 16 kHz clips have nothing above 8 kHz, where both sit at
+    float32 rounding).
+    """
+    librosa = pytest.importorskip("librosa")
     root = _write_cremad(tmp_path / "CREMA-D", layouts)
     out_dir = tmp_path / "out"
-    out = example.main(
+    args = example.parse_args(
         [
             f"--data-dir={root}",
             "--image-size=32",
-            "--no-olm",
             "--val-fraction=0.2",
-            *TINY[2:],
+            "--batch-size=4",
             f"--out-dir={out_dir}",
         ]
     )
-    assert out["sizes"] == {"train": 9, "dev": 1, "val": 2, "test": 6}
-    assert set(out["runs"]) == {"baseline"}
-    _check_run(out["runs"]["baseline"], 6, 6)
-    printed = capsys.readouterr().out
-    assert f"CREMA-D at {root}" in printed
-    assert "'audio': (257, 188, 1), 'visual': (32, 32, 3)" in printed
-    assert "| OLM |" not in printed
-    assert (out_dir / "confusion_matrices.png").is_file()
-    assert not (out_dir / "logit_norms_comparison.png").exists()
+    data = example.load_data(args)
+    assert data["source"] == f"CREMA-D at {root}"
+    assert data["class_names"] == ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]
+    assert data["input_shapes"] == {
+        "audio": (257, 188, 1),
+        "visual": (32, 32, 3),
+    }
+    # dev: round(12 * 0.1) = 1 clip; val: round(11 * 0.2) = 2 clips.
+    assert data["sizes"] == {"train": 9, "dev": 1, "val": 2, "test": 6}
+    counts = {
+        name: sum(len(y) for _, y in data[name].as_numpy_iterator())
+        for name in ("train", "dev", "val", "test")
+    }
+    assert counts == data["sizes"]
+    fit, val = (
+        (out_dir / "splits" / f"{name}.csv").read_text().split()
+        for name in ("train", "test")
+    )
+    dev = [
+        f"{r['id']},{r['id'].split('_')[2]}"
+        for r in data["reader"].samples("dev")
+    ]
+    train_rows = (root / "train.csv").read_text().split()
+    assert sorted(fit + val + dev) == sorted(train_rows)
+    records = data["reader"].samples("test")
+    batches = list(data["test"].as_numpy_iterator())
+    labels = np.concatenate([y for _, y in batches])
+    assert (
+        labels.tolist() == [r["label"] for r in records] == [0, 1, 2, 3, 4, 5]
+    )
+    specs = np.concatenate([x["audio"][..., 0] for x, _ in batches])
+    band = np.arange(257) * 22050 / 512 < 7200
+    for record, spec in zip(records, specs):
+        wave, _ = librosa.load(record["audio"], sr=22050)
+        assert len(wave) == 27221  # ceil(19752 * 22050 / 16000)
+        wave = np.tile(wave, 3)[:66150]
+        stft = librosa.stft(wave, n_fft=512, hop_length=353)
+        ref = np.log(np.abs(stft) + 1e-7)
+        np.testing.assert_allclose(spec[band], ref[band], atol=5e-3)
 
 
 def test_wrong_data_dir_names_it(example, tmp_path):
@@ -164,32 +201,3 @@ def test_wrong_data_dir_names_it(example, tmp_path):
         example.main(
             [f"--data-dir={tmp_path / 'not_cremad'}", f"--out-dir={tmp_path}"]
         )
-
-
-def test_data_dir_spectrograms_match_librosa(example, layouts, tmp_path):
-    """The test split as the example reads it equals OGM-GE's librosa code.
-
-    `librosa.load(sr=22050)`, tile to 3 s, `log(|librosa.stft(512, 353)|
-    + 1e-7)`, compared on the bins below 7.2 kHz (the 16 kHz clips have
-    nothing above 8 kHz, where both sit at float32 rounding).
-    """
-    librosa = pytest.importorskip("librosa")
-    root = _write_cremad(tmp_path / "CREMA-D", layouts)
-    args = example.parse_args(
-        [f"--data-dir={root}", "--image-size=32", f"--out-dir={tmp_path}"]
-    )
-    data = example.load_data(args)
-    assert data["audio"].output_shape == (257, 188)
-    records = data["reader"].samples("test")
-    specs = np.concatenate(
-        [x["audio"][..., 0] for x, _ in data["test"].as_numpy_iterator()]
-    )
-    assert specs.shape == (len(records), 257, 188)
-    band = np.arange(257) * 22050 / 512 < 7200
-    for record, spec in zip(records, specs):
-        wave, _ = librosa.load(record["audio"], sr=22050)
-        assert len(wave) == 27221  # ceil(19752 * 22050 / 16000)
-        wave = np.tile(wave, 3)[:66150]
-        stft = librosa.stft(wave, n_fft=512, hop_length=353)
-        ref = np.log(np.abs(stft) + 1e-7)
-        np.testing.assert_allclose(spec[band], ref[band], atol=5e-3)
