@@ -25,14 +25,13 @@ Two measurements on the same CREMA-D-layout files, in one run:
    compared sample by sample (max abs difference): the log spectrograms
    agree to float32 rounding on the bins below 90% of the files' Nyquist
    frequency (typically 1e-5; the largest differences, about 1e-2, are
-   in the clips' weakest bins); above it the
-   16 kHz files have no content, |STFT| sits near the float32 floor of
-   the resampler's stopband and the logs of two float32 FFTs differ by up
-   to a few units, so both figures are printed. The frames differ by the
-   resize filter (PIL's
-   BILINEAR widens its kernel when shrinking, `tf.image.resize` samples
-   without antialiasing) and by the JPEG IDCT variant, so their mean
-   absolute difference is printed too.
+   in the clips' weakest bins). Above it the 16 kHz files have no
+   content, |STFT| sits near the float32 floor of the resampler's
+   stopband and the logs of two float32 FFTs differ by up to a few units,
+   so both figures are printed. The frames differ by the resize filter
+   (PIL's BILINEAR widens its kernel when shrinking, `tf.image.resize`
+   samples without antialiasing) and by the JPEG IDCT variant, so their
+   mean absolute difference is printed too.
 
 2. Input wait during `fit`: the share of a training step spent waiting
    for input. Keras' trainers fetch the next batch inside the step on
