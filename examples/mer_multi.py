@@ -33,6 +33,7 @@ compiling these small transformers on a CPU, so prefer torch there):
 
     KERAS_BACKEND=torch python examples/mer_multi.py
     python examples/mer_multi.py --fusion mbt --no-olm
+    python examples/mer_multi.py --olm-only
     python examples/mer_multi.py --data-dir /data/mer2023 \\
         --modalities audio,text,video --max-len 64 --epochs 40
 """
@@ -228,9 +229,11 @@ def parse_args(argv=None):
         help="comma-separated feature names",
     )
     parser.add_argument("--fusion", choices=FUSIONS, default="irfb")
-    parser.add_argument(
+    runs = parser.add_mutually_exclusive_group()
+    runs.add_argument(
         "--no-olm", action="store_true", help="joint training only"
     )
+    runs.add_argument("--olm-only", action="store_true", help="OLM only")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
@@ -275,6 +278,8 @@ def main(argv=None):
     balancers = {"joint training": None, "OLM": "olm"}
     if args.no_olm:
         balancers.pop("OLM")
+    if args.olm_only:
+        balancers.pop("joint training")
     runs = {}
     for name, balancer in balancers.items():
         runs[name] = train_and_evaluate(
