@@ -78,6 +78,7 @@ def attention_pool_update(z_b, z_mb, scores, pooling="sequence"):
     Returns:
         z_b^[l+1], a tensor `(batch, T_b, d)`.
     """
+    z_b, z_mb, scores = (ops.convert_to_tensor(t) for t in (z_b, z_mb, scores))
     if pooling == "sequence":
         batch, m_count, tokens = ops.shape(scores)
         flat = ops.reshape(scores, (batch, m_count * tokens))
