@@ -274,9 +274,19 @@ def balancer_names():
     return names
 
 
+_TITLES = {
+    "heads": "heads (no modulation)",
+    "olm": "OLM",
+    "ogm_ge": "OGM-GE",
+    "gblend": "G-Blend",
+}
+
+
 def balancer_title(name):
-    titles = {"heads": "heads (no modulation)", "olm": "OLM"}
-    return titles.get(name, name.upper().replace("_", "-"))
+    """The paper's name of a registered balancer (else its class name)."""
+    if name in _TITLES:
+        return _TITLES[name]
+    return olm_balancers.REGISTRY[name].__name__
 
 
 def all_rows():
