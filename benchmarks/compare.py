@@ -56,8 +56,13 @@ validation pass).
         --seeds 0 1 2 --epochs 8
     python benchmarks/compare.py --resume results.json   # add to a grid
 
-TensorFlow is the fastest backend here (each run is dominated by tracing
-and compiling its step; JAX's compilation took about 3 times as long).
+Backends: on TensorFlow and JAX each run is dominated by tracing and
+compiling its step; torch has none. Measured on the shared 2-core machine
+(`--quick --datasets rooms --rows concat,olm`, two 3-epoch runs): torch
+with one thread (set by `main`) 7 s, TensorFlow 29 s; JAX took 141 s
+against TensorFlow's 41 s in an earlier, busier moment. Torch is the
+fastest choice here; the grid in `benchmarks/README.md` was run on
+TensorFlow, before torch's thread setting was in place.
 
 Prints the markdown table, writes the bar plot (`--plot`, default
 `benchmarks/compare.png`) and, with `--write-readme`, replaces the
