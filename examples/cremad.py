@@ -46,7 +46,7 @@ input. AdamW (`--learning-rate`, `--weight-decay`).
 Run (the default: two runs of 10 epochs on the embedded digits; measured
 times are in examples/README.md):
 
-    pip install -e ".[examples,speech]"
+    pip install -e ".[speech]"   # espeak-ng for the digits, scikit-learn
     python examples/cremad.py
     KERAS_BACKEND=jax python examples/cremad.py
     python examples/cremad.py --data-dir /data/CREMA-D --epochs 30 \\
