@@ -17,7 +17,7 @@ TINY = [
     "--epochs=1",
     "--hidden-dim=8",
     "--heads=2",
-    "--batch-size=32",
+    "--batch-size=64",  # one batch shape per split: one JAX compile
     "--verbose=0",
 ]
 
