@@ -638,7 +638,7 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
                 if self.balancer.dev_schedule == "step"
                 else (self.balancer.dev_every)
             )
-            train = inputs_lib.with_dev_slots(train, dev, every)
+            train = self._attach_dev_data(train, dev, every)
         if validation_data is not None:
             validation_data = self._as_dataset(
                 validation_data, batch_size, "validation_data"
