@@ -299,13 +299,14 @@ class LogitNormHistory(keras.callbacks.Callback):
     def _predict(self, model):
         if self._arrays is not None:
             x, y = self._arrays
+            y = _class_labels(y)
             return model.predict_heads(x, batch_size=self.batch_size), y
         # One pass, batch by batch, so that labels stay aligned with the
         # logits even when the dataset reshuffles on every pass.
         outs = {h: [] for h in model.head_names}
         labels = []
         for element in self._dataset.as_numpy_iterator():
-            x, y = element[0], element[1]
+            x, y = element[0], _class_labels(element[1])
             logits = model.predict_heads(x, batch_size=max(len(y), 1))
             for h in model.head_names:
                 outs[h].append(logits[h])
@@ -316,15 +317,26 @@ class LogitNormHistory(keras.callbacks.Callback):
         return {h: np.concatenate(v) for h, v in outs.items()}, y
 
     def _check_data(self, model):
+        # Models with regression heads take {"label": ..., name: ...}
+        # targets; the diagnostics read the class labels only.
+        targets = getattr(model, "regression_targets", None) or None
         if self._arrays is not None:
             x, y = self._arrays
             inputs_lib.check_arrays(
-                x, y, model.modalities, model.num_classes, _WHERE
+                x,
+                y,
+                model.modalities,
+                model.num_classes,
+                _WHERE,
+                regression_targets=targets,
             )
             return
         spec = self._dataset.element_spec
-        inputs_lib.check_dataset_spec(spec, model.modalities, _WHERE)
-        if spec[1].shape.rank == 0:
+        inputs_lib.check_dataset_spec(
+            spec, model.modalities, _WHERE, regression_targets=targets
+        )
+        labels = spec[1]["label"] if isinstance(spec[1], dict) else spec[1]
+        if labels.shape.rank == 0:
             raise ValueError(
                 f"{_WHERE}: the dataset yields single samples; batch it "
                 "first (e.g. `data.batch(256)`)."
@@ -349,6 +361,12 @@ class LogitNormHistory(keras.callbacks.Callback):
                     if not math.isnan(value):
                         tf.summary.scalar(f"{name}/{head}", value, step=step)
         self._writer.flush()
+
+
+def _class_labels(y):
+    """The class labels of a target (a dict's `"label"` entry), 1-D."""
+    y = np.asarray(y["label"] if isinstance(y, dict) else y)
+    return y[:, 0] if y.ndim == 2 and y.shape[1] == 1 else y
 
 
 # --- the math --------------------------------------------------------------
@@ -401,6 +419,8 @@ def _split_data(data):
                 f"array; got {type(x).__name__}."
             )
         x = {m: np.asarray(v) for m, v in x.items()}
+        if isinstance(y, dict):  # {"label": ..., regression targets}
+            return (x, {k: np.asarray(v) for k, v in y.items()}), None
         y = np.asarray(y)
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]

@@ -408,3 +408,33 @@ def test_head_statistics_by_hand():
     assert math.isnan(stats["logit_norm"][2])
     assert stats["acc"] == 0.0
     np.testing.assert_allclose(stats["head_logit_norm"], 7.0 / 3.0)
+
+
+def test_model_with_a_regression_head(tmp_path):
+    """Dict targets ({"label", "valence"}): the diagnostics read the labels."""
+    x, y = train_data()
+    xv, yv = held_out()
+    valence = np.linspace(-1.0, 1.0, len(y)).astype("float32")
+    encoders = {
+        m: keras.Sequential([keras.layers.Dense(8, activation="relu")])
+        for m in ("fast", "slow")
+    }
+    model = keras_olm.BalancedMultimodalModel(
+        encoders, NUM_CLASSES, regression_targets={"valence": 1}
+    )
+    model.compile(optimizer="adam")
+    val_targets = {"label": yv, "valence": np.zeros(len(yv), "float32")}
+    ds = tf.data.Dataset.from_tensor_slices((xv, val_targets)).batch(64)
+    for data in ((xv, val_targets), ds):
+        cb = callbacks.LogitNormHistory(data, log_dir=None)
+        model.fit(
+            x,
+            {"label": y, "valence": valence},
+            epochs=1,
+            callbacks=[cb],
+            verbose=0,
+        )
+        rows = cb.to_dataframe()
+        assert set(rows["head"]) == set(HEADS)
+        counts = rows[rows["head"] == "fused"]["count"].sum()
+        assert counts == len(yv)
