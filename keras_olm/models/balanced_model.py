@@ -476,16 +476,8 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             finite = ops.logical_and(finite, ops.all(ops.isfinite(total)))
             # A non-finite held-out batch must not enter the balancer.
             finite = ops.logical_and(finite, ops.all(ops.isfinite(dev_losses)))
-            self.balancer.update(
-                StepMeasurements(
-                    y,
-                    logits,
-                    raw,
-                    dev_losses,
-                    dev_flag,
-                    finite,
-                    features=features,
-                )
+            self._update_balancer(
+                y, logits, raw, dev_losses, dev_flag, finite, features
             )
         return self._update_metrics(
             targets,
@@ -495,6 +487,17 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             head_losses,
             predictions,
         )
+
+    def _balancer_update_fn(
+        self, y, logits, raw, dev_losses, dev_flag, finite, features
+    ):
+        """The balancer's state update from one step's measurements."""
+        self.balancer.update(
+            StepMeasurements(
+                y, logits, raw, dev_losses, dev_flag, finite, features=features
+            )
+        )
+        return ops.zeros(())
 
     def _update_metrics(
         self, y, sample_weight, total, logits, head_losses, predictions

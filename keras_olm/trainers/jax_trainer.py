@@ -51,6 +51,10 @@ class StepMixin:
         copy of the weights and leaves the model at its last synced state.
         """
 
+    def _update_balancer(self, *measurements):
+        """Runs the balancer update in the step as it is."""
+        self._balancer_update_fn(*measurements)
+
     def _sync_training_state(self):
         """Writes the state of the last finished step into the variables."""
         self.jax_state_sync()

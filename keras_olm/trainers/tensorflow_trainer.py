@@ -37,6 +37,24 @@ class _GraphDevFeed:
 class StepMixin:
     _dev_feed = None
 
+    _xla_update = None
+
+    def _update_balancer(self, *measurements):
+        """Runs the balancer update as one XLA cluster.
+
+        The update is a few hundred tiny ops; the graph executor dispatches
+        each one (about 2 ms a step measured here), XLA fuses them. The
+        rest of the step is left to `jit_compile` as the user chose.
+        """
+        if self.jit_compile:
+            self._balancer_update_fn(*measurements)
+            return
+        if self._xla_update is None:
+            self._xla_update = tf.function(
+                self._balancer_update_fn, jit_compile=True
+            )
+        self._xla_update(*measurements)
+
     def _sync_training_state(self):
         """Variables are always current on this backend."""
 

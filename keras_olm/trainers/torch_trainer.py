@@ -8,6 +8,10 @@ from keras_olm.trainers.dev_feed import HostDevFeed
 class StepMixin:
     _dev_feed = None
 
+    def _update_balancer(self, *measurements):
+        """Runs the balancer update in the step as it is."""
+        self._balancer_update_fn(*measurements)
+
     def _sync_training_state(self):
         """Variables are always current on this backend."""
 
