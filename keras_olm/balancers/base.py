@@ -138,6 +138,23 @@ class Balancer(keras.layers.Layer):
         self.num_classes = int(num_classes)
         self.built = True
 
+    def add_state(self, name, value=0.0, shape=None, dtype="float32"):
+        """A non-trainable state variable filled with `value`.
+
+        Args:
+            name: str. The variable's name (it names the saved weight).
+            value: float. Initial value. Defaults to `0.0`.
+            shape: tuple or `None`. Defaults to one entry per head.
+            dtype: str. Defaults to `"float32"`.
+        """
+        return self.add_weight(
+            name=name,
+            shape=(self.num_heads,) if shape is None else shape,
+            initializer=keras.initializers.Constant(value),
+            dtype=dtype,
+            trainable=False,
+        )
+
     @property
     def num_heads(self):
         return len(self.head_names)

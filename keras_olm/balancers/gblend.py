@@ -156,17 +156,7 @@ class GBlend(Balancer):
 
     def build_heads(self, head_names, num_classes):
         super().build_heads(head_names, num_classes)
-        h = (self.num_heads,)
-
-        def state(name, value=0.0, shape=h, dtype="float32"):
-            return self.add_weight(
-                name=name,
-                shape=shape,
-                initializer=keras.initializers.Constant(value),
-                dtype=dtype,
-                trainable=False,
-            )
-
+        state = self.add_state
         self.weights_ = state("blend_weights", 1.0)
         self.train_sum = state("train_sum")
         self.dev_sum = state("dev_sum")

@@ -145,23 +145,10 @@ class GradNorm(Balancer):
 
     def build_heads(self, head_names, num_classes):
         super().build_heads(head_names, num_classes)
-        h = (self.num_heads,)
-        self.loss_weights = self.add_weight(
-            name="loss_weights", shape=h, initializer="ones", trainable=False
-        )
-        self.grad_norms = self.add_weight(
-            name="grad_norms", shape=h, initializer="zeros", trainable=False
-        )
-        self.initial_losses = self.add_weight(
-            name="initial_losses", shape=h, initializer="ones", trainable=False
-        )
-        self.steps = self.add_weight(
-            name="steps",
-            shape=(),
-            initializer="zeros",
-            dtype="int32",
-            trainable=False,
-        )
+        self.loss_weights = self.add_state("loss_weights", 1.0)
+        self.grad_norms = self.add_state("grad_norms")
+        self.initial_losses = self.add_state("initial_losses", 1.0)
+        self.steps = self.add_state("steps", 0, shape=(), dtype="int32")
 
     def make_head(self, name, num_classes):
         head = keras.layers.Dense(num_classes, name=f"{name}_head")

@@ -224,22 +224,9 @@ class OGMGE(Balancer):
                 f"{self.modalities}."
             )
         m = (len(self.modalities),)
-        self.coefficients = self.add_weight(
-            name="coefficients",
-            shape=m,
-            initializer="ones",
-            trainable=False,
-        )
-        self.ratios = self.add_weight(
-            name="ratios", shape=m, initializer="ones", trainable=False
-        )
-        self.steps = self.add_weight(
-            name="steps",
-            shape=(),
-            initializer="zeros",
-            dtype="int32",
-            trainable=False,
-        )
+        self.coefficients = self.add_state("coefficients", 1.0, shape=m)
+        self.ratios = self.add_state("ratios", 1.0, shape=m)
+        self.steps = self.add_state("steps", 0, shape=(), dtype="int32")
 
     def _active(self, steps):
         if self.steps_per_epoch is None:

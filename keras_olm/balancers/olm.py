@@ -336,17 +336,7 @@ class OLM(Balancer):
 
     def build_heads(self, head_names, num_classes):
         super().build_heads(head_names, num_classes)
-        h = (self.num_heads,)
-
-        def state(name, value=0.0, shape=h, dtype="float32"):
-            return self.add_weight(
-                name=name,
-                shape=shape,
-                initializer=keras.initializers.Constant(value),
-                dtype=dtype,
-                trainable=False,
-            )
-
+        state = self.add_state
         self.coefficients = state("coefficients", 1.0)
         self.lambdas = state("lambdas", 1.0 / self.num_heads)
         self.norms = state("norms")

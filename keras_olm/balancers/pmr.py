@@ -266,19 +266,9 @@ class PMR(Balancer):
                 f"{self.modalities}."
             )
         m = (len(self.modalities),)
-        self.betas = self.add_weight(
-            name="betas", shape=m, initializer="zeros", trainable=False
-        )
-        self.ratios = self.add_weight(
-            name="ratios", shape=m, initializer="ones", trainable=False
-        )
-        self.steps = self.add_weight(
-            name="steps",
-            shape=(),
-            initializer="zeros",
-            dtype="int32",
-            trainable=False,
-        )
+        self.betas = self.add_state("betas", shape=m)
+        self.ratios = self.add_state("ratios", 1.0, shape=m)
+        self.steps = self.add_state("steps", 0, shape=(), dtype="int32")
 
     def make_head(self, name, num_classes):
         if name == FUSED:

@@ -56,3 +56,24 @@ class HostDevFeed:
         """An iterator of the training batches with held-out batches."""
         for data in iterator:
             yield self.merge(data)
+
+
+class HostFeedMixin:
+    """Trainer mixin for backends whose batches pass through Python.
+
+    `fit` attaches a `HostDevFeed`; the backend's `make_train_function`
+    merges its held-out batches into the training batches.
+    """
+
+    _dev_feed = None
+
+    def _attach_dev_data(self, train, dev, every):
+        """Feeds held-out batches from the host (see `HostDevFeed`)."""
+        self._dev_feed = HostDevFeed(dev, every)
+        return train
+
+    def fit(self, *args, **kwargs):
+        try:
+            return super().fit(*args, **kwargs)
+        finally:
+            self._dev_feed = None

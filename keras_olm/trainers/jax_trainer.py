@@ -10,17 +10,10 @@ into the new state.
 import jax
 import keras
 
-from keras_olm.trainers.dev_feed import HostDevFeed
+from keras_olm.trainers.dev_feed import HostFeedMixin
 
 
-class StepMixin:
-    _dev_feed = None
-
-    def _attach_dev_data(self, train, dev, every):
-        """Feeds held-out batches from the host (see `dev_feed`)."""
-        self._dev_feed = HostDevFeed(dev, every)
-        return train
-
+class StepMixin(HostFeedMixin):
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
             return self.train_function
@@ -35,12 +28,6 @@ class StepMixin:
 
         self.train_function = train_function
         return train_function
-
-    def fit(self, *args, **kwargs):
-        try:
-            return super().fit(*args, **kwargs)
-        finally:
-            self._dev_feed = None
 
     def _purge_model_variables(self, *args, **kwargs):
         """Keeps variable values attached during an epoch.

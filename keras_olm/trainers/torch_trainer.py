@@ -2,23 +2,16 @@
 
 import torch
 
-from keras_olm.trainers.dev_feed import HostDevFeed
+from keras_olm.trainers.dev_feed import HostFeedMixin
 
 
-class StepMixin:
-    _dev_feed = None
-
+class StepMixin(HostFeedMixin):
     def _update_balancer(self, *measurements):
         """Runs the balancer update in the step as it is."""
         self._balancer_update_fn(*measurements)
 
     def _sync_training_state(self):
         """Variables are always current on this backend."""
-
-    def _attach_dev_data(self, train, dev, every):
-        """Feeds held-out batches from the host (see `dev_feed`)."""
-        self._dev_feed = HostDevFeed(dev, every)
-        return train
 
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
@@ -34,12 +27,6 @@ class StepMixin:
 
         self.train_function = train_function
         return train_function
-
-    def fit(self, *args, **kwargs):
-        try:
-            return super().fit(*args, **kwargs)
-        finally:
-            self._dev_feed = None
 
     def train_step(self, data):
         x, y, sample_weight, dev = self._unpack(data)
