@@ -54,9 +54,10 @@ def test_fit_logs_every_head(data):
     assert sum(lambdas) == pytest.approx(1.0, abs=1e-5)
     # 256 samples, 10% held out, batch 32: 8 steps an epoch.
     assert int(np_(model.balancer.steps)) == 16
-    # Periodic schedule, a held-out batch every 10 steps: steps 1, 11 of
-    # epoch 1 (8 steps) and 1 of epoch 2 (slots restart every epoch).
-    assert int(np_(model.balancer.dev_steps)) == 2
+    # Periodic schedule, a held-out batch every 20 steps of each fit call
+    # (steps 0, 20, ...): only step 0 of these 16.
+    assert model.balancer.dev_every == 20
+    assert int(np_(model.balancer.dev_steps)) == 1
     coef = np_(model.balancer.coefficients)
     assert np.mean(coef) == pytest.approx(1.0, rel=1e-4)
 

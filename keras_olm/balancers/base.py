@@ -118,6 +118,8 @@ class Balancer(keras.layers.Layer):
     #: Whether `update` reads the step's measurements (else it is skipped
     #: and the model does not compute them).
     measures_steps = False
+    #: Whether `update` reads `step.features` (else they are not passed).
+    update_reads_features = False
     #: Whether unimodal heads read detached features (linear probes).
     detach_unimodal_heads = False
 

@@ -220,6 +220,7 @@ class PMR(Balancer):
     """
 
     measures_steps = True
+    update_reads_features = True
     detach_unimodal_heads = True
 
     def __init__(

@@ -411,8 +411,19 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         }
 
     def _raw_head_losses(self, y, logits):
+        """Unweighted cross-entropy of every head, `(num_heads,)`."""
         y = self._labels(y)
-        return ops.stack([cross_entropy(y, logits[h]) for h in self.head_names])
+        if len({tuple(logits[h].shape) for h in self.head_names}) > 1:
+            return ops.stack(
+                [cross_entropy(y, logits[h]) for h in self.head_names]
+            )
+        # One call over the stacked heads (fewer ops to dispatch).
+        stacked = ops.stack([logits[h] for h in self.head_names])
+        labels = ops.broadcast_to(y, ops.shape(stacked)[:-1])
+        per_sample = keras.losses.sparse_categorical_crossentropy(
+            labels, stacked, from_logits=True
+        )
+        return ops.mean(per_sample, axis=-1)
 
     def _dev_losses(self, dev):
         """Per-head losses on the held-out batch, only where its flag is 1."""
@@ -471,13 +482,16 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         targets = y
         y = self._labels(y)
         if self.balancer.measures_steps:
-            raw = self._raw_head_losses(y, logits)
             finite = ops.all(ops.isfinite(head_losses))
             finite = ops.logical_and(finite, ops.all(ops.isfinite(total)))
             # A non-finite held-out batch must not enter the balancer.
             finite = ops.logical_and(finite, ops.all(ops.isfinite(dev_losses)))
+            if not self.balancer.update_reads_features:
+                # Not passed: on TensorFlow the update is a separate XLA
+                # cluster and its inputs are copied into it.
+                features = None
             self._update_balancer(
-                y, logits, raw, dev_losses, dev_flag, finite, features
+                y, logits, dev_losses, dev_flag, finite, features
             )
         return self._update_metrics(
             targets,
@@ -489,9 +503,10 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         )
 
     def _balancer_update_fn(
-        self, y, logits, raw, dev_losses, dev_flag, finite, features
+        self, y, logits, dev_losses, dev_flag, finite, features
     ):
         """The balancer's state update from one step's measurements."""
+        raw = self._raw_head_losses(y, logits)
         self.balancer.update(
             StepMeasurements(
                 y, logits, raw, dev_losses, dev_flag, finite, features=features
