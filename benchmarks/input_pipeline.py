@@ -33,6 +33,16 @@ Two measurements on the same CREMA-D-layout files, in one run:
    samples without antialiasing) and by the JPEG IDCT variant, so their
    mean absolute difference is printed too.
 
+   The tf.data pipeline is built once (as a training loop builds it) and
+   iterated anew for each pass; until 2026-11-27 each timed pass rebuilt
+   it, which re-traced its functions inside the timing.
+
+   Then each stage of both loaders is timed alone on one thread (CPU time
+   per sample), with the whole of each loader. Since tf.data can decode at
+   most as many samples at once as there are cores, its lead over the
+   one-thread loop is bounded by cores x (loop's CPU per sample) /
+   (tf.data's CPU per sample); the script prints that bound.
+
 2. Input wait during `fit`: the share of a training step spent waiting
    for input. Keras' trainers fetch the next batch inside the step on
    some backends (TensorFlow runs `next(iterator)` in the traced
@@ -182,11 +192,15 @@ def librosa_pil_batches(records, config, image_size, batch_size):
 
 
 def tf_data_batches(reader, batch_size):
-    """The reader's evaluation pipeline, as numpy batches."""
+    """The reader's evaluation pipeline; each call is one pass of it.
+
+    The dataset is built (and its functions traced) once, as a training
+    loop does; each pass iterates it anew.
+    """
     ds = reader.as_dataset(
         "train", batch_size=batch_size, shuffle=False, training=False
     )
-    return ds.as_numpy_iterator()
+    return ds.as_numpy_iterator
 
 
 def timed_pass(make_batches):
@@ -223,6 +237,127 @@ def compare_outputs(a, b, config, file_rate):
     out["labels_equal"] = bool(np.array_equal(labels_a, labels_b))
     out["band_hz"] = float(freqs[band].max())
     return out
+
+
+# --- where the time goes: one thread, stage by stage -----------------------
+
+
+def _single_thread(ds):
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+    options.autotune.enabled = False
+    return ds.with_options(options)
+
+
+def _cpu_per_sample(run, samples, repeats=3):
+    """Least CPU seconds per sample of `run()` over `repeats` calls."""
+    run()  # warm-up: tracing, page cache
+    best = math.inf
+    for _ in range(repeats):
+        start = time.process_time()
+        run()
+        best = min(best, time.process_time() - start)
+    return best / samples
+
+
+def _drain(ds):
+    return lambda: [None for _ in ds]
+
+
+def stage_costs(reader, records, config, image_size, batch_size):
+    """CPU milliseconds per sample of each stage, on one thread.
+
+    Both loaders, stage by stage, each stage timed alone (tf.data: a
+    one-thread pipeline of just that stage; per-sample: the same calls in
+    a loop). Returns a list of `(stage, tf.data ms, per-sample ms)`.
+    """
+    import librosa
+    from PIL import Image
+
+    from keras_olm.data import audio as audio_lib
+    from keras_olm.data import image as image_lib
+
+    n = len(records)
+    paths = tf.data.Dataset.from_tensor_slices([r["audio"] for r in records])
+    frame_lists = [r["frames"].split("\n") for r in records]
+    middle = [f[len(f) // 2] for f in frame_lists]
+    frames = tf.data.Dataset.from_tensor_slices(middle)
+    waves = _single_thread(
+        paths.map(lambda p: audio_lib.load_clip(p, config))
+    ).cache()
+    _drain(waves)()  # fill the cache
+    batched = waves.batch(batch_size)
+    spectrograms = batched.map(lambda w: audio_lib.spectrogram(w, config))
+    images = frames.map(
+        lambda p: image_lib.load_image(p, image_size, reader.normalize)
+    )
+    tf_ms = {
+        "audio: read, decode, resample, tile": _cpu_per_sample(
+            _drain(
+                _single_thread(
+                    paths.map(lambda p: audio_lib.load_clip(p, config))
+                )
+            ),
+            n,
+        ),
+        "audio: STFT, log (batched in tf.data)": _cpu_per_sample(
+            _drain(_single_thread(spectrograms)), n
+        )
+        - _cpu_per_sample(_drain(_single_thread(batched)), n),
+        "frame: read, decode, resize, normalise": _cpu_per_sample(
+            _drain(_single_thread(images)), n
+        ),
+    }
+    full = _single_thread(
+        reader.as_dataset(
+            "train", batch_size=batch_size, shuffle=False, training=False
+        )
+    )
+    tf_ms["whole loader, as the throughput pass runs it"] = _cpu_per_sample(
+        lambda: list(full.as_numpy_iterator()), n
+    )
+
+    loaded = {}
+
+    def load_all():
+        for r in records:
+            loaded[r["audio"]], _ = librosa.load(
+                r["audio"], sr=config.sample_rate
+            )
+
+    def stft_all():
+        for wave in loaded.values():
+            repeats = max(1, math.ceil(config.num_samples / len(wave)))
+            wave = np.clip(np.tile(wave, repeats)[: config.num_samples], -1, 1)
+            stft = librosa.stft(
+                wave, n_fft=config.n_fft, hop_length=config.hop_length
+            )
+            np.log(np.abs(stft) + config.log_offset)
+
+    def frames_all():
+        for path in middle:
+            with Image.open(path) as image:
+                image = image.convert("RGB").resize(
+                    image_size[::-1], Image.Resampling.BILINEAR
+                )
+                pixels = np.asarray(image, np.float32) / 255.0
+            (pixels - IMAGENET_MEAN) / IMAGENET_STD
+
+    ref_ms = {
+        "audio: read, decode, resample, tile": _cpu_per_sample(load_all, n),
+        "audio: STFT, log (batched in tf.data)": _cpu_per_sample(stft_all, n),
+        "frame: read, decode, resize, normalise": _cpu_per_sample(
+            frames_all, n
+        ),
+        "whole loader, as the throughput pass runs it": _cpu_per_sample(
+            lambda: list(
+                librosa_pil_batches(records, config, image_size, batch_size)
+            ),
+            n,
+        ),
+    }
+    return [(k, 1000 * tf_ms[k], 1000 * ref_ms[k]) for k in tf_ms]
 
 
 # --- input wait during fit -----------------------------------------------
@@ -331,7 +466,7 @@ def main(argv=None):
     records = reader.samples("train")
     bs = args.batch_size
     loaders = {
-        "tf.data (keras_olm.data.CremaD)": lambda: tf_data_batches(reader, bs),
+        "tf.data (keras_olm.data.CremaD)": tf_data_batches(reader, bs),
         "per-sample librosa + PIL": lambda: librosa_pil_batches(
             records, config, reader.image_size, bs
         ),
@@ -368,6 +503,23 @@ def main(argv=None):
     print("|---|---|---|")
     for name, rate in rates.items():
         print(f"| {name} | {rate:.1f} | {rate / base:.2f}x |")
+    costs = stage_costs(reader, records, config, reader.image_size, bs)
+    print()
+    print(
+        "| stage, one thread | tf.data ms CPU / sample "
+        "| per-sample ms CPU / sample |"
+    )
+    print("|---|---|---|")
+    for stage, tf_ms, ref_ms in costs:
+        print(f"| {stage} | {tf_ms:.2f} | {ref_ms:.2f} |")
+    tf_total, ref_total = costs[-1][1], costs[-1][2]
+    cores = os.cpu_count()
+    print(
+        f"\nBound on {cores} cores: tf.data can run at most {cores} samples "
+        f"at once, so its lead over the one-thread loop is at most "
+        f"{cores} x {ref_total:.2f} / {tf_total:.2f} = "
+        f"{cores * ref_total / tf_total:.2f}x."
+    )
     if args.skip_fit:
         return rates, None
     piped, memory, steps = input_wait(reader, args)

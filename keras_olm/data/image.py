@@ -16,6 +16,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 NORMALIZATIONS = ("imagenet", "unit", None)
 
+_IMAGENET_SCALE = 1.0 / (255.0 * np.array(IMAGENET_STD, np.float32))
+_IMAGENET_OFFSET = -np.array(IMAGENET_MEAN, np.float32) / np.array(
+    IMAGENET_STD, np.float32
+)
+
 # SUN RGB-D toolbox: depth beyond 8 m is clamped.
 SUNRGBD_MAX_DEPTH = 8.0
 
@@ -44,12 +49,16 @@ def decode_image(contents, size=(224, 224), normalize="imagenet"):
     """
     _check_normalize(normalize)
     image = tf.io.decode_image(contents, channels=3, expand_animations=False)
-    image = tf.cast(image, tf.float32)
     if size is not None:
+        # Resizes the uint8 pixels and returns float32: no float copy of
+        # the full-size image first.
         image = tf.image.resize(image, size, method="bilinear")
         image = tf.ensure_shape(image, [size[0], size[1], 3])
+    else:
+        image = tf.cast(image, tf.float32)
     if normalize == "imagenet":
-        image = (image / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+        # (x / 255 - mean) / std as one multiply and one add.
+        image = image * _IMAGENET_SCALE + _IMAGENET_OFFSET
     elif normalize == "unit":
         image = image / 255.0
     return image
@@ -139,13 +148,15 @@ def load_frames(
     """
     idx = sample_frame_indices(tf.size(frame_paths), k, training, seed)
     chosen = tf.gather(frame_paths, idx)
+    if k == 1:
+        # One frame (CREMA-D's case): no loop around the decode.
+        frame = load_image(chosen[0], size, normalize)
+        return frame if squeeze else frame[None]
     frames = tf.map_fn(
         lambda p: load_image(p, size, normalize),
         chosen,
         fn_output_signature=tf.TensorSpec([size[0], size[1], 3], tf.float32),
     )
-    if k == 1 and squeeze:
-        return frames[0]
     return frames
 
 
