@@ -83,7 +83,38 @@ def test_reader_reads_the_generated_copy(tiny_root):
             assert not record[m][len(clip) :].any()  # Zero padding.
     x, y = next(iter(reader.as_dataset("test", batch_size=20)))
     assert tuple(x["hog"].shape) == (20, 24, 16)
-    np.testing.assert_array_equal(y["emotion"].numpy(), emotion)
+    np.testing.assert_array_equal(y["label"].numpy(), emotion)
+
+
+def test_both_targets_feed_a_regression_model(tiny_root):
+    import keras
+
+    import keras_olm
+
+    reader = MerMulti(
+        tiny_root, modalities=("audio", "text"), target="both", max_len=24
+    )
+    keras.utils.set_random_seed(0)
+    encoders = {
+        m: keras.Sequential(
+            [keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(8)]
+        )
+        for m in ("audio", "text")
+    }
+    model = keras_olm.BalancedMultimodalModel(
+        encoders,
+        num_classes=len(mer_sequences.CLASSES),
+        regression_targets={"valence": 1},
+    )
+    model.compile(optimizer="adam")
+    history = model.fit(
+        reader.as_dataset("train", batch_size=16, seed=0),
+        dev_data=reader.as_dataset("dev", batch_size=16),
+        epochs=1,
+        verbose=0,
+    )
+    assert np.isfinite(history.history["valence_mse"][0])
+    assert np.isfinite(history.history["fused_loss"][0])
 
 
 def pooled(features, modalities):

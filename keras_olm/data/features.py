@@ -181,8 +181,9 @@ class MerMulti(FeatureReader):
     Sequences of different lengths are zero-padded (or cut) to `max_len`
     (default: the longest in the split; set it so that train and test
     agree). The target is the emotion index (`target="emotion"`), the
-    valence (`"valence"`), or `{"emotion": int, "valence": float}`
-    (`"both"`).
+    valence (`"valence"`), or `{"label": int, "valence": float}`
+    (`"both"`: the keys `BalancedMultimodalModel` reads with
+    `regression_targets={"valence": 1}`).
 
     Args:
         root: str or path. The dataset folder.
@@ -321,4 +322,5 @@ class MerMulti(FeatureReader):
             return emotion
         if self.target == "valence":
             return valence
-        return {"emotion": emotion, "valence": valence}
+        # The keys of `keras_olm.models.inputs` ("label" for the classes).
+        return {"label": emotion, "valence": valence}

@@ -242,7 +242,7 @@ def test_mer_multi_arrays_and_clips(tmp_path):
     inputs, ys = collect(reader.as_dataset("test", batch_size=2))
     assert inputs["audio"].shape == (2, 5, 4)  # Zero-padded to max_len.
     assert np.all(inputs["audio"][0, 2:] == 0)
-    np.testing.assert_array_equal(ys[0]["emotion"].numpy(), [4, 0])
+    np.testing.assert_array_equal(ys[0]["label"].numpy(), [4, 0])
     np.testing.assert_allclose(ys[0]["valence"].numpy(), [-1.5, 3.0])
     inputs, ys = collect(reader.as_dataset("train", batch_size=6))
     assert inputs["text"].shape == (6, 7)
