@@ -161,11 +161,8 @@ def mean_logit_norm(logits):
 
 def _mean_logit_norms(logits):
     """`mean_logit_norm` of every head's logits, `(num_heads,)`, detached."""
-    logits = [ops.stop_gradient(s) for s in logits]
-    if len({tuple(s.shape) for s in logits}) > 1:
-        return ops.stack([mean_logit_norm(s) for s in logits])
-    # One pass over the stacked heads: fewer ops to dispatch.
-    stacked = ops.cast(ops.stack(logits), "float32")
+    # Every head gives (batch, num_classes): one pass over the stack.
+    stacked = ops.cast(ops.stop_gradient(ops.stack(logits)), "float32")
     return ops.mean(ops.sqrt(ops.sum(ops.square(stacked), axis=-1)), axis=-1)
 
 

@@ -16,7 +16,6 @@ from keras_olm.balancers.base import FUSED
 from keras_olm.balancers.base import Balancer
 from keras_olm.balancers.base import JointTraining
 from keras_olm.balancers.base import StepMeasurements
-from keras_olm.balancers.base import cross_entropy
 from keras_olm.layers.fusion import LateFusion
 from keras_olm.models import inputs as inputs_lib
 from keras_olm.trainers import StepMixin
@@ -413,11 +412,8 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
     def _raw_head_losses(self, y, logits):
         """Unweighted cross-entropy of every head, `(num_heads,)`."""
         y = self._labels(y)
-        if len({tuple(logits[h].shape) for h in self.head_names}) > 1:
-            return ops.stack(
-                [cross_entropy(y, logits[h]) for h in self.head_names]
-            )
-        # One call over the stacked heads (fewer ops to dispatch).
+        # Every head gives (batch, num_classes): one call over the stacked
+        # heads (fewer ops to dispatch than one per head).
         stacked = ops.stack([logits[h] for h in self.head_names])
         labels = ops.broadcast_to(y, ops.shape(stacked)[:-1])
         per_sample = keras.losses.sparse_categorical_crossentropy(
