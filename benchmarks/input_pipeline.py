@@ -146,6 +146,42 @@ def write_dataset(root, clips, file_rate, seed=0):
 # --- the per-sample loader ----------------------------------------------
 
 
+def librosa_wave(path, config):
+    """Reads, resamples (soxr, in `librosa.load`), tiles and clips a clip."""
+    import librosa
+
+    wave, _ = librosa.load(path, sr=config.sample_rate)
+    repeats = max(1, math.ceil(config.num_samples / len(wave)))
+    wave = np.tile(wave, repeats)[: config.num_samples]
+    return np.clip(wave, -1.0, 1.0)
+
+
+def librosa_spectrogram(wave, config):
+    """`log(|librosa.stft| + offset)`, `(freq, time)` float32."""
+    import librosa
+
+    stft = librosa.stft(wave, n_fft=config.n_fft, hop_length=config.hop_length)
+    return np.log(np.abs(stft) + config.log_offset).astype(np.float32)
+
+
+def pil_frame(path, image_size):
+    """Opens, resizes (PIL bilinear) and ImageNet-normalises one frame."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB").resize(
+            image_size[::-1], Image.Resampling.BILINEAR
+        )
+        pixels = np.asarray(image, np.float32) / 255.0
+    return ((pixels - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+
+
+def middle_frame(record):
+    """The evaluation frame of a record: the middle one."""
+    frames = record["frames"].split("\n")
+    return frames[len(frames) // 2]
+
+
 def librosa_pil_sample(record, config, image_size):
     """One clip the way a user without keras-olm preprocesses it.
 
@@ -157,24 +193,9 @@ def librosa_pil_sample(record, config, image_size):
     Returns:
         A tuple `(spectrogram (freq, time, 1), frame (h, w, 3), label)`.
     """
-    import librosa
-    from PIL import Image
-
-    wave, _ = librosa.load(record["audio"], sr=config.sample_rate)
-    repeats = max(1, math.ceil(config.num_samples / len(wave)))
-    wave = np.tile(wave, repeats)[: config.num_samples]
-    wave = np.clip(wave, -1.0, 1.0)
-    stft = librosa.stft(wave, n_fft=config.n_fft, hop_length=config.hop_length)
-    spec = np.log(np.abs(stft) + config.log_offset).astype(np.float32)
-    frames = record["frames"].split("\n")
-    path = frames[len(frames) // 2]  # the evaluation frame: the middle one
-    with Image.open(path) as image:
-        image = image.convert("RGB").resize(
-            image_size[::-1], Image.Resampling.BILINEAR
-        )
-        pixels = np.asarray(image, np.float32) / 255.0
-    frame = (pixels - IMAGENET_MEAN) / IMAGENET_STD
-    return spec[..., None], frame.astype(np.float32), record["label"]
+    spec = librosa_spectrogram(librosa_wave(record["audio"], config), config)
+    frame = pil_frame(middle_frame(record), image_size)
+    return spec[..., None], frame, record["label"]
 
 
 def librosa_pil_batches(records, config, image_size, batch_size):
@@ -272,20 +293,15 @@ def stage_costs(reader, records, config, image_size, batch_size):
     one-thread pipeline of just that stage; per-sample: the same calls in
     a loop). Returns a list of `(stage, tf.data ms, per-sample ms)`.
     """
-    import librosa
-    from PIL import Image
-
     from keras_olm.data import audio as audio_lib
     from keras_olm.data import image as image_lib
 
     n = len(records)
     paths = tf.data.Dataset.from_tensor_slices([r["audio"] for r in records])
-    frame_lists = [r["frames"].split("\n") for r in records]
-    middle = [f[len(f) // 2] for f in frame_lists]
+    middle = [middle_frame(r) for r in records]
     frames = tf.data.Dataset.from_tensor_slices(middle)
-    waves = _single_thread(
-        paths.map(lambda p: audio_lib.load_clip(p, config))
-    ).cache()
+    clips = paths.map(lambda p: audio_lib.load_clip(p, config))
+    waves = _single_thread(clips).cache()
     _drain(waves)()  # fill the cache
     batched = waves.batch(batch_size)
     spectrograms = batched.map(lambda w: audio_lib.spectrogram(w, config))
@@ -294,12 +310,7 @@ def stage_costs(reader, records, config, image_size, batch_size):
     )
     tf_ms = {
         "audio: read, decode, resample, tile": _cpu_per_sample(
-            _drain(
-                _single_thread(
-                    paths.map(lambda p: audio_lib.load_clip(p, config))
-                )
-            ),
-            n,
+            _drain(_single_thread(clips)), n
         ),
         "audio: STFT, log (batched in tf.data)": _cpu_per_sample(
             _drain(_single_thread(spectrograms)), n
@@ -318,31 +329,19 @@ def stage_costs(reader, records, config, image_size, batch_size):
         lambda: list(full.as_numpy_iterator()), n
     )
 
-    loaded = {}
+    waves_np = {}
 
     def load_all():
         for r in records:
-            loaded[r["audio"]], _ = librosa.load(
-                r["audio"], sr=config.sample_rate
-            )
+            waves_np[r["audio"]] = librosa_wave(r["audio"], config)
 
     def stft_all():
-        for wave in loaded.values():
-            repeats = max(1, math.ceil(config.num_samples / len(wave)))
-            wave = np.clip(np.tile(wave, repeats)[: config.num_samples], -1, 1)
-            stft = librosa.stft(
-                wave, n_fft=config.n_fft, hop_length=config.hop_length
-            )
-            np.log(np.abs(stft) + config.log_offset)
+        for wave in waves_np.values():
+            librosa_spectrogram(wave, config)
 
     def frames_all():
         for path in middle:
-            with Image.open(path) as image:
-                image = image.convert("RGB").resize(
-                    image_size[::-1], Image.Resampling.BILINEAR
-                )
-                pixels = np.asarray(image, np.float32) / 255.0
-            (pixels - IMAGENET_MEAN) / IMAGENET_STD
+            pil_frame(path, image_size)
 
     ref_ms = {
         "audio: read, decode, resample, tile": _cpu_per_sample(load_all, n),
