@@ -70,6 +70,36 @@ def test_step_schedule_reads_a_held_out_batch_every_step(data):
     assert int(np_(model.balancer.dev_steps)) == 8
 
 
+def test_repeated_fits_release_their_held_out_data(data):
+    # Each fit's held-out iterator goes with the fit: TensorFlow's step
+    # used to capture it and keep five of its threads alive per fit.
+    tasks = "/proc/self/task"
+    if not os.path.isdir(tasks):
+        pytest.skip("counts threads through /proc")
+    x, y, _, _ = data
+    model = tiny_model(balancer=keras_olm.OLM(dev_every=4))
+    model.compile(optimizer="adam")
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    before = len(os.listdir(tasks))
+    for _ in range(4):
+        model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    assert len(os.listdir(tasks)) <= before + 2
+    # 5 fits of 8 steps; held-out batches at steps 0 and 4 of each.
+    assert int(np_(model.balancer.steps)) == 40
+    assert int(np_(model.balancer.dev_steps)) == 10
+
+
+def test_several_steps_per_execution_read_held_out_data(data):
+    if keras.backend.backend() == "torch":
+        pytest.skip("Keras' torch trainer runs one step per execution")
+    x, y, _, _ = data
+    model = tiny_model(balancer=keras_olm.OLM(dev_every=4))
+    model.compile(optimizer="adam", steps_per_execution=2)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    assert int(np_(model.balancer.steps)) == 8
+    assert int(np_(model.balancer.dev_steps)) == 2
+
+
 def test_plain_joint_training_needs_no_held_out_data(data):
     x, y, _, _ = data
     model = tiny_model(balancer=None)

@@ -7,16 +7,18 @@ batches are taken in order and cycle through the held-out set, across
 epochs. The same steps see the same held-out batches on every backend.
 
 The held-out batches do not travel in the training input pipeline: a
-zipped stream (`inputs.with_dev_slots`, still used by TensorFlow under XLA,
-`jit_compile=True`, where its schedule restarts with each epoch) cost
-0.6-0.8 ms of CPU per step in tf.data (measured by iterating the pipelines
-alone), about 5% of a 12 ms step, even on the steps that carry no held-out
-batch. Under JAX and torch the
-batches pass through Python between tf.data and the step anyway, so
-`HostDevFeed` adds the held-out batch there, and only on the steps that
-need one; the other steps run the plain step (JAX compiles it without the
-held-out pass). TensorFlow reads the held-out iterator inside its graph
-(`tensorflow_trainer`).
+zipped stream (`inputs.with_dev_slots`, kept for TensorFlow with
+`steps_per_execution > 1`, where its schedule restarts with each epoch)
+cost 0.6-0.8 ms of CPU per step in tf.data (measured by iterating the
+pipelines alone), about 5% of a 12 ms step, even on the steps that carry
+no held-out batch. Instead `HostDevFeed` adds the held-out batch on the
+host, and only on the steps that need one; the other steps run the plain
+compiled step, which has no held-out pass in it at all.
+
+TensorFlow used to read the held-out iterator inside its compiled step
+(a `tf.cond` around `IteratorGetNext`). Capturing the iterator made the
+step retrace at every `fit` call (about 1.6 s) and kept five threads of
+every call's iterator alive for the life of the process.
 """
 
 import numpy as np
@@ -28,29 +30,35 @@ class HostDevFeed:
     Args:
         dev: a batched `tf.data.Dataset` of `(inputs, labels[, ...])`.
         every: int. A held-out batch on steps 0, k, 2k, ... of the fit.
+        numpy: bool. Held-out batches as numpy arrays (JAX, torch) or as
+            TensorFlow tensors (TensorFlow). Defaults to `True`.
     """
 
-    def __init__(self, dev, every):
+    def __init__(self, dev, every, numpy=True):
         self.every = int(every)
         self.count = 0
-        self.batches = dev.repeat().as_numpy_iterator()
+        dev = dev.repeat()
+        self.batches = dev.as_numpy_iterator() if numpy else iter(dev)
+        self.flag = np.float32(1.0)
 
-    def merge(self, data):
-        """Returns the training batch, with a held-out batch if due."""
+    def due(self):
+        """Counts one step; whether it is a step that reads held-out data."""
         due = self.count % self.every == 0
         self.count += 1
-        if not due:
-            return data
+        return due
+
+    def add(self, data):
+        """The training batch `data` with the next held-out batch added."""
         dev = next(self.batches)
-        extras = {
-            "dev_x": dev[0],
-            "dev_y": dev[1],
-            "dev_flag": np.float32(1.0),
-        }
+        extras = {"dev_x": dev[0], "dev_y": dev[1], "dev_flag": self.flag}
         data = tuple(data)
         if len(data) > 2 and data[2] is not None:
             extras["sample_weight"] = data[2]
         return (data[0], data[1], extras)
+
+    def merge(self, data):
+        """Counts one step; the batch, with a held-out batch if due."""
+        return self.add(data) if self.due() else data
 
     def wrap(self, iterator):
         """An iterator of the training batches with held-out batches."""
@@ -59,17 +67,18 @@ class HostDevFeed:
 
 
 class HostFeedMixin:
-    """Trainer mixin for backends whose batches pass through Python.
+    """Trainer mixin: held-out batches merged into batches on the host.
 
     `fit` attaches a `HostDevFeed`; the backend's `make_train_function`
     merges its held-out batches into the training batches.
     """
 
     _dev_feed = None
+    _dev_feed_numpy = True
 
     def _attach_dev_data(self, train, dev, every):
         """Feeds held-out batches from the host (see `HostDevFeed`)."""
-        self._dev_feed = HostDevFeed(dev, every)
+        self._dev_feed = HostDevFeed(dev, every, numpy=self._dev_feed_numpy)
         return train
 
     def fit(self, *args, **kwargs):

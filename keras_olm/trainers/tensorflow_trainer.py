@@ -1,41 +1,13 @@
 """TensorFlow steps: gradients from a `tf.GradientTape`."""
 
 import tensorflow as tf
-from keras import ops
 
 from keras_olm.models import inputs as inputs_lib
+from keras_olm.trainers.dev_feed import HostFeedMixin
 
 
-class _GraphDevFeed:
-    """Reads a held-out batch inside the compiled step, every k-th step.
-
-    The held-out iterator and the step counter are captured by the step's
-    `tf.function`; the `IteratorGetNext` sits in the taken branch of a
-    `tf.cond`, so the steps in between neither produce nor move a held-out
-    batch (see `keras_olm.trainers.dev_feed` for the schedule).
-    """
-
-    def __init__(self, dev, every):
-        self.every = int(every)
-        self.count = tf.Variable(0, dtype="int64", trainable=False)
-        self.batches = iter(dev.repeat())
-
-    def losses(self, measure, num_heads):
-        due = tf.equal(self.count % self.every, 0)
-        self.count.assign_add(1)
-
-        def read():
-            batch = next(self.batches)
-            return measure((batch[0], batch[1], tf.constant(1.0)))
-
-        def skip():
-            return ops.zeros((num_heads,)), ops.zeros(())
-
-        return tf.cond(due, read, skip)
-
-
-class StepMixin:
-    _dev_feed = None
+class StepMixin(HostFeedMixin):
+    _dev_feed_numpy = False
 
     _xla_update = None
 
@@ -59,33 +31,40 @@ class StepMixin:
         """Variables are always current on this backend."""
 
     def _attach_dev_data(self, train, dev, every):
-        """Reads held-out batches in the step; zips them under XLA."""
-        if self.jit_compile:
-            # XLA cannot compile an iterator read inside the step.
+        """Held-out batches from the host; zipped in with several steps
+        per execution (one compiled call then runs several steps)."""
+        if self.steps_per_execution > 1:
             return inputs_lib.with_dev_slots(train, dev, every)
-        self._dev_feed = _GraphDevFeed(dev, every)
-        # The step function captures this fit's held-out iterator.
-        self.train_function = None
-        return train
+        return super()._attach_dev_data(train, dev, every)
 
-    def fit(self, *args, **kwargs):
-        try:
-            return super().fit(*args, **kwargs)
-        finally:
-            if self._dev_feed is not None:
-                # Later steps (`train_on_batch`, the next fit) must not read
-                # this fit's held-out iterator.
-                self._dev_feed = None
-                self.train_function = None
+    def make_train_function(self, force=False):
+        """Keras' step, plus a second one for batches with held-out data.
+
+        The steps without a held-out batch run Keras' compiled step as it
+        is (it reads the training iterator inside the graph). On the steps
+        that read one, the training batch is taken from the iterator here
+        and passed, with the held-out batch, to a second compiled step
+        (Keras' step function accepts a list of batches as well as an
+        iterator). Both are traced once per model, not once per `fit`.
+        """
+        if self.train_function is not None and not force:
+            return self.train_function
+        super().make_train_function(force)
+        step = self.train_function
+        step_with_dev = self._make_function(self.train_step)
+
+        def train_function(iterator):
+            feed = self._dev_feed
+            if feed is None or not feed.due():
+                return step(iterator)
+            return step_with_dev([feed.add(next(iterator))])
+
+        self.train_function = train_function
+        return train_function
 
     def train_step(self, data):
         x, y, sample_weight, dev = self._unpack(data)
-        if dev is None and self._dev_feed is not None:
-            dev_out = self._dev_feed.losses(
-                self._dev_losses, len(self.head_names)
-            )
-        else:
-            dev_out = self._dev_losses(dev)
+        dev_out = self._dev_losses(dev)
         with tf.GradientTape() as tape:
             total, aux = self._loss_and_logits(x, y, sample_weight, True)
         variables = self.trainable_variables
