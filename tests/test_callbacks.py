@@ -232,8 +232,8 @@ def test_norms_match_numpy_at_the_end(olm_run):
 
 def test_coefficients_match_the_balancer(olm_run):
     model, cb, history, _ = olm_run
-    coefficients = keras.ops.convert_to_numpy(model.balancer.coefficients.value)
-    lambdas = keras.ops.convert_to_numpy(model.balancer.lambdas.value)
+    coefficients = keras.ops.convert_to_numpy(model.balancer.coefficients)
+    lambdas = keras.ops.convert_to_numpy(model.balancer.lambdas)
     rows = by_epoch_head_class(cb.history)
     for i, head in enumerate(HEADS):
         for c in range(NUM_CLASSES):

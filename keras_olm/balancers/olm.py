@@ -20,6 +20,7 @@ the open choices" for the measurements behind the defaults.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_olm.balancers.base import Balancer
@@ -29,6 +30,21 @@ DEV_SCHEDULES = ("periodic", "step")
 OPTIMIZERS = ("sgd", "adam")
 TARGETS = ("preserve", "faithful")
 RATE_FORMS = ("code", "paper")
+
+#: The rows of `OLM.state`, one entry per head each.
+STATE_ROWS = (
+    "coefficients",
+    "lambdas",
+    "norms",
+    "train_losses",
+    "dev_losses",
+    "reference_train_losses",
+    "reference_dev_losses",
+    "adam_m",
+    "adam_v",
+)
+#: The entries of `OLM.counters`.
+COUNTERS = ("steps", "dev_steps")
 
 
 # --- the math of Eq. 6-9, as pure functions ------------------------------
@@ -169,6 +185,12 @@ def _mean_logit_norms(logits):
 # --- the layer ------------------------------------------------------------
 
 
+def _state_row(name, doc):
+    """A read-only property: row `name` of the layer's `state` variable."""
+    index = STATE_ROWS.index(name)
+    return property(lambda self: self.state.value[index], doc=doc)
+
+
 @keras.saving.register_keras_serializable(package="keras_olm")
 class OLM(Balancer):
     """Online Logit Modulation: per-head logit coefficients solved online.
@@ -178,9 +200,13 @@ class OLM(Balancer):
     training losses and the per-head losses on a held-out batch, OLM
     computes the rates G and C (Eq. 6-7), the factors λ (Eq. 8), the target
     norms (Eq. 9), and moves the coefficients one optimizer step down
-    L_logit (Algorithm 1). All state lives in non-trainable variables that
-    are updated with `assign` inside the compiled train step, so the same
-    code runs on TensorFlow, JAX and PyTorch and is saved with the model.
+    L_logit (Algorithm 1). All state lives in two non-trainable variables
+    that are updated with `assign` inside the compiled train step, so the
+    same code runs on TensorFlow, JAX and PyTorch and is saved with the
+    model: `state`, one row per quantity of `STATE_ROWS` (coefficients,
+    λ, norms, running and Θ0 losses, Adam's moments; each is also a
+    read-only attribute, e.g. `olm.coefficients`), and `counters`
+    (`olm.steps`, `olm.dev_steps`).
 
     The defaults keep every coefficient in a sane range over long runs
     (see `lambda_temperature`, `targets` and `coefficient_range`);
@@ -347,29 +373,66 @@ class OLM(Balancer):
 
     def build_heads(self, head_names, num_classes):
         super().build_heads(head_names, num_classes)
-        state = self.add_state
-        self.coefficients = state("coefficients", 1.0)
-        self.lambdas = state("lambdas", 1.0 / self.num_heads)
-        self.norms = state("norms")
-        self.train_losses = state("train_losses")
-        self.dev_losses = state("dev_losses")
-        self.reference_train_losses = state("reference_train_losses")
-        self.reference_dev_losses = state("reference_dev_losses")
-        self.adam_m = state("adam_m")
-        self.adam_v = state("adam_v")
-        self.steps = state("steps", 0, shape=(), dtype="int32")
-        self.dev_steps = state("dev_steps", 0, shape=(), dtype="int32")
+        initial = np.zeros((len(STATE_ROWS), self.num_heads), "float32")
+        initial[STATE_ROWS.index("coefficients")] = 1.0
+        initial[STATE_ROWS.index("lambdas")] = 1.0 / self.num_heads
+        # Two variables, not one per quantity: on TensorFlow the update is
+        # an XLA cluster whose every variable costs an input and an output
+        # (11 variables: 0.18 ms a step more than one), and under torch
+        # every variable costs a `where` and an `assign` dispatched eagerly.
+        self.state = self.add_weight(
+            name="state",
+            shape=initial.shape,
+            initializer=lambda shape, dtype: ops.convert_to_tensor(
+                initial, dtype
+            ),
+            trainable=False,
+        )
+        self.counters = self.add_state(
+            "counters", 0, shape=(len(COUNTERS),), dtype="int32"
+        )
+
+    coefficients = _state_row("coefficients", "Coefficients w_h, `(H,)`.")
+    lambdas = _state_row("lambdas", "Rebalancing factors λ (Eq. 8), `(H,)`.")
+    norms = _state_row(
+        "norms", "Modulated logit norms w_h · mean ||s_h||, `(H,)`."
+    )
+    train_losses = _state_row(
+        "train_losses", "Running training losses L_train(Θn), `(H,)`."
+    )
+    dev_losses = _state_row(
+        "dev_losses", "Running held-out losses L_dev(Θn), `(H,)`."
+    )
+    reference_train_losses = _state_row(
+        "reference_train_losses", "Training losses at Θ0, `(H,)`."
+    )
+    reference_dev_losses = _state_row(
+        "reference_dev_losses", "Held-out losses at Θ0, `(H,)`."
+    )
+    adam_m = _state_row("adam_m", "Adam's first moments, `(H,)`.")
+    adam_v = _state_row("adam_v", "Adam's second moments, `(H,)`.")
+
+    @property
+    def steps(self):
+        """Steps measured so far (int scalar)."""
+        return self.counters.value[0]
+
+    @property
+    def dev_steps(self):
+        """Steps that measured a held-out batch so far (int scalar)."""
+        return self.counters.value[1]
 
     def modulate(self, logits):
-        w = ops.stop_gradient(self.coefficients.value)
+        w = ops.stop_gradient(self.coefficients)
         return {h: w[i] * logits[h] for i, h in enumerate(self.head_names)}
 
     def update(self, step):
         keep = ops.logical_not(step.finite)
-        old = {v.name: v.value for v in self.non_trainable_weights}
-        steps = old["steps"] + 1
+        state, counters = self.state.value, self.counters.value
+        old = dict(zip(STATE_ROWS, ops.unstack(state)))
+        steps = counters[0] + 1
         has_dev = step.dev_flag > 0
-        dev_steps = old["dev_steps"] + ops.cast(has_dev, "int32")
+        dev_steps = counters[1] + ops.cast(has_dev, "int32")
         warm = steps <= self.warmup_steps
 
         # Running losses: an EMA, started at the first measurement.
@@ -402,9 +465,8 @@ class OLM(Balancer):
         # warmup (before that G and C are 0 by construction).
         g, c = rates(ref_train, ref_dev, train, dev, self.rate_form)
         lambdas = rebalancing_factors(g, c, self.lambda_temperature, self.eps)
-        uniform = ops.ones_like(lambdas) / self.num_heads
         ready = ops.logical_and(ops.logical_not(warm), dev_steps > 1)
-        lambdas = ops.where(ready, lambdas, uniform)
+        lambdas = ops.where(ready, lambdas, 1.0 / self.num_heads)
 
         # Eq. 9 and one optimizer step of Algorithm 1.
         w = old["coefficients"]
@@ -440,13 +502,12 @@ class OLM(Balancer):
             "reference_dev_losses": ref_dev,
             "adam_m": adam_m,
             "adam_v": adam_v,
-            "steps": steps,
-            "dev_steps": dev_steps,
         }
-        # A step with a non-finite loss leaves every state variable as is.
-        for variable in self.non_trainable_weights:
-            name = variable.name
-            variable.assign(ops.where(keep, old[name], new[name]))
+        new_state = ops.stack([new[name] for name in STATE_ROWS])
+        new_counters = ops.stack([steps, dev_steps])
+        # A step with a non-finite loss leaves the whole state as it is.
+        self.state.assign(ops.where(keep, state, new_state))
+        self.counters.assign(ops.where(keep, counters, new_counters))
 
     def _optimizer_step(self, w, grad, steps, adam_m, adam_v):
         lr = self.learning_rate
@@ -462,9 +523,10 @@ class OLM(Balancer):
 
     def step_logs(self):
         logs = {}
+        coefficients, lambdas = self.coefficients, self.lambdas
         for i, h in enumerate(self.head_names):
-            logs[f"{h}_coef"] = self.coefficients.value[i]
-            logs[f"{h}_lambda"] = self.lambdas.value[i]
+            logs[f"{h}_coef"] = coefficients[i]
+            logs[f"{h}_lambda"] = lambdas[i]
         return logs
 
     def get_config(self):
