@@ -2,11 +2,10 @@
 
 Measures, in one run and on the same model and batches, the time of a
 training step for plain joint training (`balancer=None`), the heads without
-modulation, OLM's per-step update alone (no held-out batch in the timed
-epoch), OLM with the periodic held-out schedule (the default, every 20
-steps) and OLM with a held-out batch every step (the authors' schedule),
-and prints each as a ratio to plain joint training. Run it once per
-backend:
+modulation, OLM with the periodic held-out schedule (the default, a
+held-out batch every 20 steps) and OLM with a held-out batch every step
+(the authors' schedule), and prints each as a ratio to plain joint
+training. Run it once per backend:
 
     for b in tensorflow jax torch; do
         KERAS_BACKEND=$b python benchmarks/olm_overhead.py
@@ -18,23 +17,30 @@ cost) and `--model resnet18` (the main job's encoders: two keras-hub
 ResNet18 on 64x64 RGB and depth, 19 classes).
 
 How it is measured: every variant's model is built and compiled once.
-Then the variants take turns, one `fit` call of two epochs of `--steps`
-steps each, `--repeats` turns after an untimed first one (compilation),
-the order of the variants rotated every turn. Only the second epoch of
-each call is timed (the first can include tracing: TensorFlow traces the
-step that reads held-out batches once per `fit` call, a one-off cost of
-about a second not counted here); with 20 steps an epoch it holds
-exactly one held-out batch of the periodic schedule. A step's time is
-that epoch's time (between the epoch-begin and epoch-end callbacks)
-divided by its steps. Each variant's epoch is divided by plain joint
-training's epoch of the same turn, and the median of these paired ratios
-is reported with its quartiles: the cores of a shared machine speed up
-and slow down by ±5-10% from one second to the next, which the pairing
-and the median absorb. The backends' kernels run on one thread
-(`--threads 1`, the default; `--threads 0` keeps each backend's own
-pool), which removes the scheduling noise of two thread pools on two
-cores without changing what a step computes. Targets: <= 1.03 for the
-periodic schedule, <= 1.40 for the per-step one.
+Then the variants take turns, one `fit` call of one epoch of `--steps`
+steps each, `--repeats` turns after an untimed first one (tracing), the
+order of the variants rotated every turn. Every step is timed on its own,
+from the batch-begin callback to the batch-end callback, after waiting
+for its result (JAX dispatches asynchronously); the first step of each
+epoch, which also waits for the input pipeline's first batch, is left
+out. Two ratios per variant and turn, each divided by plain joint
+training's figure of the same turn:
+
+- the median step: the median step time, robust to the spells in which
+  the cores of this shared machine run 10-30% slow. For the periodic
+  schedule it is weighted by how often each kind of step comes: (k - 1)
+  parts the median of the steps without a held-out batch, 1 part the
+  median of the steps with one (k = 20). Those two are also reported
+  alone: "OLM update only" (the per-step update, no held-out batch) and
+  the held-out steps;
+- the epoch: the sum of the step times, the plain mean cost.
+
+The table gives the median of each over the turns, with its quartiles.
+The backends' kernels run on one thread (`--threads 1`, the default;
+`--threads 0` keeps each backend's own pool), which removes the
+scheduling noise of two thread pools on two cores without changing what
+a step computes. Targets: <= 1.03 for the periodic schedule, <= 1.40 for
+the per-step one.
 """
 
 import argparse
@@ -49,25 +55,26 @@ import numpy as np
 import keras_olm
 
 
-class EpochTimer(keras.callbacks.Callback):
-    """Wall and CPU time of every epoch but the first of each `fit` call.
+class StepTimer(keras.callbacks.Callback):
+    """Wall time of every step of every epoch, one list per epoch.
 
-    The first epoch of a call can include tracing: on TensorFlow the step
-    that reads held-out batches is traced once per `fit` call.
+    A step runs from its batch-begin callback to its batch-end callback,
+    where its loss is read, which waits for the step to finish.
     """
 
     def __init__(self):
         super().__init__()
-        self.times = []
+        self.epochs = []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.start = (time.perf_counter(), time.process_time())
+        self.epochs.append([])
 
-    def on_epoch_end(self, epoch, logs=None):
-        wall = time.perf_counter() - self.start[0]
-        cpu = time.process_time() - self.start[1]
-        if epoch > 0:
-            self.times.append((wall, cpu))
+    def on_train_batch_begin(self, batch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        float(logs["loss"])
+        self.epochs[-1].append(time.perf_counter() - self.start)
 
 
 def limit_threads(threads):
@@ -136,14 +143,32 @@ def make_data(args, n, rng):
     return x, y
 
 
+def step_times(timer, steps, every):
+    """Per-turn step times: `(median, held-out median, others' median,
+    epoch sum)`, from each epoch's steps but its first."""
+    rows = []
+    for epoch in timer.epochs:
+        times = np.array(epoch[1:steps])
+        index = np.arange(1, 1 + len(times))
+        if every:
+            held = index % every == 0
+            held_out = np.median(times[held])
+            others = np.median(times[~held])
+            median = ((every - 1) * others + held_out) / every
+        else:
+            held_out = others = median = np.median(times)
+        rows.append((median, held_out, others, times.sum()))
+    return np.array(rows)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", choices=("mlp", "resnet18"), default="mlp")
     parser.add_argument(
         "--steps",
         type=int,
-        default=20,
-        help="steps an epoch; a multiple of 10 puts the same number of "
+        default=100,
+        help="steps an epoch; a multiple of 20 puts the same number of "
         "held-out batches in every epoch",
     )
     parser.add_argument("--batch-size", type=int, default=None)
@@ -152,7 +177,7 @@ def main():
     parser.add_argument("--input-dim", type=int, default=1024)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--classes", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument(
         "--threads",
         type=int,
@@ -169,31 +194,27 @@ def main():
     rng = np.random.default_rng(0)
     x, y = make_data(args, args.samples, rng)
     dev = make_data(args, max(args.batch_size * 4, args.samples // 10), rng)
+    every = keras_olm.OLM().dev_every
     variants = {
-        "plain joint training": None,
-        "heads, no modulation": "heads",
-        "OLM update only (no held-out batch in the timed epoch)": "none",
-        "OLM periodic (default, every 20)": "periodic",
-        "OLM held-out batch every step": "step",
+        "plain joint training": (None, 0),
+        "heads, no modulation": ("heads", 0),
+        f"OLM periodic (default, every {every})": ("periodic", every),
+        "OLM held-out batch every step": ("step", 0),
     }
     build = mlp_encoders if mlp else resnet18_encoders
     models, timers = {}, {}
-    for name, kind in variants.items():
+    for name, (kind, _) in variants.items():
         keras.utils.set_random_seed(0)
         balancer = kind
         if kind in ("periodic", "step"):
             balancer = keras_olm.OLM(dev_schedule=kind)
-        elif kind == "none":
-            # Held-out batches only at the first step of each fit call.
-            balancer = keras_olm.OLM(dev_every=10**9)
         model = keras_olm.BalancedMultimodalModel(
             build(args), num_classes=args.classes, balancer=balancer
         )
         model.compile(optimizer="adam")
-        models[name], timers[name] = model, EpochTimer()
-    steps = int(np.ceil(args.samples / args.batch_size))
+        models[name], timers[name] = model, StepTimer()
     names = list(models)
-    # Turn 0 compiles every variant and is not counted. Then the variants
+    # Turn 0 traces every variant and is not counted. Then the variants
     # take turns, the order rotated every turn so that no variant always
     # runs first (right after another model's epoch) or last.
     for turn in range(args.repeats + 1):
@@ -203,14 +224,15 @@ def main():
                 x,
                 y,
                 batch_size=args.batch_size,
-                epochs=2,
+                epochs=1,
                 dev_data=dev,
                 callbacks=[timers[name]],
                 verbose=0,
             )
+    steps = int(np.ceil(args.samples / args.batch_size))
     times = {
-        name: np.array(timer.times[1:]) / steps  # after the warm-up turn
-        for name, timer in timers.items()
+        name: step_times(timers[name], steps, variants[name][1])[1:]
+        for name in names
     }
     plain = times[names[0]]
     description = (
@@ -225,23 +247,40 @@ def main():
         f"threads {args.threads or 'default'}\n"
     )
     print(
-        "| variant | wall ms / step (fastest) | wall ratio (fastest) "
-        "| wall ratio (median of turns) [quartiles] "
-        "| CPU ratio (median of turns) |"
+        "| variant | median step, ms | ratio of median steps "
+        "[quartiles over turns] | ratio of epochs [quartiles] |"
     )
-    print("|---|---|---|---|---|")
-    for name, values in times.items():
-        # Paired ratios: each turn's epoch against plain joint training's
-        # epoch of the same turn, so slow spells of the machine cancel.
-        paired = values / plain
-        q1, median, q3 = np.percentile(paired[:, 0], [25, 50, 75])
-        fastest = values[:, 0].min()
-        print(
-            f"| {name} | {1000 * fastest:.2f} "
-            f"| {fastest / plain[:, 0].min():.3f} "
-            f"| {median:.3f} [{q1:.3f}, {q3:.3f}] "
-            f"| {np.median(paired[:, 1]):.3f} |"
-        )
+    print("|---|---|---|---|")
+
+    def row(label, values, column, epoch_ratio=True):
+        # Paired: each turn against plain joint training's same turn, so
+        # slow spells of the machine cancel.
+        paired = values[:, column] / plain[:, 0]
+        q1, median, q3 = np.percentile(paired, [25, 50, 75])
+        cells = [
+            label,
+            f"{1000 * np.median(values[:, column]):.2f}",
+            f"{median:.3f} [{q1:.3f}, {q3:.3f}]",
+        ]
+        if epoch_ratio:
+            paired = values[:, 3] / plain[:, 3]
+            q1, median, q3 = np.percentile(paired, [25, 50, 75])
+            cells.append(f"{median:.3f} [{q1:.3f}, {q3:.3f}]")
+        else:
+            cells.append("")
+        print("| " + " | ".join(cells) + " |")
+
+    for name in names:
+        values = times[name]
+        if variants[name][1]:
+            row(
+                "OLM update only (steps without a held-out batch)",
+                values,
+                2,
+                False,
+            )
+            row("OLM steps with a held-out batch", values, 1, False)
+        row(name, values, 0)
 
 
 if __name__ == "__main__":
