@@ -223,7 +223,7 @@ class OLM(Balancer):
             (steps 0, k, 2k, ... of each `fit` call). Defaults to `20`:
             as accurate as every 10 steps or every step on
             `benchmarks/olm_defaults.py`, and the held-out forward pass
-            then costs 1.3-1.9% of the training time
+            then costs 1.2-1.9% of the training time
             (`benchmarks/olm_overhead.py`).
         optimizer: str. `"sgd"` as in Algorithm 1, or `"adam"` as in the
             authors' code (on the analytic gradient of L_logit, so no
