@@ -100,6 +100,25 @@ def test_several_steps_per_execution_read_held_out_data(data):
     assert int(np_(model.balancer.dev_steps)) == 2
 
 
+# torch.compile takes about 100 s for this model on 2 cores.
+_slow_on_torch = (
+    pytest.mark.slow if keras.backend.backend() == "torch" else lambda f: f
+)
+
+
+@_slow_on_torch
+def test_jit_compile_reads_held_out_data(data):
+    # The held-out batches enter a compiled step (XLA; torch.compile, which
+    # failed on numpy arrays that wrap TensorFlow buffers).
+    x, y, _, _ = data
+    model = tiny_model(balancer=keras_olm.OLM(dev_every=4))
+    model.compile(optimizer="adam", jit_compile=True)
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    assert int(np_(model.balancer.steps)) == 16
+    assert int(np_(model.balancer.dev_steps)) == 4
+    assert np.all(np.isfinite(np_(model.balancer.coefficients)))
+
+
 def test_plain_joint_training_needs_no_held_out_data(data):
     x, y, _, _ = data
     model = tiny_model(balancer=None)
