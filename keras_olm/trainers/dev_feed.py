@@ -31,21 +31,17 @@ class HostDevFeed:
     Args:
         dev: a batched `tf.data.Dataset` of `(inputs, labels[, ...])`.
         every: int. A held-out batch on steps 0, k, 2k, ... of the fit.
-        numpy: bool. Held-out batches as numpy arrays (JAX, torch) or as
-            TensorFlow tensors (TensorFlow). Defaults to `True`.
-        convert: callable or `None`. Applied to every array of a held-out
-            batch (torch: `keras.ops.convert_to_tensor`, since
-            `torch.compile` cannot trace numpy arrays that wrap TensorFlow
-            buffers). Defaults to `None`.
+
+    The held-out batches reach the step as the backend's tensors
+    (`torch.compile` cannot trace numpy arrays that wrap TensorFlow
+    buffers, which tf.data's numpy iterator yields).
     """
 
-    def __init__(self, dev, every, numpy=True, convert=None):
+    def __init__(self, dev, every):
         self.every = int(every)
         self.count = 0
-        dev = dev.repeat()
-        self.batches = dev.as_numpy_iterator() if numpy else iter(dev)
+        self.batches = dev.repeat().as_numpy_iterator()
         self.flag = np.float32(1.0)
-        self.convert = convert
 
     def due(self):
         """Counts one step; whether it is a step that reads held-out data."""
@@ -57,8 +53,7 @@ class HostDevFeed:
         """The training batch `data` with the next held-out batch added."""
         dev = next(self.batches)
         extras = {"dev_x": dev[0], "dev_y": dev[1], "dev_flag": self.flag}
-        if self.convert is not None:
-            extras = keras.tree.map_structure(self.convert, extras)
+        extras = keras.tree.map_structure(keras.ops.convert_to_tensor, extras)
         data = tuple(data)
         if len(data) > 2 and data[2] is not None:
             extras["sample_weight"] = data[2]
@@ -82,14 +77,10 @@ class HostFeedMixin:
     """
 
     _dev_feed = None
-    _dev_feed_numpy = True
-    _dev_feed_convert = None
 
     def _attach_dev_data(self, train, dev, every):
         """Feeds held-out batches from the host (see `HostDevFeed`)."""
-        self._dev_feed = HostDevFeed(
-            dev, every, self._dev_feed_numpy, self._dev_feed_convert
-        )
+        self._dev_feed = HostDevFeed(dev, every)
         return train
 
     def fit(self, *args, **kwargs):

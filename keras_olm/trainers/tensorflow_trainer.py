@@ -7,8 +7,6 @@ from keras_olm.trainers.dev_feed import HostFeedMixin
 
 
 class StepMixin(HostFeedMixin):
-    _dev_feed_numpy = False
-
     _xla_update = None
 
     def _update_balancer(self, *measurements):

@@ -1,16 +1,11 @@
 """PyTorch steps: gradients from `loss.backward()`."""
 
-import keras
 import torch
 
 from keras_olm.trainers.dev_feed import HostFeedMixin
 
 
 class StepMixin(HostFeedMixin):
-    # `torch.compile` (`jit_compile=True`) cannot trace numpy arrays that
-    # wrap TensorFlow buffers, which tf.data's numpy iterator yields.
-    _dev_feed_convert = staticmethod(keras.ops.convert_to_tensor)
-
     def _update_balancer(self, *measurements):
         """Runs the balancer update in the step as it is."""
         self._balancer_update_fn(*measurements)
