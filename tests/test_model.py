@@ -395,6 +395,38 @@ def test_nan_loss_stops_training_and_names_the_head(data):
     assert len(weights_before) == len(model.trainable_variables)
 
 
+def test_nan_step_moves_no_weight_and_no_optimizer_state(data):
+    x, y, _, _ = data
+    model = keras_olm.BalancedMultimodalModel(
+        {"fast": keras.layers.Dense(8), "slow": keras.layers.Dense(8)},
+        num_classes=4,
+    )
+    model.compile(optimizer="adam")
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    before = olm_state(model)
+    weights = [np_(v).copy() for v in model.trainable_variables]
+    moments = [np_(v).copy() for v in model.optimizer.variables]
+    bad = {"fast": x["fast"].copy(), "slow": x["slow"]}
+    bad["fast"][3] = np.inf  # in the first batch: the first step is NaN
+    clean_dev = ({m: v[:32] for m, v in x.items()}, y[:32])
+    with pytest.raises(keras_olm.NonFiniteLossError, match="step 1"):
+        model.fit(
+            bad,
+            y,
+            batch_size=32,
+            shuffle=False,
+            dev_data=clean_dev,
+            verbose=0,
+        )
+    # Zeroed gradients would still have moved the weights through Adam's
+    # momentum; the step is skipped instead.
+    for before_value, v in zip(weights, model.trainable_variables):
+        np.testing.assert_array_equal(np_(v), before_value, err_msg=v.path)
+    for before_value, v in zip(moments, model.optimizer.variables):
+        np.testing.assert_array_equal(np_(v), before_value, err_msg=v.path)
+    assert_state_unchanged(model, before)
+
+
 def test_bad_constructor_arguments():
     with pytest.raises(ValueError, match="fused"):
         keras_olm.BalancedMultimodalModel(

@@ -448,7 +448,14 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         return self._gradient_groups
 
     def _transform_gradients(self, grads, total, y, aux):
-        """Balancer gradient hook; drops the update of a non-finite step."""
+        """Balancer gradient hook.
+
+        Returns:
+            `(grads, finite)`: the gradients to apply and whether the
+            step's loss was finite. Trainers skip the optimizer step when
+            it was not (`_apply_if_finite`), so a NaN step moves no weight
+            and no optimizer moment.
+        """
         logits, head_losses, features, _ = _detached(aux)
         finite = ops.all(ops.isfinite(total))
         step = StepMeasurements(
@@ -466,10 +473,22 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             self._gradient_groups_by_modality(),
             step,
         )
-        return [
-            None if g is None else ops.where(finite, g, ops.zeros_like(g))
-            for g in grads
-        ]
+        return grads, finite
+
+    def _apply_if_finite(self, finite, grads, variables):
+        """`optimizer.apply`, skipped on a step with a non-finite loss.
+
+        A branch, as Keras' `LossScaleOptimizer` does, rather than zeroing
+        every gradient with `where`: that was a full pass over the weights
+        per step (plain training of the overhead benchmark's MLP: 18% of
+        the step under torch, 11% on TensorFlow), and zero gradients still
+        moved the weights through Adam's momentum.
+        """
+
+        def apply():
+            self.optimizer.apply(grads, variables)
+
+        ops.cond(finite, apply, lambda: None)
 
     def _after_train_step(self, y, sample_weight, total, aux, dev_out):
         """Balancer update and metrics after the optimizer step."""

@@ -88,13 +88,19 @@ class StepMixin(HostFeedMixin):
             loss_fn, has_aux=True
         )(trainable)
         # Balancer state assigned here (e.g. a noise seed) is kept.
-        grads, (_, non_trainable, _) = self._run_stateless(
+        (grads, finite), (_, non_trainable, _) = self._run_stateless(
             lambda: self._transform_gradients(grads, total, y, aux),
             refs,
             (trainable, non_trainable, metrics_vars),
         )
-        trainable, optimizer_vars = self.optimizer.stateless_apply(
-            optimizer_vars, grads, trainable
+        # A step with a non-finite loss moves no weight (see
+        # `_apply_if_finite`).
+        trainable, optimizer_vars = keras.ops.cond(
+            finite,
+            lambda: self.optimizer.stateless_apply(
+                optimizer_vars, grads, trainable
+            ),
+            lambda: (trainable, optimizer_vars),
         )
         logs, (_, non_trainable, metrics_vars) = self._run_stateless(
             lambda: self._after_train_step(

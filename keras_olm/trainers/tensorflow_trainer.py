@@ -67,8 +67,8 @@ class StepMixin(HostFeedMixin):
             total, aux = self._loss_and_logits(x, y, sample_weight, True)
         variables = self.trainable_variables
         grads = tape.gradient(total, variables)
-        grads = self._transform_gradients(grads, total, y, aux)
-        self.optimizer.apply(grads, variables)
+        grads, finite = self._transform_gradients(grads, total, y, aux)
+        self._apply_if_finite(finite, grads, variables)
         return self._after_train_step(y, sample_weight, total, aux, dev_out)
 
     def test_step(self, data):

@@ -38,8 +38,8 @@ class StepMixin(HostFeedMixin):
         variables = self.trainable_variables
         grads = [v.value.grad for v in variables]
         with torch.no_grad():
-            grads = self._transform_gradients(grads, total, y, aux)
-            self.optimizer.apply(grads, variables)
+            grads, finite = self._transform_gradients(grads, total, y, aux)
+            self._apply_if_finite(finite, grads, variables)
             return self._after_train_step(y, sample_weight, total, aux, dev_out)
 
     def test_step(self, data):
