@@ -369,8 +369,10 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         sample_weight = third
         if isinstance(third, dict):
             sample_weight = third.get("sample_weight")
-            if "dev_flag" in third:
-                dev = (third["dev_x"], third["dev_y"], third["dev_flag"])
+            if "dev_x" in third:
+                # No flag: a held-out batch fed from the host, read on
+                # every step that carries one.
+                dev = (third["dev_x"], third["dev_y"], third.get("dev_flag"))
         return x, y, sample_weight, dev
 
     def _labels(self, y):
@@ -432,6 +434,10 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             logits = self._forward(dev_x, training=False)
             return ops.stop_gradient(self._raw_head_losses(dev_y, logits))
 
+        if flag is None:
+            # Without a branch: under JAX a `cond` around the forward pass
+            # made the held-out steps measurably slower.
+            return measure(), ops.ones(())
         return ops.cond(flag > 0, measure, lambda: zeros), flag
 
     def _gradient_groups_by_modality(self):

@@ -29,6 +29,11 @@ class StepMixin(HostFeedMixin):
         self.train_function = train_function
         return train_function
 
+    def _held_out_batches(self, dev):
+        """Numpy arrays, as Keras' JAX iterator yields (the jitted step
+        moves them to the device itself)."""
+        return dev.repeat().as_numpy_iterator()
+
     def _purge_model_variables(self, *args, **kwargs):
         """Keeps variable values attached during an epoch.
 
@@ -95,12 +100,18 @@ class StepMixin(HostFeedMixin):
         )
         # A step with a non-finite loss moves no weight (see
         # `_apply_if_finite`).
+        # Both branches give lists (the state may come as tuples).
         trainable, optimizer_vars = keras.ops.cond(
             finite,
-            lambda: self.optimizer.stateless_apply(
-                optimizer_vars, grads, trainable
+            lambda: tuple(
+                map(
+                    list,
+                    self.optimizer.stateless_apply(
+                        optimizer_vars, grads, trainable
+                    ),
+                )
             ),
-            lambda: (trainable, optimizer_vars),
+            lambda: (list(trainable), list(optimizer_vars)),
         )
         logs, (_, non_trainable, metrics_vars) = self._run_stateless(
             lambda: self._after_train_step(

@@ -35,6 +35,10 @@ class StepMixin(HostFeedMixin):
             return inputs_lib.with_dev_slots(train, dev, every)
         return super()._attach_dev_data(train, dev, every)
 
+    def _held_out_batches(self, dev):
+        """TensorFlow tensors straight from tf.data, as Keras' step gets."""
+        return iter(dev.repeat())
+
     def make_train_function(self, force=False):
         """Keras' step, plus a second one for batches with held-out data.
 
