@@ -435,8 +435,8 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             return ops.stop_gradient(self._raw_head_losses(dev_y, logits))
 
         if flag is None:
-            # Without a branch: under JAX a `cond` around the forward pass
-            # made the held-out steps measurably slower.
+            # Fed from the host, which adds held-out batches only to the
+            # steps that read them: nothing to branch on.
             return measure(), ops.ones(())
         return ops.cond(flag > 0, measure, lambda: zeros), flag
 
