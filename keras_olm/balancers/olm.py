@@ -224,7 +224,7 @@ class OLM(Balancer):
             as accurate as every 10 steps or every step on
             `benchmarks/olm_defaults.py`, and the held-out forward pass
             then costs 1.3-1.7% of the training time on TensorFlow and
-            torch, 2.9% on JAX (`benchmarks/olm_overhead.py`).
+            torch, 2.0-2.9% on JAX (`benchmarks/olm_overhead.py`).
         optimizer: str. `"sgd"` as in Algorithm 1, or `"adam"` as in the
             authors' code (on the analytic gradient of L_logit, so no
             second Keras optimizer is needed). Adam's steps do not depend
