@@ -357,7 +357,13 @@ def test_labels_out_of_range(trained, data):
     assert_state_unchanged(model, before)
 
 
-def test_nan_loss_stops_training_and_names_the_head(data):
+def fit_with_inf_sample(data, sample, match, epochs=1):
+    """Trains a linear-encoder model on `data`, then fits it on the same
+    data with an inf in the fast input of `sample` (unshuffled, batches of
+    32), expecting `NonFiniteLossError` matching `match`.
+
+    Returns the model and its weights and OLM state before the bad fit.
+    """
     x, y, _, _ = data
     # Linear encoders carry an inf input into NaN logits (ReLU may not).
     model = keras_olm.BalancedMultimodalModel(
@@ -365,17 +371,15 @@ def test_nan_loss_stops_training_and_names_the_head(data):
         num_classes=4,
     )
     model.compile(optimizer="adam")
-    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
     before = olm_state(model)
-    weights_before = [np_(v).copy() for v in model.trainable_variables]
+    weights = [np_(v).copy() for v in model.trainable_variables]
+    moments = [np_(v).copy() for v in model.optimizer.variables]
     bad = {"fast": x["fast"].copy(), "slow": x["slow"]}
-    # A sample of the 2nd batch (unshuffled) overflows the fast head's
-    # logits to inf - inf = NaN.
-    bad["fast"][40] = np.inf
+    # Overflows the fast head's logits to inf - inf = NaN.
+    bad["fast"][sample] = np.inf
     clean_dev = ({m: v[:32] for m, v in x.items()}, y[:32])
-    with pytest.raises(
-        keras_olm.NonFiniteLossError, match=r"head 'fast' at epoch 1, step 2"
-    ):
+    with pytest.raises(keras_olm.NonFiniteLossError, match=match):
         model.fit(
             bad,
             y,
@@ -385,6 +389,14 @@ def test_nan_loss_stops_training_and_names_the_head(data):
             dev_data=clean_dev,
             verbose=0,
         )
+    return model, before, weights, moments
+
+
+def test_nan_loss_stops_training_and_names_the_head(data):
+    # Sample 40 is in the 2nd batch.
+    model, before, weights_before, _ = fit_with_inf_sample(
+        data, 40, r"head 'fast' at epoch 1, step 2"
+    )
     state = olm_state(model)
     # One good step ran before the NaN step; the NaN step changed nothing.
     assert int(state["counters"][0]) == int(before["counters"][0]) + 1
@@ -396,28 +408,10 @@ def test_nan_loss_stops_training_and_names_the_head(data):
 
 
 def test_nan_step_moves_no_weight_and_no_optimizer_state(data):
-    x, y, _, _ = data
-    model = keras_olm.BalancedMultimodalModel(
-        {"fast": keras.layers.Dense(8), "slow": keras.layers.Dense(8)},
-        num_classes=4,
+    # Sample 3 is in the first batch: the first step is NaN.
+    model, before, weights, moments = fit_with_inf_sample(
+        data, 3, "step 1", epochs=2
     )
-    model.compile(optimizer="adam")
-    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
-    before = olm_state(model)
-    weights = [np_(v).copy() for v in model.trainable_variables]
-    moments = [np_(v).copy() for v in model.optimizer.variables]
-    bad = {"fast": x["fast"].copy(), "slow": x["slow"]}
-    bad["fast"][3] = np.inf  # in the first batch: the first step is NaN
-    clean_dev = ({m: v[:32] for m, v in x.items()}, y[:32])
-    with pytest.raises(keras_olm.NonFiniteLossError, match="step 1"):
-        model.fit(
-            bad,
-            y,
-            batch_size=32,
-            shuffle=False,
-            dev_data=clean_dev,
-            verbose=0,
-        )
     # Zeroed gradients would still have moved the weights through Adam's
     # momentum; the step is skipped instead.
     for before_value, v in zip(weights, model.trainable_variables):

@@ -29,11 +29,6 @@ class StepMixin(HostFeedMixin):
         self.train_function = train_function
         return train_function
 
-    def _held_out_batches(self, dev):
-        """Numpy arrays, as Keras' JAX iterator yields (the jitted step
-        moves them to the device itself)."""
-        return dev.repeat().as_numpy_iterator()
-
     def _purge_model_variables(self, *args, **kwargs):
         """Keeps variable values attached during an epoch.
 
