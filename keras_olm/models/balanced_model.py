@@ -457,12 +457,14 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         """Balancer gradient hook.
 
         Returns:
-            `(grads, finite)`: the gradients to apply and whether the
-            step's loss was finite. Trainers skip the optimizer step when
-            it was not (`_apply_if_finite`), so a NaN step moves no weight
-            and no optimizer moment.
+            `(grads, finite, aux)`: the gradients to apply, whether the
+            step's loss was finite and the step's `aux`, detached (what
+            `_after_train_step` takes). Trainers skip the optimizer step
+            when the loss was not finite (`_apply_if_finite`), so a NaN
+            step moves no weight and no optimizer moment.
         """
-        logits, head_losses, features, _ = _detached(aux)
+        aux = _detached(aux)
+        logits, head_losses, features, _ = aux
         finite = ops.all(ops.isfinite(total))
         step = StepMeasurements(
             self._labels(y),
@@ -479,7 +481,7 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             self._gradient_groups_by_modality(),
             step,
         )
-        return grads, finite
+        return grads, finite, aux
 
     def _apply_if_finite(self, finite, grads, variables):
         """`optimizer.apply`, skipped on a step with a non-finite loss.
@@ -496,17 +498,24 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
 
         ops.cond(finite, apply, lambda: None)
 
-    def _after_train_step(self, y, sample_weight, total, aux, dev_out):
-        """Balancer update and metrics after the optimizer step."""
-        logits, head_losses, features, predictions = _detached(aux)
+    def _after_train_step(self, y, sample_weight, total, aux, dev_out, finite):
+        """Balancer update and metrics after the optimizer step.
+
+        Args:
+            aux: the step's detached `aux`, as `_transform_gradients`
+                returns it.
+            finite: whether the total loss was finite, as
+                `_transform_gradients` returns it.
+        """
+        logits, head_losses, features, predictions = aux
         dev_losses, dev_flag = dev_out
         targets = y
         y = self._labels(y)
         if self.balancer.measures_steps:
-            finite = ops.all(ops.isfinite(head_losses))
-            finite = ops.logical_and(finite, ops.all(ops.isfinite(total)))
-            # A non-finite held-out batch must not enter the balancer.
-            finite = ops.logical_and(finite, ops.all(ops.isfinite(dev_losses)))
+            # A non-finite head or held-out loss must not enter the
+            # balancer either.
+            measured = ops.concatenate([head_losses, dev_losses])
+            finite = ops.logical_and(finite, ops.all(ops.isfinite(measured)))
             if not self.balancer.update_reads_features:
                 # Not passed: on TensorFlow the update is a separate XLA
                 # cluster and its inputs are copied into it.

@@ -88,7 +88,7 @@ class StepMixin(HostFeedMixin):
             loss_fn, has_aux=True
         )(trainable)
         # Balancer state assigned here (e.g. a noise seed) is kept.
-        (grads, finite), (_, non_trainable, _) = self._run_stateless(
+        (grads, finite, aux), (_, non_trainable, _) = self._run_stateless(
             lambda: self._transform_gradients(grads, total, y, aux),
             refs,
             (trainable, non_trainable, metrics_vars),
@@ -110,7 +110,7 @@ class StepMixin(HostFeedMixin):
         )
         logs, (_, non_trainable, metrics_vars) = self._run_stateless(
             lambda: self._after_train_step(
-                y, sample_weight, total, aux, dev_out
+                y, sample_weight, total, aux, dev_out, finite
             ),
             refs,
             (trainable, non_trainable, metrics_vars),

@@ -71,9 +71,11 @@ class StepMixin(HostFeedMixin):
             total, aux = self._loss_and_logits(x, y, sample_weight, True)
         variables = self.trainable_variables
         grads = tape.gradient(total, variables)
-        grads, finite = self._transform_gradients(grads, total, y, aux)
+        grads, finite, aux = self._transform_gradients(grads, total, y, aux)
         self._apply_if_finite(finite, grads, variables)
-        return self._after_train_step(y, sample_weight, total, aux, dev_out)
+        return self._after_train_step(
+            y, sample_weight, total, aux, dev_out, finite
+        )
 
     def test_step(self, data):
         x, y, sample_weight, _ = self._unpack(data)

@@ -46,9 +46,11 @@ class StepMixin(HostFeedMixin):
         variables = self.trainable_variables
         grads = [v.value.grad for v in variables]
         with torch.no_grad():
-            grads, finite = self._transform_gradients(grads, total, y, aux)
+            grads, finite, aux = self._transform_gradients(grads, total, y, aux)
             self._apply_if_finite(finite, grads, variables)
-            return self._after_train_step(y, sample_weight, total, aux, dev_out)
+            return self._after_train_step(
+                y, sample_weight, total, aux, dev_out, finite
+            )
 
     def test_step(self, data):
         x, y, sample_weight, _ = self._unpack(data)
