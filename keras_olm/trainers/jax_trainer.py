@@ -10,10 +10,10 @@ into the new state.
 import jax
 import keras
 
-from keras_olm.trainers.dev_feed import HostFeedMixin
+from keras_olm.trainers.base import StepBase
 
 
-class StepMixin(HostFeedMixin):
+class StepMixin(StepBase):
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
             return self.train_function
@@ -37,10 +37,6 @@ class StepMixin(HostFeedMixin):
         would leave the model with no values at all. Keeping them costs one
         copy of the weights and leaves the model at its last synced state.
         """
-
-    def _update_balancer(self, *measurements):
-        """Runs the balancer update in the step as it is."""
-        self._balancer_update_fn(*measurements)
 
     def _sync_training_state(self):
         """Writes the state of the last finished step into the variables."""

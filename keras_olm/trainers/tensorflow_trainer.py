@@ -3,10 +3,10 @@
 import tensorflow as tf
 
 from keras_olm.models import inputs as inputs_lib
-from keras_olm.trainers.dev_feed import HostFeedMixin
+from keras_olm.trainers.base import StepBase
 
 
-class StepMixin(HostFeedMixin):
+class StepMixin(StepBase):
     _xla_update = None
 
     def _update_balancer(self, *measurements):
@@ -24,9 +24,6 @@ class StepMixin(HostFeedMixin):
                 self._balancer_update_fn, jit_compile=True
             )
         self._xla_update(*measurements)
-
-    def _sync_training_state(self):
-        """Variables are always current on this backend."""
 
     def _attach_dev_data(self, train, dev, every):
         """Held-out batches from the host; zipped in with several steps

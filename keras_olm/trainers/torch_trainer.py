@@ -3,23 +3,16 @@
 import keras
 import torch
 
-from keras_olm.trainers.dev_feed import HostFeedMixin
+from keras_olm.trainers.base import StepBase
 
 
-class StepMixin(HostFeedMixin):
-    def _update_balancer(self, *measurements):
-        """Runs the balancer update in the step as it is."""
-        self._balancer_update_fn(*measurements)
-
+class StepMixin(StepBase):
     def _held_out_batches(self, dev):
         """Torch tensors: `torch.compile` (`jit_compile=True`) cannot trace
         numpy arrays that wrap TensorFlow buffers, which tf.data's numpy
         iterator yields."""
         for batch in super()._held_out_batches(dev):
             yield keras.tree.map_structure(keras.ops.convert_to_tensor, batch)
-
-    def _sync_training_state(self):
-        """Variables are always current on this backend."""
 
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
