@@ -44,14 +44,11 @@ def timed(fn):
 def measure(args, repeats, rng):
     """`(step seconds, forward seconds)` for every timed pair."""
     x, y = olm_overhead.make_data(args, args.batch_size, rng)
-    build = (
-        olm_overhead.mlp_encoders
-        if args.model == "mlp"
-        else olm_overhead.resnet18_encoders
-    )
     keras.utils.set_random_seed(0)
     model = keras_olm.BalancedMultimodalModel(
-        build(args), num_classes=args.classes, balancer=None
+        olm_overhead.build_encoders(args),
+        num_classes=args.classes,
+        balancer=None,
     )
     model.compile(optimizer="adam")
 
@@ -80,16 +77,7 @@ def main():
         default=None,
         help="timed pairs per model (default: 30 MLP, 8 ResNet18)",
     )
-    parser.add_argument("--width", type=int, default=512)
-    parser.add_argument("--depth", type=int, default=3)
-    parser.add_argument("--input-dim", type=int, default=1024)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="threads for the backend's kernels; 0 for its default",
-    )
+    olm_overhead.add_model_arguments(parser)
     args = parser.parse_args()
     olm_overhead.limit_threads(args.threads)
     models = args.models or ["mlp", "resnet18"]
@@ -111,13 +99,8 @@ def main():
         pairs = measure(args, repeats, np.random.default_rng(0))
         ratios = pairs[:, 1] / pairs[:, 0]
         q1, median, q3 = np.percentile(ratios, [25, 50, 75])
-        label = (
-            f"2 x MLP {args.input_dim}->{args.width}x{args.depth}"
-            if mlp
-            else f"2 x ResNet18, {args.image_size}x{args.image_size} RGB + D"
-        )
         print(
-            f"| {label} | {args.batch_size} "
+            f"| {olm_overhead.describe(args)} | {args.batch_size} "
             f"| {1000 * np.median(pairs[:, 0]):.1f} "
             f"| {1000 * np.median(pairs[:, 1]):.1f} "
             f"| {median:.3f} [{q1:.3f}, {q3:.3f}] | {1 + median:.2f} |"

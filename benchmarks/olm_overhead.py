@@ -134,6 +134,35 @@ def resnet18_encoders(args):
     }
 
 
+def build_encoders(args):
+    """The encoders of `args.model`: `"mlp"` or `"resnet18"`."""
+    if args.model == "mlp":
+        return mlp_encoders(args)
+    return resnet18_encoders(args)
+
+
+def describe(args):
+    """A one-line description of `args.model`'s encoders."""
+    if args.model == "mlp":
+        return f"2 x MLP {args.input_dim}->{args.width}x{args.depth}"
+    return f"2 x ResNet18 on {args.image_size}x{args.image_size} RGB + D"
+
+
+def add_model_arguments(parser):
+    """The encoders' shape and the kernels' threads, shared by the
+    benchmarks that build these models."""
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--input-dim", type=int, default=1024)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads for the backend's kernels; 0 for its default",
+    )
+
+
 def make_data(args, n, rng):
     if args.model == "mlp":
         x = {
@@ -179,18 +208,9 @@ def main():
         "held-out batches in every epoch",
     )
     parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--width", type=int, default=512)
-    parser.add_argument("--depth", type=int, default=3)
-    parser.add_argument("--input-dim", type=int, default=1024)
-    parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--classes", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=40)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="threads for the backend's kernels; 0 for its default",
-    )
+    add_model_arguments(parser)
     args = parser.parse_args()
     limit_threads(args.threads)
     mlp = args.model == "mlp"
@@ -210,7 +230,6 @@ def main():
         f"OLM periodic (default, every {every})": ("periodic", every),
         "OLM held-out batch every step": ("step", 0),
     }
-    build = mlp_encoders if mlp else resnet18_encoders
     models, timers = {}, {}
     for name, (kind, _) in variants.items():
         keras.utils.set_random_seed(0)
@@ -218,7 +237,9 @@ def main():
         if kind in ("periodic", "step"):
             balancer = keras_olm.OLM(dev_schedule=kind)
         model = keras_olm.BalancedMultimodalModel(
-            build(args), num_classes=args.classes, balancer=balancer
+            build_encoders(args),
+            num_classes=args.classes,
+            balancer=balancer,
         )
         model.compile(optimizer="adam")
         models[name], timers[name] = model, StepTimer()
@@ -244,13 +265,8 @@ def main():
         for name in names
     }
     plain = times[names[0]]
-    description = (
-        f"2 x MLP {args.input_dim}->{args.width}x{args.depth}"
-        if mlp
-        else f"2 x ResNet18 on {args.image_size}x{args.image_size} RGB + D"
-    )
     print(
-        f"backend {keras.backend.backend()}; {description}, "
+        f"backend {keras.backend.backend()}; {describe(args)}, "
         f"{args.classes} classes, batch {args.batch_size}, {steps} steps "
         f"an epoch; {args.repeats} turns, order rotated; "
         f"threads {args.threads or 'default'}\n"
