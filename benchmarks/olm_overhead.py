@@ -222,6 +222,13 @@ def main():
     x, y = make_data(args, args.samples, rng)
     dev = make_data(args, max(args.batch_size * 4, args.samples // 10), rng)
     every = keras_olm.OLM().dev_every
+    if args.steps <= every:
+        # Step 0 of every epoch is left out (it waits for the pipeline),
+        # so the periodic schedule needs a held-out step after it.
+        parser.error(
+            f"--steps must exceed the periodic schedule's {every} steps "
+            f"(got {args.steps}): no held-out step would be timed."
+        )
     variants = {
         "plain joint training": (None, 0),
         # The same work again: how far apart identical steps measure.
