@@ -3,7 +3,7 @@
 The public surface: `BalancedMultimodalModel`, the `OLM` balancer and the
 field's others (`OGMGE`, `GBlend`, `MMCosine`, `GradNorm`, `PMR`), the
 fusion layers (`LateFusion`, `FiLMFusion`, `GatedFusion`,
-`AttentionFusion`), `holdout_split`, and the `balancers`, `callbacks`,
+`AttentionFusion`), `split_held_out`, and the `balancers`, `callbacks`,
 `synthetic` modules.
 """
 
@@ -18,6 +18,7 @@ from keras_olm.balancers import GBlend
 from keras_olm.balancers import GradNorm
 from keras_olm.balancers import JointTraining
 from keras_olm.balancers import MMCosine
+from keras_olm.held_out import split_held_out
 from keras_olm.layers import IRFB
 from keras_olm.layers import MBT
 from keras_olm.layers import AttentionFusion
@@ -27,7 +28,6 @@ from keras_olm.layers import LateFusion
 from keras_olm.layers import SequenceEncoder
 from keras_olm.models import BalancedMultimodalModel
 from keras_olm.models import NonFiniteLossError
-from keras_olm.models.inputs import holdout_split
 
 __version__ = "0.1.0"
 
@@ -51,6 +51,6 @@ __all__ = [
     "SequenceEncoder",
     "balancers",
     "callbacks",
-    "holdout_split",
+    "split_held_out",
     "synthetic",
 ]

@@ -28,7 +28,7 @@ import warnings
 import keras
 import numpy as np
 
-from keras_olm.models import inputs as inputs_lib
+from keras_olm import inputs as inputs_lib
 
 #: Name of the CSV file that `LogitNormHistory` writes under `out_dir`.
 CSV_NAME = "olm_diagnostics.csv"

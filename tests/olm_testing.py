@@ -47,8 +47,8 @@ def deterministic_run(steps=6, epochs=2):
         {"fast": tiny_encoder(8), "slow": tiny_encoder(8)},
         num_classes=3,
         balancer=keras_olm.OLM(
-            dev_schedule="periodic",
-            dev_every=2,
+            held_out_schedule="periodic",
+            held_out_every=2,
             optimizer="sgd",
             learning_rate=0.05,
         ),
@@ -62,7 +62,7 @@ def deterministic_run(steps=6, epochs=2):
         batch_size=16,
         epochs=epochs,
         shuffle=False,
-        dev_data=(dev_x, dev_y),
+        held_out_data=(dev_x, dev_y),
         verbose=0,
     )
     balancer = model.balancer
@@ -72,10 +72,10 @@ def deterministic_run(steps=6, epochs=2):
             "coefficients",
             "lambdas",
             "train_losses",
-            "dev_losses",
+            "held_out_losses",
             "norms",
             "steps",
-            "dev_steps",
+            "held_out_steps",
         )
     }
     out["history"] = {k: float(v[-1]) for k, v in history.history.items()}

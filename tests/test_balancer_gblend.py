@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from keras_olm.balancers import GBlend
-from keras_olm.balancers import StepMeasurements
+from keras_olm.balancers import StepRecord
 from keras_olm.balancers import gblend
 
 # Checkpoint N: train 1.0, held-out 1.2 for every head (overfitting 0.2).
@@ -40,25 +40,25 @@ def test_heads_that_do_not_generalize_get_no_weight():
 
 
 def step(train, dev, finite=True):
-    return StepMeasurements(
-        np.zeros((2,), "int32"),
-        {},
-        keras.ops.convert_to_tensor(np.array(train, "float32")),
-        keras.ops.convert_to_tensor(np.array(dev, "float32")),
-        keras.ops.convert_to_tensor(1.0),
-        keras.ops.convert_to_tensor(finite),
+    return StepRecord(
+        y=np.zeros((2,), "int32"),
+        logits={},
+        head_losses=keras.ops.convert_to_tensor(np.array(train, "float32")),
+        held_out_losses=keras.ops.convert_to_tensor(np.array(dev, "float32")),
+        held_out_flag=keras.ops.convert_to_tensor(1.0),
+        finite=keras.ops.convert_to_tensor(finite),
     )
 
 
 def test_weights_favour_the_head_that_overfits_less():
-    balancer = GBlend(refresh_every=2, dev_schedule="step")
+    balancer = GBlend(refresh_every=2, held_out_schedule="step")
     balancer.build_heads(["a", "b", "fused"], 4)
     for _ in range(2):  # window 1: the reference, weights stay uniform
-        balancer.update(step(TRAIN0, DEV0))
+        balancer.apply_update(step(TRAIN0, DEV0))
     np.testing.assert_allclose(np_(balancer.weights_), [1.0, 1.0, 1.0])
-    balancer.update(step(TRAIN1, DEV1))
+    balancer.apply_update(step(TRAIN1, DEV1))
     np.testing.assert_allclose(np_(balancer.weights_), [1.0, 1.0, 1.0])
-    balancer.update(step(TRAIN1, DEV1))  # end of window 2: re-estimated
+    balancer.apply_update(step(TRAIN1, DEV1))  # end of window 2: re-estimated
     w = np_(balancer.weights_)
     # Scaled by the number of heads so that uniform weights are all 1.
     np.testing.assert_allclose(w, 3 * np.array(EXPECTED), rtol=1e-5)
@@ -66,7 +66,7 @@ def test_weights_favour_the_head_that_overfits_less():
     np.testing.assert_allclose(np_(balancer.head_loss_weights()), w, rtol=1e-6)
     # A non-finite step changes nothing.
     before = [np_(v).copy() for v in balancer.non_trainable_weights]
-    balancer.update(step([np.nan, 1.0, 1.0], DEV0, finite=False))
+    balancer.apply_update(step([np.nan, 1.0, 1.0], DEV0, finite=False))
     for b, v in zip(before, balancer.non_trainable_weights):
         np.testing.assert_array_equal(np_(v), b)
 
@@ -74,25 +74,27 @@ def test_weights_favour_the_head_that_overfits_less():
 def test_window_without_held_out_batch_waits():
     balancer = GBlend(refresh_every=1)
     balancer.build_heads(["a", "b", "fused"], 4)
-    no_dev = StepMeasurements(
-        np.zeros((2,), "int32"),
-        {},
-        keras.ops.convert_to_tensor(np.array(TRAIN0, "float32")),
-        keras.ops.zeros((3,)),
-        keras.ops.convert_to_tensor(0.0),
-        keras.ops.convert_to_tensor(True),
+    no_dev = StepRecord(
+        y=np.zeros((2,), "int32"),
+        logits={},
+        head_losses=keras.ops.convert_to_tensor(np.array(TRAIN0, "float32")),
+        held_out_losses=keras.ops.zeros((3,)),
+        held_out_flag=keras.ops.convert_to_tensor(0.0),
+        finite=keras.ops.convert_to_tensor(True),
     )
-    balancer.update(no_dev)
+    balancer.apply_update(no_dev)
     assert int(np_(balancer.windows)) == 0
-    balancer.update(step(TRAIN0, DEV0))
+    balancer.apply_update(step(TRAIN0, DEV0))
     assert int(np_(balancer.windows)) == 1
     # The window's means: train over both steps, held-out over the one.
     np.testing.assert_allclose(np_(balancer.reference_train), TRAIN0)
-    np.testing.assert_allclose(np_(balancer.reference_dev), DEV0, rtol=1e-6)
+    np.testing.assert_allclose(
+        np_(balancer.reference_held_out), DEV0, rtol=1e-6
+    )
 
 
 def test_bad_arguments_name_the_culprit():
-    with pytest.raises(ValueError, match="dev_schedule"):
-        GBlend(dev_schedule="epoch")
+    with pytest.raises(ValueError, match="held_out_schedule"):
+        GBlend(held_out_schedule="epoch")
     with pytest.raises(ValueError, match="refresh_every"):
         GBlend(refresh_every=0)

@@ -8,7 +8,7 @@ import pytest
 from olm_testing import tiny_model
 
 from keras_olm.balancers import GradNorm
-from keras_olm.balancers import StepMeasurements
+from keras_olm.balancers import StepRecord
 from keras_olm.balancers import gradnorm
 
 
@@ -57,17 +57,15 @@ def test_update_moves_weights_from_the_heads_kernels():
     losses = np.array([0.5, 1.0, 0.75], "float32")
 
     def measure(losses):
-        return StepMeasurements(
-            y,
-            logits,
-            keras.ops.convert_to_tensor(losses),
-            None,
-            None,
-            keras.ops.convert_to_tensor(True),
+        return StepRecord(
+            y=y,
+            logits=logits,
+            head_losses=keras.ops.convert_to_tensor(losses),
+            finite=keras.ops.convert_to_tensor(True),
         )
 
-    balancer.update(measure(2 * losses))  # step 1: L(0) = 2 * losses
-    balancer.update(measure(losses))
+    balancer.apply_update(measure(2 * losses))  # step 1: L(0) = 2 * losses
+    balancer.apply_update(measure(losses))
     # Expected, in numpy: norms from each head's kernel, then Eq. 1.
     w = np.ones(3)
     norms = []

@@ -8,7 +8,7 @@ import pytest
 from olm_testing import tiny_model
 
 from keras_olm.balancers import OGMGE
-from keras_olm.balancers import StepMeasurements
+from keras_olm.balancers import StepRecord
 from keras_olm.balancers import ogm_ge
 
 LN3 = math.log(3.0)
@@ -69,11 +69,11 @@ def modulated_gradients(balancer, seed=0):
         for v in variables
     ]
     y, logits = batch()
-    step = StepMeasurements(
-        y, logits, None, None, None, keras.ops.convert_to_tensor(True)
+    step = StepRecord(
+        y=y, logits=logits, finite=keras.ops.convert_to_tensor(True)
     )
     groups = model._gradient_groups_by_modality()
-    out = balancer.transform_gradients(grads, variables, groups, step)
+    out = balancer.apply_transform_gradients(grads, variables, groups, step)
     return model, groups, [np_(g) for g in grads], [np_(g) for g in out]
 
 
@@ -119,8 +119,8 @@ def test_modulation_window_in_epochs():
     model = tiny_model(balancer, num_classes=2)
     model.build({"fast": (None, 16), "slow": (None, 64)})
     y, logits = batch()
-    step = StepMeasurements(
-        y, logits, None, None, None, keras.ops.convert_to_tensor(True)
+    step = StepRecord(
+        y=y, logits=logits, finite=keras.ops.convert_to_tensor(True)
     )
     groups = model._gradient_groups_by_modality()
     variables = model.trainable_variables
@@ -128,7 +128,7 @@ def test_modulation_window_in_epochs():
     seen = []
     for _ in range(6):  # epochs 0, 0, 1, 1, 2, 2
         grads = [keras.ops.ones(v.shape) for v in variables]
-        out = balancer.transform_gradients(grads, variables, groups, step)
+        out = balancer.apply_transform_gradients(grads, variables, groups, step)
         seen.append(round(float(np_(out[j]).ravel()[0]), 5))
     assert seen == [1.0, 1.0, 0.75508, 0.75508, 1.0, 1.0]
 
@@ -137,16 +137,13 @@ def test_non_finite_step_keeps_the_state():
     balancer = OGMGE(alpha=0.5, generalization_enhancement=False)
     model, groups, grads, out = modulated_gradients(balancer)
     y, logits = batch()
-    bad = StepMeasurements(
-        y,
-        {"fast": logits["slow"], "slow": logits["fast"]},
-        None,
-        None,
-        None,
-        keras.ops.convert_to_tensor(False),
+    bad = StepRecord(
+        y=y,
+        logits={"fast": logits["slow"], "slow": logits["fast"]},
+        finite=keras.ops.convert_to_tensor(False),
     )
     variables = model.trainable_variables
-    balancer.transform_gradients(
+    balancer.apply_transform_gradients(
         [keras.ops.ones(v.shape) for v in variables], variables, groups, bad
     )
     np.testing.assert_allclose(

@@ -8,7 +8,7 @@ import pytest
 from olm_testing import tiny_model
 
 from keras_olm.balancers import PMR
-from keras_olm.balancers import StepMeasurements
+from keras_olm.balancers import StepRecord
 from keras_olm.balancers import pmr
 
 # Features (0, 0) and (3, 4), prototypes (0, 0) and (3, 0), labels 0, 1:
@@ -103,10 +103,13 @@ def test_update_moves_the_prototypes_and_logs_the_ratio():
         "fused": np.zeros((2, 32), "float32"),
     }
     features = {k: keras.ops.convert_to_tensor(v) for k, v in features.items()}
-    step = StepMeasurements(
-        Y, {}, None, None, None, keras.ops.convert_to_tensor(True), features
+    step = StepRecord(
+        y=Y,
+        logits={},
+        finite=keras.ops.convert_to_tensor(True),
+        features=features,
     )
-    balancer.update(step)
+    balancer.apply_update(step)
     # Zero prototypes at first: every distance ties, ratios 1, no PCE.
     np.testing.assert_allclose(np_(balancer.ratios), [1.0, 1.0], rtol=1e-6)
     np.testing.assert_allclose(np_(balancer.betas), [0.0, 0.0])
@@ -115,10 +118,13 @@ def test_update_moves_the_prototypes_and_logs_the_ratio():
         np_(model.heads["slow"].prototypes), padded(2 * FEATURES)
     )
     assert int(np_(balancer.steps)) == 1
-    bad = StepMeasurements(
-        Y, {}, None, None, None, keras.ops.convert_to_tensor(False), features
+    bad = StepRecord(
+        y=Y,
+        logits={},
+        finite=keras.ops.convert_to_tensor(False),
+        features=features,
     )
-    balancer.update(bad)
+    balancer.apply_update(bad)
     assert int(np_(balancer.steps)) == 1
 
 

@@ -64,7 +64,7 @@ def _stateless(balancer, steps):
 BALANCERS = {
     "ogm_ge": (dict(alpha=0.5, seed=3), _ogm_ge_state),
     "mmcosine": (dict(scale=8.0), _stateless),
-    "gblend": (dict(refresh_every=4, dev_schedule="step"), _gblend_state),
+    "gblend": (dict(refresh_every=4, held_out_schedule="step"), _gblend_state),
     "gradnorm": (dict(alpha=1.5), _gradnorm_state),
     "pmr": (dict(alpha=1.0), _pmr_state),
 }
@@ -94,7 +94,7 @@ def test_short_fit_is_finite_and_round_trips(name, data, tmp_path):
     for key, values in history.history.items():
         assert np.all(np.isfinite(values)), (name, key, values)
     assert history.history["fused_loss"][-1] < history.history["fused_loss"][0]
-    check_state(model.balancer, 18 if balancer.needs_dev_data else 20)
+    check_state(model.balancer, 18 if balancer.needs_held_out else 20)
 
     path = os.path.join(tmp_path, f"{name}.keras")
     model.save(path)

@@ -33,8 +33,8 @@ def test_coefficients_and_losses_agree_across_backends(here, other):
         "import json, olm_testing; "
         "print(json.dumps(olm_testing.deterministic_run()))",
     )
-    assert here["dev_steps"] == there["dev_steps"]
-    for key in ("coefficients", "lambdas", "train_losses", "dev_losses"):
+    assert here["held_out_steps"] == there["held_out_steps"]
+    for key in ("coefficients", "lambdas", "train_losses", "held_out_losses"):
         np.testing.assert_allclose(
             here[key], there[key], rtol=RTOL, atol=ATOL, err_msg=key
         )
@@ -48,6 +48,6 @@ def test_the_run_moves_the_coefficients(here):
     """Guards the comparison above against comparing untouched state."""
     # Held-out batches at steps 0, 2 and 4 of the fit, across the epoch
     # boundary (3 steps an epoch).
-    assert here["steps"] == 6 and here["dev_steps"] == 3
+    assert here["steps"] == 6 and here["held_out_steps"] == 3
     assert np.ptp(here["coefficients"]) > 1e-3
     assert np.ptp(here["lambdas"]) > 1e-4

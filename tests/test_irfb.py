@@ -309,10 +309,12 @@ def test_four_modalities_train_with_olm_and_round_trip(
         num_classes=3,
         fusion=fusion(),
         # A held-out batch every step and even batches: one traced step.
-        balancer=keras_olm.OLM(dev_schedule="step"),
+        balancer=keras_olm.OLM(held_out_schedule="step"),
     )
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
-    history = model.fit(x, y, epochs=4, batch_size=16, dev_data=dev, verbose=0)
+    history = model.fit(
+        x, y, epochs=4, batch_size=16, held_out_data=dev, verbose=0
+    )
     assert model.head_names == ["a", "v", "t", "h", "fused"]
     for h in model.head_names:
         assert f"{h}_coef" in history.history

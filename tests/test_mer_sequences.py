@@ -109,7 +109,7 @@ def test_both_targets_feed_a_regression_model(tiny_root):
     model.compile(optimizer="adam")
     history = model.fit(
         reader.as_dataset("train", batch_size=16, seed=0),
-        dev_data=reader.as_dataset("dev", batch_size=16),
+        held_out_data=reader.as_dataset("dev", batch_size=16),
         epochs=1,
         verbose=0,
     )

@@ -56,18 +56,18 @@ def test_fit_logs_every_head(data):
     assert int(np_(model.balancer.steps)) == 16
     # Periodic schedule, a held-out batch every 20 steps of each fit call
     # (steps 0, 20, ...): only step 0 of these 16.
-    assert model.balancer.dev_every == 20
-    assert int(np_(model.balancer.dev_steps)) == 1
+    assert model.balancer.held_out_every == 20
+    assert int(np_(model.balancer.held_out_steps)) == 1
     coef = np_(model.balancer.coefficients)
     assert np.mean(coef) == pytest.approx(1.0, rel=1e-4)
 
 
 def test_step_schedule_reads_a_held_out_batch_every_step(data):
     x, y, _, _ = data
-    model = tiny_model(balancer=keras_olm.OLM(dev_schedule="step"))
+    model = tiny_model(balancer=keras_olm.OLM(held_out_schedule="step"))
     model.compile(optimizer="adam")
     model.fit(x, y, epochs=1, batch_size=32, verbose=0)
-    assert int(np_(model.balancer.dev_steps)) == 8
+    assert int(np_(model.balancer.held_out_steps)) == 8
 
 
 def test_repeated_fits_release_their_held_out_data(data):
@@ -77,7 +77,7 @@ def test_repeated_fits_release_their_held_out_data(data):
     if not os.path.isdir(tasks):
         pytest.skip("counts threads through /proc")
     x, y, _, _ = data
-    model = tiny_model(balancer=keras_olm.OLM(dev_every=4))
+    model = tiny_model(balancer=keras_olm.OLM(held_out_every=4))
     model.compile(optimizer="adam")
     model.fit(x, y, epochs=1, batch_size=32, verbose=0)
     before = len(os.listdir(tasks))
@@ -86,18 +86,18 @@ def test_repeated_fits_release_their_held_out_data(data):
     assert len(os.listdir(tasks)) <= before + 2
     # 5 fits of 8 steps; held-out batches at steps 0 and 4 of each.
     assert int(np_(model.balancer.steps)) == 40
-    assert int(np_(model.balancer.dev_steps)) == 10
+    assert int(np_(model.balancer.held_out_steps)) == 10
 
 
 def test_several_steps_per_execution_read_held_out_data(data):
     if keras.backend.backend() == "torch":
         pytest.skip("Keras' torch trainer runs one step per execution")
     x, y, _, _ = data
-    model = tiny_model(balancer=keras_olm.OLM(dev_every=4))
+    model = tiny_model(balancer=keras_olm.OLM(held_out_every=4))
     model.compile(optimizer="adam", steps_per_execution=2)
     model.fit(x, y, epochs=1, batch_size=32, verbose=0)
     assert int(np_(model.balancer.steps)) == 8
-    assert int(np_(model.balancer.dev_steps)) == 2
+    assert int(np_(model.balancer.held_out_steps)) == 2
 
 
 # torch.compile takes about 100 s for this model on 2 cores.
@@ -111,11 +111,11 @@ def test_jit_compile_reads_held_out_data(data):
     # The held-out batches enter a compiled step (XLA; torch.compile, which
     # failed on numpy arrays that wrap TensorFlow buffers).
     x, y, _, _ = data
-    model = tiny_model(balancer=keras_olm.OLM(dev_every=4))
+    model = tiny_model(balancer=keras_olm.OLM(held_out_every=4))
     model.compile(optimizer="adam", jit_compile=True)
     model.fit(x, y, epochs=2, batch_size=32, verbose=0)
     assert int(np_(model.balancer.steps)) == 16
-    assert int(np_(model.balancer.dev_steps)) == 4
+    assert int(np_(model.balancer.held_out_steps)) == 4
     assert np.all(np.isfinite(np_(model.balancer.coefficients)))
 
 
@@ -184,7 +184,7 @@ def _gradients(model, loss_fn, variables):
 def test_dataset_input_with_holdout_split():
     x, y = make_imbalanced(200, seed=0)
     ds = tf.data.Dataset.from_tensor_slices((x, y))
-    train, dev = keras_olm.holdout_split(ds, 0.2, seed=3)
+    train, dev = keras_olm.split_held_out(ds, 0.2, seed=3)
     n_train = sum(1 for _ in train)
     n_dev = sum(1 for _ in dev)
     assert n_train + n_dev == 200 and 20 <= n_dev <= 60
@@ -201,7 +201,7 @@ def test_dataset_input_with_holdout_split():
     model.compile(optimizer="adam")
     model.fit(
         train.shuffle(200, seed=0).batch(32),
-        dev_data=dev.batch(32),
+        held_out_data=dev.batch(32),
         epochs=1,
         verbose=0,
     )
@@ -213,7 +213,7 @@ def test_dataset_without_dev_data_is_a_clear_error():
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
     model = tiny_model()
     model.compile(optimizer="adam")
-    with pytest.raises(ValueError, match="dev_data"):
+    with pytest.raises(ValueError, match="held_out_data"):
         model.fit(ds, epochs=1, verbose=0)
 
 
@@ -245,7 +245,12 @@ def test_keras_round_trip_restores_weights_and_olm_state(data, tmp_path):
     restored = keras.saving.load_model(path)
     assert isinstance(restored, keras_olm.BalancedMultimodalModel)
     assert isinstance(restored.balancer, keras_olm.OLM)
-    for name in ("coefficients", "lambdas", "steps", "reference_dev_losses"):
+    for name in (
+        "coefficients",
+        "lambdas",
+        "steps",
+        "reference_held_out_losses",
+    ):
         np.testing.assert_array_equal(
             np_(getattr(restored.balancer, name)),
             np_(getattr(model.balancer, name)),
@@ -316,7 +321,7 @@ def test_wrong_modality_keys(trained, data):
         model.predict(bad, verbose=0)
     ds = tf.data.Dataset.from_tensor_slices((bad, y)).batch(8)
     with pytest.raises(ValueError, match="visual"):
-        model.fit(ds, dev_data=ds, epochs=1, verbose=0)
+        model.fit(ds, held_out_data=ds, epochs=1, verbose=0)
     assert_state_unchanged(model, before)
 
 
@@ -334,7 +339,7 @@ def test_different_batch_sizes(trained, data):
     )
     good_dev = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
     with pytest.raises(Exception, match="modality slow has a different"):
-        model.fit(ds, dev_data=good_dev, epochs=1, verbose=0)
+        model.fit(ds, held_out_data=good_dev, epochs=1, verbose=0)
     with pytest.raises(ValueError, match="same batch size"):
         model.predict_heads({"fast": x["fast"][:4], "slow": x["slow"][:3]})
     assert_state_unchanged(model, before)
@@ -353,7 +358,7 @@ def test_labels_out_of_range(trained, data):
     ds = tf.data.Dataset.from_tensor_slices((x, bad_y)).batch(8)
     good = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
     with pytest.raises(Exception, match=r"labels must lie in \[0, 4\)"):
-        model.fit(ds, dev_data=good, epochs=1, verbose=0)
+        model.fit(ds, held_out_data=good, epochs=1, verbose=0)
     assert_state_unchanged(model, before)
 
 
@@ -386,7 +391,7 @@ def fit_with_inf_sample(data, sample, match, epochs=1):
             epochs=3,
             batch_size=32,
             shuffle=False,
-            dev_data=clean_dev,
+            held_out_data=clean_dev,
             verbose=0,
         )
     return model, before, weights, moments

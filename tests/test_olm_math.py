@@ -8,7 +8,7 @@ import pytest
 from keras import ops
 
 from keras_olm.balancers import OLM
-from keras_olm.balancers import StepMeasurements
+from keras_olm.balancers import StepRecord
 from keras_olm.balancers import olm as olm_lib
 
 
@@ -20,9 +20,9 @@ def test_rates_code_form():
     # heads: a, b, fused. dev0 - dev = G; (train0 - train) - G = C.
     g, c = olm_lib.rates(
         theta0_train=np.array([2.0, 2.0, 2.0]),
-        theta0_dev=np.array([2.0, 2.0, 2.0]),
+        theta0_held_out=np.array([2.0, 2.0, 2.0]),
         train=np.array([0.5, 1.5, 1.0]),
-        dev=np.array([1.0, 1.6, 1.2]),
+        held_out=np.array([1.0, 1.6, 1.2]),
         form="code",
     )
     np.testing.assert_allclose(np_(g), [1.0, 0.4, 0.8], rtol=1e-6)
@@ -32,9 +32,9 @@ def test_rates_code_form():
 def test_rates_paper_form_uses_absolute_values():
     g, c = olm_lib.rates(
         theta0_train=np.array([2.0, 1.0]),
-        theta0_dev=np.array([2.2, 1.0]),
+        theta0_held_out=np.array([2.2, 1.0]),
         train=np.array([0.5, 1.5]),
-        dev=np.array([1.0, 1.6]),
+        held_out=np.array([1.0, 1.6]),
         form="paper",
     )
     # G = |dev0 - dev|; C = ||dev - train| - |dev0 - train0||.
@@ -126,10 +126,12 @@ def make_olm(**kwargs):
     return olm
 
 
-def measure(olm, logits, head_losses, dev_losses, dev_flag=1.0, finite=True):
+def measure(
+    olm, logits, head_losses, held_out_losses, held_out_flag=1.0, finite=True
+):
     y = np.array([0, 1])
-    olm.update(
-        StepMeasurements(
+    olm.apply_update(
+        StepRecord(
             y=ops.convert_to_tensor(y),
             logits={
                 h: ops.convert_to_tensor(np.asarray(v, "float32"))
@@ -138,8 +140,10 @@ def measure(olm, logits, head_losses, dev_losses, dev_flag=1.0, finite=True):
             head_losses=ops.convert_to_tensor(
                 np.asarray(head_losses, "float32")
             ),
-            dev_losses=ops.convert_to_tensor(np.asarray(dev_losses, "float32")),
-            dev_flag=ops.convert_to_tensor(dev_flag, "float32"),
+            held_out_losses=ops.convert_to_tensor(
+                np.asarray(held_out_losses, "float32")
+            ),
+            held_out_flag=ops.convert_to_tensor(held_out_flag, "float32"),
             finite=ops.convert_to_tensor(finite),
         )
     )
@@ -171,7 +175,7 @@ def test_one_sgd_update_by_hand():
     np.testing.assert_allclose(np_(olm.lambdas), [1 / 3] * 3, rtol=1e-6)
     np.testing.assert_allclose(np_(olm.norms), [2.5, 1.1, 3.0], rtol=1e-6)
     np.testing.assert_allclose(
-        np_(olm.reference_dev_losses), [1.2, 1.1, 1.0], rtol=1e-6
+        np_(olm.reference_held_out_losses), [1.2, 1.1, 1.0], rtol=1e-6
     )
 
     # Second step: losses fall; Eq. 6-8 now give λ.
@@ -187,7 +191,7 @@ def test_one_sgd_update_by_hand():
     t = lam * (w * n).sum()
     expected = w - 0.1 * np.sign(w * n - t) * n
     np.testing.assert_allclose(np_(olm.coefficients), expected, rtol=1e-5)
-    assert int(np_(olm.steps)) == 2 and int(np_(olm.dev_steps)) == 2
+    assert int(np_(olm.steps)) == 2 and int(np_(olm.held_out_steps)) == 2
 
 
 def test_one_adam_update_moves_by_learning_rate():
@@ -220,9 +224,9 @@ def test_mean_one_and_clipping():
 def test_periodic_slot_without_dev_batch_keeps_dev_state():
     olm = make_olm(optimizer="sgd", loss_momentum=0.0)
     measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.2, 1.1, 1.0])
-    measure(olm, LOGITS, [0.5, 0.5, 0.5], [9.0, 9.0, 9.0], dev_flag=0.0)
-    np.testing.assert_allclose(np_(olm.dev_losses), [1.2, 1.1, 1.0])
-    assert int(np_(olm.dev_steps)) == 1
+    measure(olm, LOGITS, [0.5, 0.5, 0.5], [9.0, 9.0, 9.0], held_out_flag=0.0)
+    np.testing.assert_allclose(np_(olm.held_out_losses), [1.2, 1.1, 1.0])
+    assert int(np_(olm.held_out_steps)) == 1
     np.testing.assert_allclose(np_(olm.train_losses), [0.5, 0.5, 0.5])
 
 
@@ -238,7 +242,7 @@ def test_non_finite_step_leaves_state_unchanged():
 def test_authors_preset_and_config_round_trip():
     olm = OLM.authors(steps_per_epoch=50)
     config = olm.get_config()
-    assert config["dev_schedule"] == "step"
+    assert config["held_out_schedule"] == "step"
     assert config["optimizer"] == "adam"
     assert config["learning_rate"] == pytest.approx(1e-3)
     assert config["coefficient_ce_grad"] is True
@@ -257,10 +261,10 @@ def test_authors_preset_and_config_round_trip():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"dev_schedule": "epoch"}, "dev_schedule"),
+        ({"held_out_schedule": "epoch"}, "held_out_schedule"),
         ({"optimizer": "rmsprop"}, "optimizer"),
         ({"targets": "sum"}, "targets"),
-        ({"dev_every": 0}, "dev_every"),
+        ({"held_out_every": 0}, "held_out_every"),
         ({"loss_momentum": 1.0}, "loss_momentum"),
         ({"lambda_temperature": 0.0}, "lambda_temperature"),
         ({"coefficient_range": (2.0, 1.0)}, "coefficient_range"),

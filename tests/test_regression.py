@@ -9,6 +9,7 @@ import tensorflow as tf
 from olm_testing import tiny_encoder
 
 import keras_olm
+from keras_olm.held_out import StepBatch
 
 
 def make_data(n, seed):
@@ -46,8 +47,8 @@ def test_loss_adds_weighted_mse_to_the_heads_losses(data):
     model = model_with_valence(balancer="heads", weight=0.5)
     batch = {m: v[:16] for m, v in x.items()}
     targets = {k: v[:16] for k, v in y.items()}
-    total, (logits, head_losses, _, pred) = model._loss_and_logits(
-        batch, targets, None, training=False
+    total, (logits, head_losses, _, pred) = model._compute_loss(
+        StepBatch(batch, targets), training=False
     )
     ce = []
     for h in model.head_names:
@@ -92,11 +93,11 @@ def test_dataset_with_dict_targets_and_dev_data(data):
     model = model_with_valence()
     model.compile(optimizer="adam")
     history = model.fit(
-        ds, dev_data=dev, validation_data=dev, epochs=1, verbose=0
+        ds, held_out_data=dev, validation_data=dev, epochs=1, verbose=0
     ).history
     assert np.isfinite(history["valence_mse"][0])
     assert np.isfinite(history["val_valence_mae"][0])
-    assert int(np_(model.balancer.dev_steps)) >= 1
+    assert int(np_(model.balancer.held_out_steps)) >= 1
 
 
 def test_keras_round_trip(tmp_path, data):

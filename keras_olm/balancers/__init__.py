@@ -2,7 +2,7 @@
 
 from keras_olm.balancers.base import Balancer
 from keras_olm.balancers.base import JointTraining
-from keras_olm.balancers.base import StepMeasurements
+from keras_olm.balancers.base import StepRecord
 from keras_olm.balancers.gblend import GBlend
 from keras_olm.balancers.gradnorm import GradNorm
 from keras_olm.balancers.mmcosine import CosineHead
@@ -59,6 +59,6 @@ __all__ = [
     "CosineHead",
     "JointTraining",
     "PrototypeHead",
-    "StepMeasurements",
+    "StepRecord",
     "get",
 ]

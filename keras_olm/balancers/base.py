@@ -1,12 +1,14 @@
 """The balancer interface shared by OLM and the field's other methods.
 
 A balancer is a small Keras layer that owns its own state (non-trainable
-variables) and exposes a handful of hooks that `BalancedMultimodalModel`
-calls at fixed points of a training step. The shape follows optax's
-transformations: every balancer has the same hooks, all of them default to
-"do nothing", and the model never needs to know which balancer it runs.
+variables) and exposes a handful of hooks that the training step calls at
+fixed points. The shape follows optax's transformations: every balancer
+has the same hooks, all of them default to "do nothing", state changes
+are returned rather than assigned, and the base class applies them,
+guarded against non-finite steps once for every balancer (as optax's
+`apply_if_finite` wraps any transformation).
 
-The hooks, in the order the model calls them in one training step:
+The hooks, in the order a training step calls them:
 
 1. `make_head(name, num_classes)`: build the classifier of one head
    (MMCosine-style balancers replace the linear head).
@@ -14,79 +16,70 @@ The hooks, in the order the model calls them in one training step:
    features (then they are linear probes that cannot train the encoders).
 3. `modulate(logits)`: map raw per-head logits to the logits the loss
    sees (OLM multiplies each head by its coefficient).
-4. `compute_loss(y, logits, sample_weight, features)`: the training loss and the
-   per-head losses (G-Blend and GradNorm reweight them, PMR adds terms).
+4. `compute_loss(y, logits, sample_weight, features)`: the training loss
+   and the per-head losses (G-Blend and GradNorm reweight them, PMR adds
+   terms).
 5. `transform_gradients(grads, variables, groups, step)`: rescale
-   gradients per modality (OGM-GE, AGM); `step` carries the batch's
-   detached logits, per-head losses and features.
-6. `update(step)`: advance the balancer's own state from what the step
-   measured (OLM's coefficients, G-Blend's weights), through `assign`
-   only, so the same code runs inside every backend's compiled step.
+   gradients per modality (OGM-GE); returns the gradients and the
+   balancer's new state.
+6. `update(step)`: the balancer's new state from what the step measured
+   (OLM's coefficients, G-Blend's weights).
 7. `step_logs()`: scalars shown in the progress bar and `History`.
+
+The step calls 5 and 6 through `apply_transform_gradients` and
+`apply_update`, which assign the new state only where the step was
+finite.
 """
+
+import dataclasses
+from typing import Any
 
 import keras
 from keras import ops
 
+from keras_olm.balancers.common import cross_entropy
+
 FUSED = "fused"
 
-
-def cross_entropy(y, logits, sample_weight=None):
-    """Mean sparse categorical cross-entropy of one head.
-
-    Args:
-        y: int tensor. Labels, shape `(batch,)`.
-        logits: float tensor. Logits, shape `(batch, num_classes)`.
-        sample_weight: float tensor or `None`. Per-sample weights.
-
-    Returns:
-        A scalar: the batch mean of the per-sample losses (weighted by
-        `sample_weight` where given, divided by the batch size, as Keras'
-        `"sum_over_batch_size"` reduction does).
-    """
-    per_sample = keras.losses.sparse_categorical_crossentropy(
-        y, logits, from_logits=True
-    )
-    if sample_weight is not None:
-        per_sample = per_sample * ops.cast(sample_weight, per_sample.dtype)
-    return ops.mean(per_sample)
+#: Where a balancer that reads held-out losses gets them: `"periodic"`,
+#: one held-out batch every `held_out_every` steps, or `"step"`, one every
+#: step.
+HELD_OUT_SCHEDULES = ("periodic", "step")
 
 
-class StepMeasurements:
-    """What one training step measured, handed to `Balancer.update`.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepRecord:
+    """What one training step measured, as the balancer hooks see it.
+
+    Every field is detached from the gradient.
 
     Args:
-        y: int tensor. The batch labels.
-        logits: dict. Raw (unmodulated) logits per head, detached.
-        head_losses: tensor. Per-head training losses on the raw logits,
-            shape `(num_heads,)`, in `head_names` order, detached.
-        dev_losses: tensor. Per-head losses on a held-out batch, shape
-            `(num_heads,)`; meaningful only where `dev_flag` is 1.
-        dev_flag: float scalar tensor. 1 when this step measured a
-            held-out batch, else 0.
+        y: int tensor `(batch,)`. The batch labels.
+        logits: dict from head name to the raw (unmodulated) logits
+            `(batch, num_classes)`.
         finite: bool scalar tensor. False when any loss of the step was
-            NaN or infinite; balancers must then keep their state.
-        features: dict or `None`. The detached features each head read
-            (the fusion layer's outputs: one per modality and `"fused"`).
+            NaN or infinite; the state a hook returns is then dropped.
+        head_losses: tensor `(num_heads,)` or `None`. Every head's
+            cross-entropy on its raw logits, in `head_names` order.
+            Measured after the optimizer step, for `update`; `None` in
+            `transform_gradients`.
+        held_out_losses: tensor `(num_heads,)` or `None`. Every head's
+            cross-entropy on a held-out batch; meaningful only where
+            `held_out_flag` is 1. `None` in `transform_gradients`.
+        held_out_flag: float scalar tensor or `None`. 1 when this step
+            measured a held-out batch, else 0.
+        features: dict or `None`. The features each head read (the fusion
+            layer's outputs: one per modality and `"fused"`); `None` in
+            `update` unless the balancer sets `update_reads_features`.
     """
 
-    def __init__(
-        self,
-        y,
-        logits,
-        head_losses,
-        dev_losses,
-        dev_flag,
-        finite,
-        features=None,
-    ):
-        self.features = features
-        self.y = y
-        self.logits = logits
-        self.head_losses = head_losses
-        self.dev_losses = dev_losses
-        self.dev_flag = dev_flag
-        self.finite = finite
+    y: Any
+    logits: dict
+    finite: Any
+    head_losses: Any = None
+    held_out_losses: Any = None
+    held_out_flag: Any = None
+    features: Any = None
 
 
 @keras.saving.register_keras_serializable(package="keras_olm")
@@ -113,10 +106,14 @@ class Balancer(keras.layers.Layer):
     ```
     """
 
-    #: Whether the model must feed held-out batches to `update`.
-    needs_dev_data = False
+    #: Whether the step must feed held-out batches to `update`.
+    needs_held_out = False
+    #: Held-out schedule (one of `HELD_OUT_SCHEDULES`) and its period in
+    #: steps, read when `needs_held_out`; see `held_out_period`.
+    held_out_schedule = "periodic"
+    held_out_every = 20
     #: Whether `update` reads the step's measurements (else it is skipped
-    #: and the model does not compute them).
+    #: and the step does not compute them).
     measures_steps = False
     #: Whether `update` reads `step.features` (else they are not passed).
     update_reads_features = False
@@ -139,6 +136,24 @@ class Balancer(keras.layers.Layer):
         self.head_names = list(head_names)
         self.num_classes = int(num_classes)
         self.built = True
+
+    def set_held_out_schedule(self, schedule, every):
+        """Checks and sets `held_out_schedule` and `held_out_every`."""
+        if schedule not in HELD_OUT_SCHEDULES:
+            raise ValueError(
+                f"held_out_schedule must be one of {HELD_OUT_SCHEDULES}; "
+                f"got {schedule!r}"
+            )
+        if int(every) < 1:
+            raise ValueError(f"held_out_every must be >= 1; got {every}")
+        self.held_out_schedule = schedule
+        self.held_out_every = int(every)
+
+    @property
+    def held_out_period(self):
+        """Steps between two held-out batches: 1 for `"step"`, else
+        `held_out_every`."""
+        return 1 if self.held_out_schedule == "step" else self.held_out_every
 
     def add_state(self, name, value=0.0, shape=None, dtype="float32"):
         """A non-trainable state variable filled with `value`.
@@ -198,7 +213,7 @@ class Balancer(keras.layers.Layer):
         total = ops.sum(head_losses * self.head_loss_weights())
         return total, head_losses
 
-    def transform_gradients(self, grads, variables, groups, step=None):
+    def transform_gradients(self, grads, variables, groups, step):
         """Rescales gradients; identity here.
 
         Args:
@@ -206,21 +221,45 @@ class Balancer(keras.layers.Layer):
             variables: list of the model's trainable variables.
             groups: dict from modality name to the list of indices (into
                 `variables`) of that modality's encoder variables.
-            step: `StepMeasurements` of this batch, before the optimizer
-                step: labels, detached raw logits, per-head training losses
-                and features; no held-out losses (`dev_losses` is `None`).
+            step: `StepRecord` of this batch, before the optimizer step:
+                labels, raw logits, features and `finite`.
 
         Returns:
-            The list of gradients to apply.
+            `(grads, new_state)`: the list of gradients to apply and a list
+            of `(variable, new value)` pairs of the balancer's state.
         """
-        return grads
+        return grads, []
 
     def update(self, step):
-        """Advances the balancer's state; nothing to do here.
+        """The balancer's new state after a step; none here.
 
         Args:
-            step: `StepMeasurements`.
+            step: `StepRecord` of the step, after the optimizer step.
+
+        Returns:
+            A list of `(variable, new value)` pairs.
         """
+        return []
+
+    def apply_transform_gradients(self, grads, variables, groups, step):
+        """`transform_gradients`, its new state assigned if the step was
+        finite. Returns the gradients."""
+        grads, new_state = self.transform_gradients(
+            grads, variables, groups, step
+        )
+        self.assign_if_finite(new_state, step.finite)
+        return grads
+
+    def apply_update(self, step):
+        """`update`, its new state assigned if the step was finite."""
+        self.assign_if_finite(self.update(step), step.finite)
+
+    @staticmethod
+    def assign_if_finite(new_state, finite):
+        """Assigns each `(variable, value)` pair where `finite` holds; a
+        step with a non-finite loss leaves every variable as it was."""
+        for variable, value in new_state:
+            variable.assign(ops.where(finite, value, variable.value))
 
     def step_logs(self):
         """Scalars to log after each step, by name."""

@@ -27,9 +27,6 @@ from keras import ops
 
 from keras_olm.balancers.base import Balancer
 
-DEV_SCHEDULES = ("periodic", "step")
-
-
 # --- the math, as pure functions -----------------------------------------
 
 
@@ -104,10 +101,10 @@ class GBlend(Balancer):
     Args:
         refresh_every: int. Window length in steps between weight
             re-estimations. Defaults to `100`.
-        dev_schedule: str. `"periodic"` (a held-out batch every
-            `dev_every` steps) or `"step"` (every step). Defaults to
+        held_out_schedule: str. `"periodic"` (a held-out batch every
+            `held_out_every` steps) or `"step"` (every step). Defaults to
             `"periodic"`.
-        dev_every: int. Period of the `"periodic"` schedule. Defaults to
+        held_out_every: int. Period of the `"periodic"` schedule. Defaults to
             `10`.
         eps: float. Floor of ΔO² (see `blend_weights`). Defaults to
             `1e-6`.
@@ -121,37 +118,29 @@ class GBlend(Balancer):
         balancer=keras_olm.balancers.GBlend(refresh_every=2 * 50),
     )
     model.compile(optimizer="adam")
-    model.fit(train_ds, dev_data=dev_ds, epochs=10)
+    model.fit(train_ds, held_out_data=held_out_ds, epochs=10)
     ```
 
     References:
         - [Wang et al., 2020](https://arxiv.org/abs/1905.12681)
     """
 
-    needs_dev_data = True
+    needs_held_out = True
     measures_steps = True
 
     def __init__(
         self,
         refresh_every=100,
-        dev_schedule="periodic",
-        dev_every=10,
+        held_out_schedule="periodic",
+        held_out_every=10,
         eps=1e-6,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if dev_schedule not in DEV_SCHEDULES:
-            raise ValueError(
-                f"dev_schedule must be one of {DEV_SCHEDULES}; got "
-                f"{dev_schedule!r}"
-            )
         if int(refresh_every) < 1:
             raise ValueError(f"refresh_every must be >= 1; got {refresh_every}")
-        if int(dev_every) < 1:
-            raise ValueError(f"dev_every must be >= 1; got {dev_every}")
+        self.set_held_out_schedule(held_out_schedule, held_out_every)
         self.refresh_every = int(refresh_every)
-        self.dev_schedule = dev_schedule
-        self.dev_every = int(dev_every)
         self.eps = float(eps)
 
     def build_heads(self, head_names, num_classes):
@@ -159,11 +148,11 @@ class GBlend(Balancer):
         state = self.add_state
         self.weights_ = state("blend_weights", 1.0)
         self.train_sum = state("train_sum")
-        self.dev_sum = state("dev_sum")
+        self.held_out_sum = state("held_out_sum")
         self.train_count = state("train_count", shape=())
-        self.dev_count = state("dev_count", shape=())
+        self.held_out_count = state("held_out_count", shape=())
         self.reference_train = state("reference_train")
-        self.reference_dev = state("reference_dev")
+        self.reference_held_out = state("reference_held_out")
         self.windows = state("windows", 0, shape=(), dtype="int32")
         self.steps = state("steps", 0, shape=(), dtype="int32")
 
@@ -171,21 +160,23 @@ class GBlend(Balancer):
         return ops.stop_gradient(self.weights_.value)
 
     def update(self, step):
-        keep = ops.logical_not(step.finite)
         old = {v.name: v.value for v in self.non_trainable_weights}
         steps = old["steps"] + 1
-        flag = ops.cast(step.dev_flag > 0, "float32")
+        flag = ops.cast(step.held_out_flag > 0, "float32")
         train_sum = old["train_sum"] + step.head_losses
         train_count = old["train_count"] + 1.0
-        dev_sum = old["dev_sum"] + flag * step.dev_losses
-        dev_count = old["dev_count"] + flag
+        held_out_sum = old["held_out_sum"] + flag * step.held_out_losses
+        held_out_count = old["held_out_count"] + flag
         refresh = ops.logical_and(
-            steps % self.refresh_every == 0, dev_count > 0
+            steps % self.refresh_every == 0, held_out_count > 0
         )
         train_mean = train_sum / ops.maximum(train_count, 1.0)
-        dev_mean = dev_sum / ops.maximum(dev_count, 1.0)
+        held_out_mean = held_out_sum / ops.maximum(held_out_count, 1.0)
         delta_g, delta_o = generalization_and_overfitting(
-            old["reference_train"], old["reference_dev"], train_mean, dev_mean
+            old["reference_train"],
+            old["reference_held_out"],
+            train_mean,
+            held_out_mean,
         )
         blended = blend_weights(delta_g, delta_o, self.eps) * self.num_heads
         ready = ops.logical_and(refresh, old["windows"] > 0)
@@ -193,19 +184,19 @@ class GBlend(Balancer):
         new = {
             "blend_weights": ops.where(ready, blended, old["blend_weights"]),
             "train_sum": ops.where(refresh, zeros, train_sum),
-            "dev_sum": ops.where(refresh, zeros, dev_sum),
+            "held_out_sum": ops.where(refresh, zeros, held_out_sum),
             "train_count": ops.where(refresh, 0.0, train_count),
-            "dev_count": ops.where(refresh, 0.0, dev_count),
+            "held_out_count": ops.where(refresh, 0.0, held_out_count),
             "reference_train": ops.where(
                 refresh, train_mean, old["reference_train"]
             ),
-            "reference_dev": ops.where(refresh, dev_mean, old["reference_dev"]),
+            "reference_held_out": ops.where(
+                refresh, held_out_mean, old["reference_held_out"]
+            ),
             "windows": old["windows"] + ops.cast(refresh, "int32"),
             "steps": steps,
         }
-        for variable in self.non_trainable_weights:
-            name = variable.name
-            variable.assign(ops.where(keep, old[name], new[name]))
+        return [(v, new[v.name]) for v in self.non_trainable_weights]
 
     def step_logs(self):
         return {
@@ -217,8 +208,8 @@ class GBlend(Balancer):
         config = super().get_config()
         config.update(
             refresh_every=self.refresh_every,
-            dev_schedule=self.dev_schedule,
-            dev_every=self.dev_every,
+            held_out_schedule=self.held_out_schedule,
+            held_out_every=self.held_out_every,
             eps=self.eps,
         )
         return config

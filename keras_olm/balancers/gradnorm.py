@@ -159,9 +159,7 @@ class GradNorm(Balancer):
         return ops.stop_gradient(self.loss_weights.value)
 
     def update(self, step):
-        keep = ops.logical_not(step.finite)
         old_w = self.loss_weights.value
-        old_norms = self.grad_norms.value
         old_initial = self.initial_losses.value
         steps = self.steps.value + 1
         norms = ops.stack(
@@ -182,10 +180,12 @@ class GradNorm(Balancer):
         new_w = renormalize(
             old_w - self.learning_rate * grad, float(self.num_heads)
         )
-        self.loss_weights.assign(ops.where(keep, old_w, new_w))
-        self.grad_norms.assign(ops.where(keep, old_norms, norms))
-        self.initial_losses.assign(ops.where(keep, old_initial, initial))
-        self.steps.assign(ops.where(keep, self.steps.value, steps))
+        return [
+            (self.loss_weights, new_w),
+            (self.grad_norms, norms),
+            (self.initial_losses, initial),
+            (self.steps, steps),
+        ]
 
     def step_logs(self):
         return {

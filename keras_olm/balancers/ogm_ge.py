@@ -31,47 +31,14 @@ import keras
 from keras import ops
 
 from keras_olm.balancers.base import Balancer
+from keras_olm.balancers.common import EpochWindow
+from keras_olm.balancers.common import discrepancy_ratios
+from keras_olm.balancers.common import true_class_scores
 
 COEFFICIENT_FORMS = ("shifted", "paper")
 
 
 # --- the math of Eq. 8-10, as pure functions -----------------------------
-
-
-def true_class_scores(y, logits):
-    """Summed softmax probability of the true class (Eq. 8).
-
-    Args:
-        y: int tensor `(batch,)`. Labels.
-        logits: float tensor `(batch, num_classes)`. One modality's logits.
-
-    Returns:
-        A scalar: Σ_i softmax(logits_i)[y_i].
-    """
-    logits = ops.convert_to_tensor(logits, "float32")
-    probs = ops.softmax(logits, axis=-1)
-    onehot = ops.one_hot(ops.cast(y, "int32"), ops.shape(logits)[-1])
-    return ops.sum(probs * onehot)
-
-
-def discrepancy_ratios(scores, eps=1e-8):
-    """Each modality's score over the mean score of the others (Eq. 9).
-
-    For two modalities this is ρ_a = s_a / s_v and ρ_v = s_v / s_a, as in
-    the paper; for more, the mean of the other modalities' scores is the
-    denominator.
-
-    Args:
-        scores: tensor `(num_modalities,)`. Scores s_u (Eq. 8).
-        eps: float. Added to the denominator. Defaults to `1e-8`.
-
-    Returns:
-        A tensor `(num_modalities,)`.
-    """
-    scores = ops.convert_to_tensor(scores, "float32")
-    m = ops.shape(scores)[0]
-    others = (ops.sum(scores) - scores) / ops.cast(m - 1, "float32")
-    return scores / (others + eps)
 
 
 def modulation_coefficients(ratios, alpha, form="shifted"):
@@ -192,26 +159,12 @@ class OGMGE(Balancer):
             )
         if float(alpha) < 0:
             raise ValueError(f"alpha must be >= 0; got {alpha}")
-        if steps_per_epoch is None:
-            if modulation_starts != 0 or modulation_ends is not None:
-                raise ValueError(
-                    "modulation_starts/modulation_ends are epochs: pass "
-                    "steps_per_epoch too."
-                )
-        elif int(steps_per_epoch) < 1:
-            raise ValueError(
-                f"steps_per_epoch must be >= 1; got {steps_per_epoch}"
-            )
+        self.window = EpochWindow(
+            modulation_starts, modulation_ends, steps_per_epoch
+        )
         self.alpha = float(alpha)
         self.coefficient_form = coefficient_form
         self.generalization_enhancement = bool(generalization_enhancement)
-        self.modulation_starts = int(modulation_starts)
-        self.modulation_ends = (
-            None if modulation_ends is None else int(modulation_ends)
-        )
-        self.steps_per_epoch = (
-            None if steps_per_epoch is None else int(steps_per_epoch)
-        )
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
@@ -228,16 +181,7 @@ class OGMGE(Balancer):
         self.ratios = self.add_state("ratios", 1.0, shape=m)
         self.steps = self.add_state("steps", 0, shape=(), dtype="int32")
 
-    def _active(self, steps):
-        if self.steps_per_epoch is None:
-            return ops.convert_to_tensor(True)
-        epoch = steps // self.steps_per_epoch
-        active = epoch >= self.modulation_starts
-        if self.modulation_ends is not None:
-            active = ops.logical_and(active, epoch <= self.modulation_ends)
-        return active
-
-    def transform_gradients(self, grads, variables, groups, step=None):
+    def transform_gradients(self, grads, variables, groups, step):
         scores = ops.stack(
             [true_class_scores(step.y, step.logits[m]) for m in self.modalities]
         )
@@ -246,7 +190,7 @@ class OGMGE(Balancer):
             ratios, self.alpha, self.coefficient_form
         )
         steps = self.steps.value
-        active = self._active(steps)
+        active = self.window.contains(steps)
         grads = list(grads)
         for i, m in enumerate(self.modalities):
             k = ops.where(active, coefficients[i], 1.0)
@@ -264,17 +208,14 @@ class OGMGE(Balancer):
                     )
                     new = new + ops.where(active, noise, ops.zeros_like(noise))
                 grads[j] = new
-        keep = ops.logical_not(step.finite)
-        self.coefficients.assign(
-            ops.where(
-                keep,
-                self.coefficients.value,
+        return grads, [
+            (
+                self.coefficients,
                 ops.where(active, coefficients, ops.ones_like(coefficients)),
-            )
-        )
-        self.ratios.assign(ops.where(keep, self.ratios.value, ratios))
-        self.steps.assign(ops.where(keep, steps, steps + 1))
-        return grads
+            ),
+            (self.ratios, ratios),
+            (self.steps, steps + 1),
+        ]
 
     def save_own_variables(self, store):
         # The noise generator's state is no layer weight; saved beside
@@ -302,9 +243,9 @@ class OGMGE(Balancer):
             alpha=self.alpha,
             coefficient_form=self.coefficient_form,
             generalization_enhancement=self.generalization_enhancement,
-            modulation_starts=self.modulation_starts,
-            modulation_ends=self.modulation_ends,
-            steps_per_epoch=self.steps_per_epoch,
+            modulation_starts=self.window.starts,
+            modulation_ends=self.window.ends,
+            steps_per_epoch=self.window.steps_per_epoch,
             seed=self.seed,
         )
         return config

@@ -5,9 +5,10 @@ logit coefficient w_h. The training loss of head h is the cross-entropy of
 its modulated logits w_h * s_h, so w_h sets how hard that head (and the
 encoder under it) is pushed. After every step the coefficients move so that
 each head's modulated logit norm w_h * ||s_h|| tracks a target set by the
-head's generalization and convergence rates:
+head's generalization and convergence rates (L_ho: the loss on held-out
+training data, the paper's L_dev):
 
-    G_h = L_dev,h(Θ0) - L_dev,h(Θn)                               (Eq. 6)
+    G_h = L_ho,h(Θ0) - L_ho,h(Θn)                                 (Eq. 6)
     C_h = (L_train,h(Θ0) - L_train,h(Θn)) - G_h                   (Eq. 7)
     λ   = softmax over heads of G_h / C_h                         (Eq. 8)
     L_logit = Σ_h | w_h ||s_h|| - λ_h s̄ |                        (Eq. 9)
@@ -24,9 +25,8 @@ import numpy as np
 from keras import ops
 
 from keras_olm.balancers.base import Balancer
-from keras_olm.balancers.base import cross_entropy
+from keras_olm.balancers.common import cross_entropy
 
-DEV_SCHEDULES = ("periodic", "step")
 OPTIMIZERS = ("sgd", "adam")
 TARGETS = ("preserve", "faithful")
 RATE_FORMS = ("code", "paper")
@@ -37,14 +37,14 @@ STATE_ROWS = (
     "lambdas",
     "norms",
     "train_losses",
-    "dev_losses",
+    "held_out_losses",
     "reference_train_losses",
-    "reference_dev_losses",
+    "reference_held_out_losses",
     "adam_m",
     "adam_v",
 )
 #: The entries of `OLM.counters`.
-COUNTERS = ("steps", "dev_steps")
+COUNTERS = ("steps", "held_out_steps")
 
 
 # --- the math of Eq. 6-9, as pure functions ------------------------------
@@ -54,31 +54,34 @@ def _tensors(*values):
     return [ops.convert_to_tensor(v, "float32") for v in values]
 
 
-def rates(theta0_train, theta0_dev, train, dev, form="code"):
+def rates(theta0_train, theta0_held_out, train, held_out, form="code"):
     """Generalization and convergence rates of every head (Eq. 6-7).
 
     Args:
         theta0_train: tensor `(num_heads,)`. Training losses at Θ0.
-        theta0_dev: tensor `(num_heads,)`. Held-out losses at Θ0.
+        theta0_held_out: tensor `(num_heads,)`. Held-out losses at Θ0.
         train: tensor `(num_heads,)`. Training losses at Θn.
-        dev: tensor `(num_heads,)`. Held-out losses at Θn.
+        held_out: tensor `(num_heads,)`. Held-out losses at Θn.
         form: str. `"code"`: the authors' signed form,
-            G = dev0 - dev, C = (train0 - train) - G. `"paper"`: the
-            absolute values of Eq. 6-7, G = |dev0 - dev|,
-            C = ||dev - train| - |dev0 - train0||. Defaults to `"code"`.
+            G = ho0 - ho, C = (train0 - train) - G. `"paper"`: the
+            absolute values of Eq. 6-7, G = |ho0 - ho|,
+            C = ||ho - train| - |ho0 - train0|| (ho: held-out losses).
+            Defaults to `"code"`.
 
     Returns:
         `(G, C)`, two tensors of shape `(num_heads,)`.
     """
-    theta0_train, theta0_dev, train, dev = _tensors(
-        theta0_train, theta0_dev, train, dev
+    theta0_train, theta0_held_out, train, held_out = _tensors(
+        theta0_train, theta0_held_out, train, held_out
     )
     if form == "code":
-        g = theta0_dev - dev
+        g = theta0_held_out - held_out
         c = (theta0_train - train) - g
     elif form == "paper":
-        g = ops.abs(theta0_dev - dev)
-        c = ops.abs(ops.abs(dev - train) - ops.abs(theta0_dev - theta0_train))
+        g = ops.abs(theta0_held_out - held_out)
+        c = ops.abs(
+            ops.abs(held_out - train) - ops.abs(theta0_held_out - theta0_train)
+        )
     else:
         raise ValueError(f"form must be one of {RATE_FORMS}; got {form!r}")
     return g, c
@@ -206,7 +209,7 @@ class OLM(Balancer):
     model: `state`, one row per quantity of `STATE_ROWS` (coefficients,
     λ, norms, running and Θ0 losses, Adam's moments; each is also a
     read-only attribute, e.g. `olm.coefficients`), and `counters`
-    (`olm.steps`, `olm.dev_steps`).
+    (`olm.steps`, `olm.held_out_steps`).
 
     The defaults keep every coefficient in a sane range over long runs
     (see `lambda_temperature`, `targets` and `coefficient_range`);
@@ -214,12 +217,12 @@ class OLM(Balancer):
     (λ one-hot, coefficients to 0) on imbalanced problems.
 
     Args:
-        dev_schedule: str. Where the held-out losses come from.
-            `"periodic"`: one held-out batch every `dev_every` steps (the
+        held_out_schedule: str. Where the held-out losses come from.
+            `"periodic"`: one held-out batch every `held_out_every` steps (the
             batches between carry no held-out data and cost nothing).
             `"step"`: one held-out batch every step, as the authors do
             (one extra forward pass per step). Defaults to `"periodic"`.
-        dev_every: int. The period of the `"periodic"` schedule, in steps
+        held_out_every: int. The period of the `"periodic"` schedule, in steps
             (steps 0, k, 2k, ... of each `fit` call). Defaults to `20`:
             as accurate as every 10 steps or every step on
             `benchmarks/olm_defaults.py`, and the held-out forward pass
@@ -270,23 +273,23 @@ class OLM(Balancer):
     model = keras_olm.BalancedMultimodalModel(
         {"audio": audio_encoder, "visual": visual_encoder},
         num_classes=6,
-        balancer=keras_olm.OLM(dev_schedule="step"),
+        balancer=keras_olm.OLM(held_out_schedule="step"),
     )
     model.compile(optimizer="adam")
-    model.fit(train_ds, dev_data=dev_ds, epochs=10)
+    model.fit(train_ds, held_out_data=held_out_ds, epochs=10)
     ```
 
     References:
         - [Zong et al., 2024](https://www.ijcai.org/proceedings/2024/636)
     """
 
-    needs_dev_data = True
+    needs_held_out = True
     measures_steps = True
 
     def __init__(
         self,
-        dev_schedule="periodic",
-        dev_every=20,
+        held_out_schedule="periodic",
+        held_out_every=20,
         optimizer="adam",
         learning_rate=1e-3,
         coefficient_ce_grad=False,
@@ -301,12 +304,10 @@ class OLM(Balancer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_choice("dev_schedule", dev_schedule, DEV_SCHEDULES)
+        self.set_held_out_schedule(held_out_schedule, held_out_every)
         _check_choice("optimizer", optimizer, OPTIMIZERS)
         _check_choice("targets", targets, TARGETS)
         _check_choice("rate_form", rate_form, RATE_FORMS)
-        if int(dev_every) < 1:
-            raise ValueError(f"dev_every must be >= 1; got {dev_every}")
         if not 0.0 <= float(loss_momentum) < 1.0:
             raise ValueError(
                 f"loss_momentum must be in [0, 1); got {loss_momentum}"
@@ -324,8 +325,6 @@ class OLM(Balancer):
                     f"0 <= low < high; got {coefficient_range}"
                 )
             coefficient_range = (float(low), float(high))
-        self.dev_schedule = dev_schedule
-        self.dev_every = int(dev_every)
         self.optimizer = optimizer
         self.learning_rate = float(learning_rate)
         self.coefficient_ce_grad = bool(coefficient_ce_grad)
@@ -356,7 +355,7 @@ class OLM(Balancer):
             **kwargs: overrides of any constructor argument.
         """
         config = dict(
-            dev_schedule="step",
+            held_out_schedule="step",
             optimizer="adam",
             learning_rate=1e-3,
             coefficient_ce_grad=True,
@@ -377,9 +376,9 @@ class OLM(Balancer):
         initial[STATE_ROWS.index("coefficients")] = 1.0
         initial[STATE_ROWS.index("lambdas")] = 1.0 / self.num_heads
         # Two variables, not one per quantity: on TensorFlow the update is
-        # an XLA cluster whose every variable costs an input and an output
-        # (11 variables: 0.18 ms a step more than one), and under torch
-        # every variable costs a `where` and an `assign` dispatched eagerly.
+        # an XLA cluster whose every variable costs an input and an output,
+        # and under torch every variable costs a `where` and an `assign`
+        # dispatched eagerly.
         self.state = self.add_weight(
             name="state",
             shape=initial.shape,
@@ -400,14 +399,14 @@ class OLM(Balancer):
     train_losses = _state_row(
         "train_losses", "Running training losses L_train(Θn), `(H,)`."
     )
-    dev_losses = _state_row(
-        "dev_losses", "Running held-out losses L_dev(Θn), `(H,)`."
+    held_out_losses = _state_row(
+        "held_out_losses", "Running held-out losses L_ho(Θn), `(H,)`."
     )
     reference_train_losses = _state_row(
         "reference_train_losses", "Training losses at Θ0, `(H,)`."
     )
-    reference_dev_losses = _state_row(
-        "reference_dev_losses", "Held-out losses at Θ0, `(H,)`."
+    reference_held_out_losses = _state_row(
+        "reference_held_out_losses", "Held-out losses at Θ0, `(H,)`."
     )
     adam_m = _state_row("adam_m", "Adam's first moments, `(H,)`.")
     adam_v = _state_row("adam_v", "Adam's second moments, `(H,)`.")
@@ -418,7 +417,7 @@ class OLM(Balancer):
         return self.counters.value[0]
 
     @property
-    def dev_steps(self):
+    def held_out_steps(self):
         """Steps that measured a held-out batch so far (int scalar)."""
         return self.counters.value[1]
 
@@ -427,12 +426,11 @@ class OLM(Balancer):
         return {h: w[i] * logits[h] for i, h in enumerate(self.head_names)}
 
     def update(self, step):
-        keep = ops.logical_not(step.finite)
         state, counters = self.state.value, self.counters.value
         old = dict(zip(STATE_ROWS, ops.unstack(state)))
         steps = counters[0] + 1
-        has_dev = step.dev_flag > 0
-        dev_steps = counters[1] + ops.cast(has_dev, "int32")
+        has_held_out = step.held_out_flag > 0
+        held_out_steps = counters[1] + ops.cast(has_held_out, "int32")
         warm = steps <= self.warmup_steps
 
         # Running losses: an EMA, started at the first measurement.
@@ -442,12 +440,12 @@ class OLM(Balancer):
             step.head_losses,
             m * old["train_losses"] + (1 - m) * step.head_losses,
         )
-        dev = ops.where(
-            dev_steps == 1,
-            step.dev_losses,
-            m * old["dev_losses"] + (1 - m) * step.dev_losses,
+        held_out = ops.where(
+            held_out_steps == 1,
+            step.held_out_losses,
+            m * old["held_out_losses"] + (1 - m) * step.held_out_losses,
         )
-        dev = ops.where(has_dev, dev, old["dev_losses"])
+        held_out = ops.where(has_held_out, held_out, old["held_out_losses"])
 
         # Θ0 references: the first measurement, or every one in warmup.
         ref_train = ops.where(
@@ -455,17 +453,19 @@ class OLM(Balancer):
             train,
             old["reference_train_losses"],
         )
-        ref_dev = ops.where(
-            ops.logical_and(has_dev, ops.logical_or(dev_steps == 1, warm)),
-            dev,
-            old["reference_dev_losses"],
+        ref_held_out = ops.where(
+            ops.logical_and(
+                has_held_out, ops.logical_or(held_out_steps == 1, warm)
+            ),
+            held_out,
+            old["reference_held_out_losses"],
         )
 
         # Eq. 6-8; uniform until the first held-out measurement after
         # warmup (before that G and C are 0 by construction).
-        g, c = rates(ref_train, ref_dev, train, dev, self.rate_form)
+        g, c = rates(ref_train, ref_held_out, train, held_out, self.rate_form)
         lambdas = rebalancing_factors(g, c, self.lambda_temperature, self.eps)
-        ready = ops.logical_and(ops.logical_not(warm), dev_steps > 1)
+        ready = ops.logical_and(ops.logical_not(warm), held_out_steps > 1)
         lambdas = ops.where(ready, lambdas, 1.0 / self.num_heads)
 
         # Eq. 9 and one optimizer step of Algorithm 1.
@@ -497,17 +497,15 @@ class OLM(Balancer):
             "lambdas": lambdas,
             "norms": new_w * mean_norms,
             "train_losses": train,
-            "dev_losses": dev,
+            "held_out_losses": held_out,
             "reference_train_losses": ref_train,
-            "reference_dev_losses": ref_dev,
+            "reference_held_out_losses": ref_held_out,
             "adam_m": adam_m,
             "adam_v": adam_v,
         }
         new_state = ops.stack([new[name] for name in STATE_ROWS])
-        new_counters = ops.stack([steps, dev_steps])
-        # A step with a non-finite loss leaves the whole state as it is.
-        self.state.assign(ops.where(keep, state, new_state))
-        self.counters.assign(ops.where(keep, counters, new_counters))
+        new_counters = ops.stack([steps, held_out_steps])
+        return [(self.state, new_state), (self.counters, new_counters)]
 
     def _optimizer_step(self, w, grad, steps, adam_m, adam_v):
         lr = self.learning_rate
@@ -532,8 +530,8 @@ class OLM(Balancer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            dev_schedule=self.dev_schedule,
-            dev_every=self.dev_every,
+            held_out_schedule=self.held_out_schedule,
+            held_out_every=self.held_out_every,
             optimizer=self.optimizer,
             learning_rate=self.learning_rate,
             coefficient_ce_grad=self.coefficient_ce_grad,

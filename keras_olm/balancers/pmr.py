@@ -30,9 +30,10 @@ from keras import ops
 
 from keras_olm.balancers.base import FUSED
 from keras_olm.balancers.base import Balancer
-from keras_olm.balancers.base import cross_entropy
-from keras_olm.balancers.ogm_ge import discrepancy_ratios
-from keras_olm.balancers.ogm_ge import true_class_scores
+from keras_olm.balancers.common import EpochWindow
+from keras_olm.balancers.common import cross_entropy
+from keras_olm.balancers.common import discrepancy_ratios
+from keras_olm.balancers.common import true_class_scores
 
 # --- the math, as pure functions -----------------------------------------
 
@@ -237,25 +238,11 @@ class PMR(Balancer):
             raise ValueError(f"alpha must be >= 0; got {alpha}")
         if not 0.0 <= float(momentum) < 1.0:
             raise ValueError(f"momentum must be in [0, 1); got {momentum}")
-        if steps_per_epoch is None:
-            if modulation_starts != 0 or modulation_ends is not None:
-                raise ValueError(
-                    "modulation_starts/modulation_ends are epochs: pass "
-                    "steps_per_epoch too."
-                )
-        elif int(steps_per_epoch) < 1:
-            raise ValueError(
-                f"steps_per_epoch must be >= 1; got {steps_per_epoch}"
-            )
+        self.window = EpochWindow(
+            modulation_starts, modulation_ends, steps_per_epoch
+        )
         self.alpha = float(alpha)
         self.momentum = float(momentum)
-        self.modulation_starts = int(modulation_starts)
-        self.modulation_ends = (
-            None if modulation_ends is None else int(modulation_ends)
-        )
-        self.steps_per_epoch = (
-            None if steps_per_epoch is None else int(steps_per_epoch)
-        )
         self._heads = _Heads()
 
     def build_heads(self, head_names, num_classes):
@@ -282,15 +269,6 @@ class PMR(Balancer):
     def _prototypes(self, m):
         return ops.stop_gradient(self._heads.layers[m].prototypes.value)
 
-    def _active(self, steps):
-        if self.steps_per_epoch is None:
-            return ops.convert_to_tensor(True)
-        epoch = steps // self.steps_per_epoch
-        active = epoch >= self.modulation_starts
-        if self.modulation_ends is not None:
-            active = ops.logical_and(active, epoch <= self.modulation_ends)
-        return active
-
     def _betas(self, y, features):
         scores = ops.stack(
             [
@@ -304,7 +282,7 @@ class PMR(Balancer):
             ]
         )
         betas, ratios = pce_coefficients(scores, self.alpha)
-        active = self._active(self.steps.value)
+        active = self.window.contains(self.steps.value)
         return ops.where(active, betas, ops.zeros_like(betas)), ratios
 
     def compute_loss(self, y, logits, sample_weight=None, features=None):
@@ -322,8 +300,8 @@ class PMR(Balancer):
         return total, head_losses
 
     def update(self, step):
-        keep = ops.logical_not(step.finite)
         betas, ratios = self._betas(step.y, step.features)
+        new_state = []
         for m in self.modalities:
             head = self._heads.layers[m]
             protos, seen = update_prototypes(
@@ -333,14 +311,12 @@ class PMR(Balancer):
                 step.y,
                 self.momentum,
             )
-            head.prototypes.assign(
-                ops.where(keep, head.prototypes.value, protos)
-            )
-            head.seen.assign(ops.where(keep, head.seen.value, seen))
-        self.betas.assign(ops.where(keep, self.betas.value, betas))
-        self.ratios.assign(ops.where(keep, self.ratios.value, ratios))
-        steps = self.steps.value
-        self.steps.assign(ops.where(keep, steps, steps + 1))
+            new_state += [(head.prototypes, protos), (head.seen, seen)]
+        return new_state + [
+            (self.betas, betas),
+            (self.ratios, ratios),
+            (self.steps, self.steps.value + 1),
+        ]
 
     def step_logs(self):
         logs = {}
@@ -354,9 +330,9 @@ class PMR(Balancer):
         config.update(
             alpha=self.alpha,
             momentum=self.momentum,
-            modulation_starts=self.modulation_starts,
-            modulation_ends=self.modulation_ends,
-            steps_per_epoch=self.steps_per_epoch,
+            modulation_starts=self.window.starts,
+            modulation_ends=self.window.ends,
+            steps_per_epoch=self.window.steps_per_epoch,
         )
         return config
 

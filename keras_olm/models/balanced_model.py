@@ -1,8 +1,9 @@
-"""`BalancedMultimodalModel`: heads per modality, a fused head, a balancer.
+"""`BalancedMultimodalModel`: encoders, a fusion layer, heads, a balancer.
 
-The math of a training step lives here, in `keras.ops`, shared by the three
-backends; `keras_olm/trainers/` holds one short file per backend that only
-says how gradients are taken and state is threaded through the step.
+The model holds what a Keras model is (its layers, `call`, its config);
+its training and test steps are `keras_olm.trainers`' (the shared step in
+`trainers/step.py` and one short trainer per backend), and held-out
+batches for the balancer are `keras_olm.held_out`'s.
 """
 
 import math
@@ -12,17 +13,14 @@ import numpy as np
 from keras import ops
 
 from keras_olm import balancers as balancers_lib
+from keras_olm import held_out as held_out_lib
+from keras_olm import inputs as inputs_lib
 from keras_olm.balancers.base import FUSED
 from keras_olm.balancers.base import Balancer
 from keras_olm.balancers.base import JointTraining
-from keras_olm.balancers.base import StepMeasurements
 from keras_olm.layers.fusion import LateFusion
-from keras_olm.models import inputs as inputs_lib
 from keras_olm.trainers import StepMixin
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Raised when a training step produced a NaN or infinite loss."""
+from keras_olm.trainers.step import NonFiniteGuard
 
 
 def _resolve_regression_targets(targets):
@@ -54,16 +52,6 @@ def _resolve_regression_targets(targets):
             )
         out[name] = int(width)
     return out
-
-
-def _squared_error(target, prediction, sample_weight=None):
-    """Mean squared error of one regression head (mean over the batch)."""
-    per_sample = ops.mean(ops.square(target - prediction), axis=-1)
-    if sample_weight is not None:
-        per_sample = per_sample * ops.cast(
-            ops.reshape(sample_weight, (-1,)), per_sample.dtype
-        )
-    return ops.mean(per_sample)
 
 
 def _resolve_balancer(balancer):
@@ -114,7 +102,7 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
     `valence_mse` and `valence_mae` (and `val_...`). Calling the model (and
     `predict`) then returns a dict `{"label": (batch, num_classes)
     probabilities, "valence": (batch, 1)}`; without regression heads it
-    returns the probabilities alone, as before.
+    returns the probabilities alone.
 
     Args:
         encoders: dict from modality name to a Keras layer or model. Inputs
@@ -227,7 +215,6 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             keras.metrics.MeanAbsoluteError(name=f"{name}_mae")
             for name in self.regression_targets
         ]
-        self._gradient_groups = None
 
     # --- forward -----------------------------------------------------------
 
@@ -337,7 +324,7 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
                 out[h].append(ops.convert_to_numpy(logits[h]))
         return {h: np.concatenate(v) for h, v in out.items()}
 
-    # --- training (shared by the backend trainers) -------------------------
+    # --- training ---------------------------------------------------------
 
     def compile(self, optimizer="adam", loss=None, **kwargs):
         """Configures the model for training.
@@ -355,234 +342,6 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             )
         super().compile(optimizer=optimizer, **kwargs)
 
-    def _unpack(self, data):
-        """Splits a batch into `(x, y, sample_weight, dev)`."""
-        if isinstance(data, list):
-            data = tuple(data)
-        if not isinstance(data, tuple) or len(data) < 2:
-            raise ValueError(
-                "Training batches must be (inputs, labels[, sample_weight])."
-            )
-        x, y = data[0], data[1]
-        third = data[2] if len(data) > 2 else None
-        dev = None
-        sample_weight = third
-        if isinstance(third, dict):
-            sample_weight = third.get("sample_weight")
-            if "dev_x" in third:
-                # No flag: a held-out batch fed from the host, read on
-                # every step that carries one.
-                dev = (third["dev_x"], third["dev_y"], third.get("dev_flag"))
-        return x, y, sample_weight, dev
-
-    def _labels(self, y):
-        if isinstance(y, dict):
-            y = y[inputs_lib.LABEL]
-        y = ops.convert_to_tensor(y)
-        if len(y.shape) > 1:
-            y = ops.reshape(y, (-1,))
-        return ops.cast(y, "int32")
-
-    def _loss_and_logits(self, x, y, sample_weight, training=True):
-        """Forward pass and loss; what the trainers differentiate."""
-        logits, features = self._forward_with_features(x, training=training)
-        total, head_losses = self.balancer.compute_loss(
-            self._labels(y), logits, sample_weight, features=features
-        )
-        predictions = self._regress(features)
-        if predictions:
-            targets = self._regression_values(y)
-            regression_loss = sum(
-                _squared_error(targets[n], predictions[n], sample_weight)
-                for n in self.regression_targets
-            )
-            total = total + self.regression_weight * regression_loss
-        if self.losses:
-            total = total + ops.sum(ops.stack(self.losses))
-        return total, (logits, head_losses, features, predictions)
-
-    def _regression_values(self, y):
-        """The regression targets of a batch, `(batch, width)` float."""
-        return {
-            name: ops.reshape(
-                ops.cast(ops.convert_to_tensor(y[name]), "float32"),
-                (-1, width),
-            )
-            for name, width in self.regression_targets.items()
-        }
-
-    def _raw_head_losses(self, y, logits):
-        """Unweighted cross-entropy of every head, `(num_heads,)`."""
-        y = self._labels(y)
-        # Every head gives (batch, num_classes): one call over the stacked
-        # heads (fewer ops to dispatch than one per head).
-        stacked = ops.stack([logits[h] for h in self.head_names])
-        labels = ops.broadcast_to(y, ops.shape(stacked)[:-1])
-        per_sample = keras.losses.sparse_categorical_crossentropy(
-            labels, stacked, from_logits=True
-        )
-        return ops.mean(per_sample, axis=-1)
-
-    def _dev_losses(self, dev):
-        """Per-head losses on the held-out batch, only where its flag is 1."""
-        zeros = ops.zeros((len(self.head_names),))
-        if dev is None or not self.balancer.needs_dev_data:
-            return zeros, ops.zeros(())
-        dev_x, dev_y, flag = dev
-
-        def measure():
-            logits = self._forward(dev_x, training=False)
-            return ops.stop_gradient(self._raw_head_losses(dev_y, logits))
-
-        if flag is None:
-            # Fed from the host, which adds held-out batches only to the
-            # steps that read them: nothing to branch on.
-            return measure(), ops.ones(())
-        return ops.cond(flag > 0, measure, lambda: zeros), flag
-
-    def _gradient_groups_by_modality(self):
-        if self._gradient_groups is None:
-            index = {id(v): i for i, v in enumerate(self.trainable_variables)}
-            self._gradient_groups = {
-                m: [
-                    index[id(v)]
-                    for v in self.encoders[m].trainable_variables
-                    if id(v) in index
-                ]
-                for m in self.modalities
-            }
-        return self._gradient_groups
-
-    def _transform_gradients(self, grads, total, y, aux):
-        """Balancer gradient hook.
-
-        Returns:
-            `(grads, finite, aux)`: the gradients to apply, whether the
-            step's loss was finite and the step's `aux`, detached (what
-            `_after_train_step` takes). Trainers skip the optimizer step
-            when the loss was not finite (`_apply_if_finite`), so a NaN
-            step moves no weight and no optimizer moment.
-        """
-        aux = _detached(aux)
-        logits, head_losses, features, _ = aux
-        finite = ops.all(ops.isfinite(total))
-        step = StepMeasurements(
-            self._labels(y),
-            logits,
-            head_losses,
-            None,
-            None,
-            finite,
-            features=features,
-        )
-        grads = self.balancer.transform_gradients(
-            grads,
-            self.trainable_variables,
-            self._gradient_groups_by_modality(),
-            step,
-        )
-        return grads, finite, aux
-
-    def _apply_if_finite(self, finite, grads, variables):
-        """`optimizer.apply`, skipped on a step with a non-finite loss.
-
-        A branch, as Keras' `LossScaleOptimizer` does, rather than zeroing
-        every gradient with `where`: that was a full pass over the weights
-        per step (plain training of the overhead benchmark's MLP: 18% of
-        the step under torch, 11% on TensorFlow), and zero gradients still
-        moved the weights through Adam's momentum.
-        """
-
-        def apply():
-            self.optimizer.apply(grads, variables)
-
-        ops.cond(finite, apply, lambda: None)
-
-    def _after_train_step(self, y, sample_weight, total, aux, dev_out, finite):
-        """Balancer update and metrics after the optimizer step.
-
-        Args:
-            aux: the step's detached `aux`, as `_transform_gradients`
-                returns it.
-            finite: whether the total loss was finite, as
-                `_transform_gradients` returns it.
-        """
-        logits, head_losses, features, predictions = aux
-        dev_losses, dev_flag = dev_out
-        targets = y
-        y = self._labels(y)
-        if self.balancer.measures_steps:
-            # A non-finite head or held-out loss must not enter the
-            # balancer either.
-            measured = ops.concatenate([head_losses, dev_losses])
-            finite = ops.logical_and(finite, ops.all(ops.isfinite(measured)))
-            if not self.balancer.update_reads_features:
-                # Not passed: on TensorFlow the update is a separate XLA
-                # cluster and its inputs are copied into it.
-                features = None
-            self._update_balancer(
-                y, logits, dev_losses, dev_flag, finite, features
-            )
-        return self._update_metrics(
-            targets,
-            sample_weight,
-            ops.stop_gradient(total),
-            logits,
-            head_losses,
-            predictions,
-        )
-
-    def _balancer_update_fn(
-        self, y, logits, dev_losses, dev_flag, finite, features
-    ):
-        """The balancer's state update from one step's measurements."""
-        raw = self._raw_head_losses(y, logits)
-        self.balancer.update(
-            StepMeasurements(
-                y, logits, raw, dev_losses, dev_flag, finite, features=features
-            )
-        )
-        return ops.zeros(())
-
-    def _update_metrics(
-        self, y, sample_weight, total, logits, head_losses, predictions
-    ):
-        if predictions:
-            values = self._regression_values(y)
-            for i, name in enumerate(self.regression_targets):
-                for metric in (self.regression_mse[i], self.regression_mae[i]):
-                    metric.update_state(
-                        values[name], predictions[name], sample_weight
-                    )
-        y = self._labels(y)
-        self._loss_tracker.update_state(total)
-        for i, h in enumerate(self.head_names):
-            self.head_loss_trackers[i].update_state(head_losses[i])
-            self.head_accuracies[i].update_state(
-                y, logits[h], sample_weight=sample_weight
-            )
-        if self._compile_metrics is not None:
-            self._compile_metrics.update_state(
-                y, ops.softmax(logits[FUSED], axis=-1), sample_weight
-            )
-        logs = {}
-        for metric in self.metrics:
-            result = metric.result()
-            if isinstance(result, dict):
-                logs.update(result)
-            else:
-                logs[metric.name] = result
-        logs.update(self.balancer.step_logs())
-        return logs
-
-    def _test_logs(self, x, y, sample_weight):
-        total, (logits, head_losses, _, predictions) = self._loss_and_logits(
-            x, y, sample_weight, training=False
-        )
-        return self._update_metrics(
-            y, sample_weight, total, logits, head_losses, predictions
-        )
-
     # --- fit ---------------------------------------------------------------
 
     def fit(
@@ -595,9 +354,9 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         validation_data=None,
         shuffle=True,
         sample_weight=None,
-        dev_data=None,
-        dev_split=0.1,
-        dev_seed=0,
+        held_out_data=None,
+        held_out_split=0.1,
+        held_out_seed=0,
         **kwargs,
     ):
         """Trains the model; see `keras.Model.fit` for the common arguments.
@@ -613,16 +372,17 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
                 `{"label": class ids, <target>: values}` (datasets then
                 yield such dicts too).
             batch_size: int. For array inputs. Defaults to 32.
-            dev_data: held-out data for balancers that measure held-out
+            held_out_data: held-out data for balancers that measure held-out
                 losses (OLM): a batched `tf.data.Dataset` or an
                 `(inputs, labels)` tuple of arrays. It must be split from
                 the training data, never the test set (and by default not
                 the validation set that picks checkpoints).
-                `keras_olm.holdout_split` makes one from a dataset.
-            dev_split: float. With array inputs and no `dev_data`, this
-                fraction of the training arrays is held out (by a seeded
-                permutation) for the held-out losses. Defaults to `0.1`.
-            dev_seed: int. Seed of that split. Defaults to `0`.
+                `keras_olm.split_held_out` makes one from a dataset.
+            held_out_split: float. With array inputs and no
+                `held_out_data`, this fraction of the training arrays is held
+                out (by a seeded permutation) for the held-out losses.
+                Defaults to `0.1`.
+            held_out_seed: int. Seed of that split. Defaults to `0`.
             validation_data: as in Keras: `(inputs, labels)` arrays or a
                 dataset; evaluated with `val_` logs, never used by OLM.
             **kwargs: passed to `keras.Model.fit`.
@@ -632,7 +392,7 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         """
         import tensorflow as tf
 
-        needs_dev = self.balancer.needs_dev_data
+        needs_held_out = self.balancer.needs_held_out
         arrays = isinstance(x, dict)
         batch_size = batch_size or 32
         if arrays:
@@ -647,12 +407,14 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
                 self.regression_targets,
             )
             y = inputs_lib.normalize_targets(y, self.regression_targets, "fit")
-            if needs_dev and dev_data is None:
-                (x, y, sample_weight), dev_data = inputs_lib.split_arrays(
-                    x, y, sample_weight, dev_split, dev_seed
+            if needs_held_out and held_out_data is None:
+                (x, y, sample_weight), held_out_data = (
+                    held_out_lib.split_arrays(
+                        x, y, sample_weight, held_out_split, held_out_seed
+                    )
                 )
             train = inputs_lib.arrays_to_dataset(
-                x, y, sample_weight, batch_size, shuffle, dev_seed
+                x, y, sample_weight, batch_size, shuffle, held_out_seed
             )
         elif isinstance(x, tf.data.Dataset):
             if y is not None or sample_weight is not None:
@@ -672,30 +434,30 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
                 "fit: x must be a dict of arrays or a tf.data.Dataset; got "
                 f"{type(x).__name__}."
             )
-        if needs_dev:
-            if dev_data is None:
+        if needs_held_out:
+            if held_out_data is None:
                 raise ValueError(
                     f"{type(self.balancer).__name__} measures losses on "
-                    "held-out training data: pass fit(..., dev_data=...), "
-                    "e.g. from `keras_olm.holdout_split(unbatched_ds, 0.1)` "
+                    "held-out training data: pass fit(..., held_out_data=...), "
+                    "e.g. from `keras_olm.split_held_out(unbatched_ds, 0.1)` "
                     "(a split of the training data, never the test set)."
                 )
-            dev = self._as_dataset(dev_data, batch_size, "dev_data")
-            every = (
-                1
-                if self.balancer.dev_schedule == "step"
-                else (self.balancer.dev_every)
+            held_out = self._as_dataset(
+                held_out_data, batch_size, "held_out_data"
             )
-            train = self._attach_dev_data(train, dev, every)
         if validation_data is not None:
             validation_data = self._as_dataset(
                 validation_data, batch_size, "validation_data"
+            )
+        if needs_held_out:
+            train = self._attach_held_out(
+                train, held_out, self.balancer.held_out_period
             )
         if not self.built:
             spec = train.element_spec[0]
             self.build({m: (None, *spec[m].shape[1:]) for m in spec})
         callbacks = list(callbacks or [])
-        callbacks.append(_NonFiniteGuard(self.head_names))
+        callbacks.append(NonFiniteGuard(self.head_names))
         try:
             return super().fit(
                 train,
@@ -710,37 +472,17 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             # from the variables during an epoch).
             self._sync_training_state()
             raise
+        finally:
+            self._held_out_feed = None
 
     def _as_dataset(self, data, batch_size, where):
-        import tensorflow as tf
-
-        if isinstance(data, tf.data.Dataset):
-            return inputs_lib.check_dataset(
-                data,
-                self.modalities,
-                self.num_classes,
-                where,
-                self.regression_targets,
-            )
-        if isinstance(data, (tuple, list)) and len(data) in (2, 3):
-            x, y = data[0], data[1]
-            inputs_lib.check_arrays(
-                x,
-                y,
-                self.modalities,
-                self.num_classes,
-                where,
-                self.regression_targets,
-            )
-            y = inputs_lib.normalize_targets(y, self.regression_targets, where)
-            sw = data[2] if len(data) == 3 else None
-            n = len(data[0][self.modalities[0]])
-            return inputs_lib.arrays_to_dataset(
-                x, y, sw, min(batch_size, n), False, 0
-            )
-        raise TypeError(
-            f"{where} must be a tf.data.Dataset or an (inputs, labels) "
-            f"tuple; got {type(data).__name__}."
+        return inputs_lib.as_dataset(
+            data,
+            self.modalities,
+            self.num_classes,
+            batch_size,
+            where,
+            self.regression_targets,
         )
 
     # --- serialization -----------------------------------------------------
@@ -790,43 +532,3 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             config["balancer"]
         )
         return cls(**config)
-
-
-def _detached(aux):
-    """Detached `(logits, head_losses, features, regression)` of a step."""
-    logits, head_losses, features, predictions = aux
-    return (
-        {h: ops.stop_gradient(v) for h, v in logits.items()},
-        ops.stop_gradient(head_losses),
-        {m: ops.stop_gradient(v) for m, v in features.items()},
-        {n: ops.stop_gradient(v) for n, v in predictions.items()},
-    )
-
-
-class _NonFiniteGuard(keras.callbacks.Callback):
-    """Stops training at the first step whose loss is NaN or infinite."""
-
-    def __init__(self, head_names):
-        super().__init__()
-        self.head_names = head_names
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        logs = logs or {}
-        for h in [f"{h}_loss" for h in self.head_names] + ["loss"]:
-            value = logs.get(h)
-            if value is None:
-                continue
-            value = float(value)
-            if not math.isfinite(value):
-                head = h[: -len("_loss")] if h != "loss" else "total"
-                self.model.stop_training = True
-                raise NonFiniteLossError(
-                    f"Non-finite loss ({value}) in head '{head}' at epoch "
-                    f"{self.epoch + 1}, step {batch + 1}. Training stopped; "
-                    "that step's gradients were dropped and the balancer "
-                    "state was left as it was before the step."
-                )

@@ -1,8 +1,8 @@
-"""One train/test step per backend; only gradients differ between them.
+"""The training step: shared in `step.py`, one short trainer per backend.
 
-Like `keras/src/backend/*/trainer.py`, each module here knows how its
-backend takes gradients and threads state through a step, and nothing
-else: the math of the step is `BalancedMultimodalModel`'s shared code.
+Like `keras/src/backend/*/trainer.py`, each backend's module knows how its
+backend takes gradients and carries state through a step, and nothing
+else: the step itself is `step.TrainingStep`, in `keras.ops`.
 """
 
 import keras

@@ -1,19 +1,34 @@
 """JAX steps: pure functions of the state tuple, gradients by `jax.grad`.
 
-Every variable value lives in the state tuple during an epoch, so each
-shared piece of the step runs inside a `StatelessScope` that maps the
-model's variables to their current values; what it assigns (batch-norm
-statistics, the balancer's state, metrics) is read back from the scope
-into the new state.
+Every variable value lives in the state tuple during an epoch. A step
+keeps the tuple's current values in `_carried` while it is traced; each
+shared piece of the step runs in `_state_scope`, a `StatelessScope` that
+maps the model's variables to those values, and what the piece assigns
+(batch-norm statistics, the balancer's state, metrics) is read back from
+the scope into `_carried`.
 """
+
+import contextlib
 
 import jax
 import keras
 
-from keras_olm.trainers.base import StepBase
+from keras_olm.trainers.step import TrainingStep
 
 
-class StepMixin(StepBase):
+class _Carried:
+    """The state values a JAX step threads through its pieces."""
+
+    def __init__(self, trainable, non_trainable, optimizer, metrics):
+        self.trainable = list(trainable)
+        self.non_trainable = list(non_trainable)
+        self.optimizer = list(optimizer)
+        self.metrics = list(metrics)
+
+
+class StepMixin(TrainingStep):
+    _carried = None
+
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
             return self.train_function
@@ -21,7 +36,7 @@ class StepMixin(StepBase):
         step = self.train_function
 
         def train_function(state, iterator):
-            feed = self._dev_feed
+            feed = self._held_out_feed
             if feed is None:
                 return step(state, iterator)
             return step(state, feed.wrap(iterator))
@@ -42,87 +57,86 @@ class StepMixin(StepBase):
         """Writes the state of the last finished step into the variables."""
         self.jax_state_sync()
 
-    def _run_stateless(self, fn, state_vars, values):
-        """Runs `fn()` with variables mapped to values; returns new values."""
-        mapping = []
-        for ref_vars, vals in zip(state_vars, values):
-            mapping.extend(zip(ref_vars, vals))
-        with keras.StatelessScope(state_mapping=mapping) as scope:
-            out = fn()
-        new_values = []
-        for ref_vars, vals in zip(state_vars, values):
-            updated = []
-            for ref_v, v in zip(ref_vars, vals):
-                new_v = scope.get_current_value(ref_v)
-                updated.append(v if new_v is None else new_v)
-            new_values.append(updated)
-        return out, new_values
-
-    def train_step(self, state, data):
-        trainable, non_trainable, optimizer_vars, metrics_vars = state
-        x, y, sample_weight, dev = self._unpack(data)
-        refs = (
+    def _refs(self):
+        return (
             self.trainable_variables,
             self.non_trainable_variables,
             self.metrics_variables,
         )
 
-        def loss_fn(trainable):
-            (total, aux), (_, new_nt, _) = self._run_stateless(
-                lambda: self._loss_and_logits(x, y, sample_weight, True),
-                refs,
-                (trainable, non_trainable, metrics_vars),
-            )
-            return total, (aux, new_nt)
+    @contextlib.contextmanager
+    def _stateless(self, values):
+        """A `StatelessScope` with the variables mapped to `values`
+        (trainable, non-trainable, metrics); yields a list that holds the
+        new values on exit."""
+        refs = self._refs()
+        mapping = []
+        for ref_vars, vals in zip(refs, values):
+            mapping.extend(zip(ref_vars, vals))
+        new_values = []
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            yield new_values
+        for ref_vars, vals in zip(refs, values):
+            updated = []
+            for ref_v, v in zip(ref_vars, vals):
+                new_v = scope.get_current_value(ref_v)
+                updated.append(v if new_v is None else new_v)
+            new_values.append(updated)
 
-        dev_out, _ = self._run_stateless(
-            lambda: self._dev_losses(dev),
-            refs,
-            (trainable, non_trainable, metrics_vars),
-        )
-        (total, (aux, non_trainable)), grads = jax.value_and_grad(
+    @contextlib.contextmanager
+    def _state_scope(self):
+        c = self._carried
+        with self._stateless((c.trainable, c.non_trainable, c.metrics)) as new:
+            yield
+        c.trainable, c.non_trainable, c.metrics = new
+
+    def _loss_and_gradients(self, batch):
+        c = self._carried
+
+        def loss_fn(trainable):
+            values = (trainable, c.non_trainable, c.metrics)
+            with self._stateless(values) as new:
+                total, aux = self._compute_loss(batch, training=True)
+            return total, (aux, new[1])
+
+        (total, (aux, c.non_trainable)), grads = jax.value_and_grad(
             loss_fn, has_aux=True
-        )(trainable)
-        # Balancer state assigned here (e.g. a noise seed) is kept.
-        (grads, finite, aux), (_, non_trainable, _) = self._run_stateless(
-            lambda: self._transform_gradients(grads, total, y, aux),
-            refs,
-            (trainable, non_trainable, metrics_vars),
-        )
-        # A step with a non-finite loss moves no weight (see
-        # `_apply_if_finite`).
+        )(c.trainable)
+        return total, aux, grads
+
+    def _apply_if_finite(self, finite, grads):
+        """The optimizer step on the state values, skipped (both taken as
+        they were) on a step with a non-finite loss."""
+        c = self._carried
         # Both branches give lists (the state may come as tuples).
-        trainable, optimizer_vars = keras.ops.cond(
+        c.trainable, c.optimizer = keras.ops.cond(
             finite,
             lambda: tuple(
                 map(
                     list,
                     self.optimizer.stateless_apply(
-                        optimizer_vars, grads, trainable
+                        c.optimizer, grads, c.trainable
                     ),
                 )
             ),
-            lambda: (list(trainable), list(optimizer_vars)),
+            lambda: (list(c.trainable), list(c.optimizer)),
         )
-        logs, (_, non_trainable, metrics_vars) = self._run_stateless(
-            lambda: self._after_train_step(
-                y, sample_weight, total, aux, dev_out, finite
-            ),
-            refs,
-            (trainable, non_trainable, metrics_vars),
-        )
-        return logs, (trainable, non_trainable, optimizer_vars, metrics_vars)
+
+    def train_step(self, state, data):
+        self._carried = _Carried(*state)
+        try:
+            logs = self._train_step(data)
+            c = self._carried
+        finally:
+            self._carried = None
+        return logs, (c.trainable, c.non_trainable, c.optimizer, c.metrics)
 
     def test_step(self, state, data):
-        trainable, non_trainable, metrics_vars = state
-        x, y, sample_weight, _ = self._unpack(data)
-        logs, (_, non_trainable, metrics_vars) = self._run_stateless(
-            lambda: self._test_logs(x, y, sample_weight),
-            (
-                self.trainable_variables,
-                self.non_trainable_variables,
-                self.metrics_variables,
-            ),
-            (trainable, non_trainable, metrics_vars),
-        )
-        return logs, (trainable, non_trainable, metrics_vars)
+        trainable, non_trainable, metrics = state
+        self._carried = _Carried(trainable, non_trainable, [], metrics)
+        try:
+            logs = self._test_step(data)
+            c = self._carried
+        finally:
+            self._carried = None
+        return logs, (c.trainable, c.non_trainable, c.metrics)

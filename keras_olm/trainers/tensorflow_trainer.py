@@ -1,20 +1,31 @@
 """TensorFlow steps: gradients from a `tf.GradientTape`."""
 
+import contextlib
+
 import tensorflow as tf
 
-from keras_olm.models import inputs as inputs_lib
-from keras_olm.trainers.base import StepBase
+from keras_olm import held_out as held_out_lib
+from keras_olm.trainers.step import TrainingStep
 
 
-class StepMixin(StepBase):
+class StepMixin(TrainingStep):
     _xla_update = None
+
+    def _loss_and_gradients(self, batch):
+        with tf.GradientTape() as tape:
+            total, aux = self._compute_loss(batch, training=True)
+        grads = tape.gradient(total, self.trainable_variables)
+        return total, aux, grads
+
+    def _state_scope(self):
+        return contextlib.nullcontext()
 
     def _update_balancer(self, *measurements):
         """Runs the balancer update as one XLA cluster.
 
         The update is a few hundred tiny ops; the graph executor dispatches
-        each one (about 2 ms a step measured here), XLA fuses them. The
-        rest of the step is left to `jit_compile` as the user chose.
+        each one, XLA fuses them. The rest of the step is left to
+        `jit_compile` as the user chose.
         """
         if self.jit_compile:
             self._balancer_update_fn(*measurements)
@@ -25,16 +36,16 @@ class StepMixin(StepBase):
             )
         self._xla_update(*measurements)
 
-    def _attach_dev_data(self, train, dev, every):
+    def _attach_held_out(self, train, dataset, period):
         """Held-out batches from the host; zipped in with several steps
         per execution (one compiled call then runs several steps)."""
         if self.steps_per_execution > 1:
-            return inputs_lib.with_dev_slots(train, dev, every)
-        return super()._attach_dev_data(train, dev, every)
+            return held_out_lib.with_held_out_slots(train, dataset, period)
+        return super()._attach_held_out(train, dataset, period)
 
-    def _held_out_batches(self, dev):
+    def _held_out_batches(self, dataset):
         """TensorFlow tensors straight from tf.data, as Keras' step gets."""
-        return iter(dev.repeat())
+        return iter(dataset.repeat())
 
     def make_train_function(self, force=False):
         """Keras' step, plus a second one for batches with held-out data.
@@ -50,30 +61,19 @@ class StepMixin(StepBase):
             return self.train_function
         super().make_train_function(force)
         step = self.train_function
-        step_with_dev = self._make_function(self.train_step)
+        step_with_held_out = self._make_function(self.train_step)
 
         def train_function(iterator):
-            feed = self._dev_feed
+            feed = self._held_out_feed
             if feed is None or not feed.due():
                 return step(iterator)
-            return step_with_dev([feed.add(next(iterator))])
+            return step_with_held_out([feed.add(next(iterator))])
 
         self.train_function = train_function
         return train_function
 
     def train_step(self, data):
-        x, y, sample_weight, dev = self._unpack(data)
-        dev_out = self._dev_losses(dev)
-        with tf.GradientTape() as tape:
-            total, aux = self._loss_and_logits(x, y, sample_weight, True)
-        variables = self.trainable_variables
-        grads = tape.gradient(total, variables)
-        grads, finite, aux = self._transform_gradients(grads, total, y, aux)
-        self._apply_if_finite(finite, grads, variables)
-        return self._after_train_step(
-            y, sample_weight, total, aux, dev_out, finite
-        )
+        return self._train_step(data)
 
     def test_step(self, data):
-        x, y, sample_weight, _ = self._unpack(data)
-        return self._test_logs(x, y, sample_weight)
+        return self._test_step(data)

@@ -3,15 +3,25 @@
 import keras
 import torch
 
-from keras_olm.trainers.base import StepBase
+from keras_olm.trainers.step import TrainingStep
 
 
-class StepMixin(StepBase):
-    def _held_out_batches(self, dev):
+class StepMixin(TrainingStep):
+    def _loss_and_gradients(self, batch):
+        self.zero_grad()
+        total, aux = self._compute_loss(batch, training=True)
+        total.backward()
+        grads = [v.value.grad for v in self.trainable_variables]
+        return total, aux, grads
+
+    def _state_scope(self):
+        return torch.no_grad()
+
+    def _held_out_batches(self, dataset):
         """Torch tensors: `torch.compile` (`jit_compile=True`) cannot trace
         numpy arrays that wrap TensorFlow buffers, which tf.data's numpy
         iterator yields."""
-        for batch in super()._held_out_batches(dev):
+        for batch in super()._held_out_batches(dataset):
             yield keras.tree.map_structure(keras.ops.convert_to_tensor, batch)
 
     def make_train_function(self, force=False):
@@ -21,7 +31,7 @@ class StepMixin(StepBase):
         step = self.train_function
 
         def train_function(data):
-            feed = self._dev_feed
+            feed = self._held_out_feed
             if feed is None:
                 return step(data)
             return step([feed.merge(batch) for batch in data])
@@ -30,22 +40,7 @@ class StepMixin(StepBase):
         return train_function
 
     def train_step(self, data):
-        x, y, sample_weight, dev = self._unpack(data)
-        with torch.no_grad():
-            dev_out = self._dev_losses(dev)
-        self.zero_grad()
-        total, aux = self._loss_and_logits(x, y, sample_weight, True)
-        total.backward()
-        variables = self.trainable_variables
-        grads = [v.value.grad for v in variables]
-        with torch.no_grad():
-            grads, finite, aux = self._transform_gradients(grads, total, y, aux)
-            self._apply_if_finite(finite, grads, variables)
-            return self._after_train_step(
-                y, sample_weight, total, aux, dev_out, finite
-            )
+        return self._train_step(data)
 
     def test_step(self, data):
-        x, y, sample_weight, _ = self._unpack(data)
-        with torch.no_grad():
-            return self._test_logs(x, y, sample_weight)
+        return self._test_step(data)

@@ -1,4 +1,4 @@
-"""Input glue for `BalancedMultimodalModel.fit`: checks, splits, dev slots.
+"""Input checks and array pipelines for `BalancedMultimodalModel.fit`.
 
 Everything here is tf.data, which keras-olm uses as its input pipeline on
 every Keras backend. Bad input is caught here, before a training step can
@@ -7,8 +7,6 @@ touch any state, with an error that names the modality or labels at fault.
 
 import numpy as np
 import tensorflow as tf
-
-_GOLDEN = 2654435761  # Knuth's multiplicative hash constant.
 
 #: Key of the class labels in a dict of targets (models with regression
 #: heads take `{"label": class ids, <regression name>: values}`).
@@ -249,16 +247,6 @@ def check_dataset(ds, modalities, num_classes, where, regression_targets=None):
     return ds.map(check)
 
 
-def _num_samples(y):
-    return len(y[LABEL]) if isinstance(y, dict) else len(y)
-
-
-def _take_targets(y, idx):
-    if isinstance(y, dict):
-        return {k: np.asarray(v)[idx] for k, v in y.items()}
-    return np.asarray(y)[idx]
-
-
 def arrays_to_dataset(x, y, sample_weight, batch_size, shuffle, seed):
     """Batches array inputs into a tf.data pipeline."""
     y = (
@@ -271,120 +259,28 @@ def arrays_to_dataset(x, y, sample_weight, batch_size, shuffle, seed):
     )
     ds = tf.data.Dataset.from_tensor_slices(tensors)
     if shuffle:
-        ds = ds.shuffle(
-            _num_samples(y), seed=seed, reshuffle_each_iteration=True
-        )
+        n = len(y[LABEL]) if isinstance(y, dict) else len(y)
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def split_arrays(x, y, sample_weight, fraction, seed):
-    """Splits arrays into (train, held-out) by a seeded permutation."""
-    n = _num_samples(y)
-    n_dev = int(round(n * fraction))
-    if not 0 < n_dev < n:
-        raise ValueError(
-            f"dev_split={fraction} leaves {n_dev} of {n} samples for the "
-            "held-out losses; pick a fraction that holds out at least one "
-            "sample and keeps at least one for training."
+def as_dataset(
+    data, modalities, num_classes, batch_size, where, regression_targets=None
+):
+    """A checked dataset from a dataset or an `(inputs, labels[, sw])`
+    tuple of arrays (`validation_data`, held-out data)."""
+    if isinstance(data, tf.data.Dataset):
+        return check_dataset(
+            data, modalities, num_classes, where, regression_targets
         )
-    order = np.random.default_rng(seed).permutation(n)
-    dev_idx, train_idx = np.sort(order[:n_dev]), np.sort(order[n_dev:])
-
-    def take(idx):
-        xs = {m: np.asarray(v)[idx] for m, v in x.items()}
-        sw = None if sample_weight is None else np.asarray(sample_weight)[idx]
-        return xs, _take_targets(y, idx), sw
-
-    return take(train_idx), take(dev_idx)
-
-
-def holdout_split(dataset, fraction=0.1, seed=0):
-    """Splits an unbatched dataset into (train, held-out), by element index.
-
-    Element i goes to the held-out part when a multiplicative hash of
-    `(i, seed)` falls below `fraction`: the split is deterministic and the
-    same on every pass, so it must be taken BEFORE any shuffling (a
-    reshuffled stream would move samples between the parts). OLM reads its
-    held-out losses from the second part; never use the test set for it.
-
-    Args:
-        dataset: `tf.data.Dataset`. Unbatched, in a fixed order.
-        fraction: float in (0, 1). Share of elements held out. Defaults to
-            `0.1`.
-        seed: int. Changes which elements are held out. Defaults to `0`.
-
-    Returns:
-        `(train, heldout)`, two `tf.data.Dataset`s.
-
-    Example:
-    ```python
-    ds = tf.data.Dataset.from_tensor_slices(({"a": xa, "v": xv}, y))
-    train, dev = keras_olm.holdout_split(ds, 0.1)
-    train = train.shuffle(1000).batch(64)
-    dev = dev.batch(64)
-    model.fit(train, dev_data=dev)
-    ```
-    """
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction must be in (0, 1); got {fraction}")
-    threshold = tf.constant(int(fraction * 2**32), tf.uint64)
-    salt = tf.constant((seed * 0x9E3779B9) % 2**32, tf.uint64)
-
-    def held_out(i):
-        h = (tf.cast(i, tf.uint64) * _GOLDEN + salt) % (2**32)
-        return h < threshold
-
-    indexed = dataset.enumerate()
-    heldout = indexed.filter(lambda i, *e: held_out(i))
-    train = indexed.filter(lambda i, *e: tf.logical_not(held_out(i)))
-
-    def drop_index(i, *e):
-        return e[0] if len(e) == 1 else e
-
-    return train.map(drop_index), heldout.map(drop_index)
-
-
-def with_dev_slots(train, dev, slot_every):
-    """Zips training batches with held-out slots.
-
-    Every element becomes `(x, y, extras)` where `extras` holds the
-    optional sample weights and, for the held-out data, `dev_x`, `dev_y`
-    and `dev_flag`. With `slot_every` k > 1 only every k-th slot carries a
-    real held-out batch; the others carry empty (0-sample) batches and
-    `dev_flag` 0, and the training step skips the held-out forward pass
-    for them.
-    """
-    dev = dev.map(lambda *e: (e[0], e[1], tf.constant(1.0)))
-    if slot_every > 1:
-        # The slots between two held-out batches carry empty (0-sample)
-        # constants: nothing to produce per step, nothing to transfer.
-        def empty(spec):
-            inner = [1 if d is None else d for d in spec.shape[1:]]
-            return tf.zeros([0, *inner], spec.dtype)
-
-        blank = tf.data.Dataset.from_tensors(
-            tf.nest.map_structure(empty, dev.element_spec[:2])
-            + (tf.constant(0.0),)
-        ).repeat(slot_every - 1)
-
-        def expand(x, y, flag):
-            real = tf.data.Dataset.from_tensors((x, y, flag))
-            return real.concatenate(blank)
-
-        slots = dev.flat_map(expand)
-    else:
-        slots = dev
-    slots = slots.repeat()
-
-    def join(batch, slot):
-        extras = {"dev_x": slot[0], "dev_y": slot[1], "dev_flag": slot[2]}
-        if len(batch) == 3:
-            extras["sample_weight"] = batch[2]
-        return batch[0], batch[1], extras
-
-    joined = tf.data.Dataset.zip((train, slots)).map(join)
-    steps = train.cardinality()
-    if steps >= 0:
-        # The infinite held-out stream hides the length from tf.data.
-        joined = joined.apply(tf.data.experimental.assert_cardinality(steps))
-    return joined.prefetch(tf.data.AUTOTUNE)
+    if isinstance(data, (tuple, list)) and len(data) in (2, 3):
+        x, y = data[0], data[1]
+        check_arrays(x, y, modalities, num_classes, where, regression_targets)
+        y = normalize_targets(y, regression_targets, where)
+        sw = data[2] if len(data) == 3 else None
+        n = len(data[0][modalities[0]])
+        return arrays_to_dataset(x, y, sw, min(batch_size, n), False, 0)
+    raise TypeError(
+        f"{where} must be a tf.data.Dataset or an (inputs, labels) "
+        f"tuple; got {type(data).__name__}."
+    )

@@ -1,0 +1,240 @@
+"""Held-out batches: the split, the schedule, the feed and the batch form.
+
+Balancers that read held-out losses (OLM, G-Blend: `needs_held_out`) see
+a held-out batch on every k-th training step, k being the balancer's
+`held_out_period` (1 for the `"step"` schedule, `held_out_every` for
+`"periodic"`), counted from the start of each `fit` call. The held-out
+batches are taken in order and cycle through the held-out set, across
+epochs, so the same steps see the same held-out batches on every backend.
+
+A held-out batch does not travel in the training input pipeline: the
+`HeldOutFeed` adds it to the training batch on the host, and only on the
+steps that read one; the other steps run the plain compiled step, which
+has no held-out pass in it. (TensorFlow with `steps_per_execution > 1`
+runs several steps in one compiled call, so there the held-out batches are
+zipped into the pipeline instead: `with_held_out_slots`.)
+
+A step receives `(x, y[, sample_weight], HeldOutBatch)` and `unpack`
+turns any batch into a `StepBatch`.
+"""
+
+from typing import Any
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from keras_olm.inputs import LABEL
+
+_GOLDEN = 2654435761  # Knuth's multiplicative hash constant.
+
+
+class HeldOutBatch(NamedTuple):
+    """A held-out batch, as a training step receives it.
+
+    Args:
+        x: dict from modality name to a batch.
+        y: the batch's labels (or targets).
+        flag: float scalar tensor or `None`. `None` when the batch was fed
+            from the host (every step that carries one reads it); in a
+            zipped pipeline 1 for a real batch, 0 for an empty slot.
+    """
+
+    x: Any
+    y: Any
+    flag: Any = None
+
+
+class StepBatch(NamedTuple):
+    """One training or test batch, unpacked.
+
+    Args:
+        x: dict from modality name to a batch.
+        y: labels, or a dict of targets with regression heads.
+        sample_weight: per-sample weights or `None`.
+        held_out: a `HeldOutBatch` or `None`.
+    """
+
+    x: Any
+    y: Any
+    sample_weight: Any = None
+    held_out: Any = None
+
+
+def pack(data, held_out):
+    """The training batch `data` with the `HeldOutBatch` `held_out`."""
+    data = tuple(data)
+    sample_weight = data[2] if len(data) > 2 else None
+    return StepBatch(data[0], data[1], sample_weight, held_out)
+
+
+def unpack(data):
+    """Any batch a step receives, as a `StepBatch`."""
+    if isinstance(data, StepBatch):
+        return data
+    if isinstance(data, list):
+        data = tuple(data)
+    if not isinstance(data, tuple) or len(data) < 2:
+        raise ValueError(
+            "Training batches must be (inputs, labels[, sample_weight])."
+        )
+    held_out = None
+    if isinstance(data[-1], HeldOutBatch):
+        held_out, data = data[-1], data[:-1]
+    sample_weight = data[2] if len(data) > 2 else None
+    return StepBatch(data[0], data[1], sample_weight, held_out)
+
+
+class HeldOutFeed:
+    """Adds a held-out batch to every k-th training batch, on the host.
+
+    Args:
+        batches: an endless iterator of held-out `(inputs, labels[, ...])`
+            batches, in the form the backend's step takes its inputs.
+        period: int. A held-out batch on steps 0, k, 2k, ... of the fit.
+    """
+
+    def __init__(self, batches, period):
+        self.period = int(period)
+        self.count = 0
+        self.batches = batches
+
+    def due(self):
+        """Counts one step; whether it is a step that reads held-out data."""
+        due = self.count % self.period == 0
+        self.count += 1
+        return due
+
+    def add(self, data):
+        """The training batch `data` with the next held-out batch added."""
+        held_out = next(self.batches)
+        return pack(data, HeldOutBatch(held_out[0], held_out[1]))
+
+    def merge(self, data):
+        """Counts one step; the batch, with a held-out batch if due."""
+        return self.add(data) if self.due() else data
+
+    def wrap(self, iterator):
+        """An iterator of the training batches with held-out batches."""
+        for data in iterator:
+            yield self.merge(data)
+
+
+def with_held_out_slots(train, held_out, period):
+    """Zips training batches with held-out slots (in the pipeline).
+
+    Every element becomes `(x, y[, sample_weight], HeldOutBatch)`. With
+    `period` k > 1 only every k-th slot carries a real held-out batch; the
+    others carry empty (0-sample) batches and flag 0, and the training
+    step skips the held-out forward pass for them. The schedule restarts
+    with each epoch.
+    """
+    held_out = held_out.map(lambda *e: (e[0], e[1], tf.constant(1.0)))
+    if period > 1:
+        # The slots between two held-out batches carry empty (0-sample)
+        # constants: nothing to produce per step, nothing to transfer.
+        def empty(spec):
+            inner = [1 if d is None else d for d in spec.shape[1:]]
+            return tf.zeros([0, *inner], spec.dtype)
+
+        blank = tf.data.Dataset.from_tensors(
+            tf.nest.map_structure(empty, held_out.element_spec[:2])
+            + (tf.constant(0.0),)
+        ).repeat(period - 1)
+
+        def expand(x, y, flag):
+            real = tf.data.Dataset.from_tensors((x, y, flag))
+            return real.concatenate(blank)
+
+        slots = held_out.flat_map(expand)
+    else:
+        slots = held_out
+    slots = slots.repeat()
+
+    def join(batch, slot):
+        return (*batch, HeldOutBatch(*slot))
+
+    joined = tf.data.Dataset.zip((train, slots)).map(join)
+    steps = train.cardinality()
+    if steps >= 0:
+        # The infinite held-out stream hides the length from tf.data.
+        joined = joined.apply(tf.data.experimental.assert_cardinality(steps))
+    return joined.prefetch(tf.data.AUTOTUNE)
+
+
+def _num_samples(y):
+    return len(y[LABEL]) if isinstance(y, dict) else len(y)
+
+
+def _take_targets(y, idx):
+    if isinstance(y, dict):
+        return {k: np.asarray(v)[idx] for k, v in y.items()}
+    return np.asarray(y)[idx]
+
+
+def split_arrays(x, y, sample_weight, fraction, seed):
+    """Splits arrays into (train, held-out) by a seeded permutation."""
+    n = _num_samples(y)
+    n_held_out = int(round(n * fraction))
+    if not 0 < n_held_out < n:
+        raise ValueError(
+            f"held_out_split={fraction} leaves {n_held_out} of {n} samples for "
+            "the held-out losses; pick a fraction that holds out at least "
+            "one sample and keeps at least one for training."
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    held_out_idx = np.sort(order[:n_held_out])
+    train_idx = np.sort(order[n_held_out:])
+
+    def take(idx):
+        xs = {m: np.asarray(v)[idx] for m, v in x.items()}
+        sw = None if sample_weight is None else np.asarray(sample_weight)[idx]
+        return xs, _take_targets(y, idx), sw
+
+    return take(train_idx), take(held_out_idx)
+
+
+def split_held_out(dataset, fraction=0.1, seed=0):
+    """Splits an unbatched dataset into (train, held-out), by element index.
+
+    Element i goes to the held-out part when a multiplicative hash of
+    `(i, seed)` falls below `fraction`: the split is deterministic and the
+    same on every pass, so it must be taken BEFORE any shuffling (a
+    reshuffled stream would move samples between the parts). OLM reads its
+    held-out losses from the second part; never use the test set for it.
+
+    Args:
+        dataset: `tf.data.Dataset`. Unbatched, in a fixed order.
+        fraction: float in (0, 1). Share of elements held out. Defaults to
+            `0.1`.
+        seed: int. Changes which elements are held out. Defaults to `0`.
+
+    Returns:
+        `(train, held_out)`, two `tf.data.Dataset`s.
+
+    Example:
+    ```python
+    ds = tf.data.Dataset.from_tensor_slices(({"a": xa, "v": xv}, y))
+    train, held_out = keras_olm.split_held_out(ds, 0.1)
+    train = train.shuffle(1000).batch(64)
+    held_out = held_out.batch(64)
+    model.fit(train, held_out_data=held_out)
+    ```
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1); got {fraction}")
+    threshold = tf.constant(int(fraction * 2**32), tf.uint64)
+    salt = tf.constant((seed * 0x9E3779B9) % 2**32, tf.uint64)
+
+    def is_held_out(i):
+        h = (tf.cast(i, tf.uint64) * _GOLDEN + salt) % (2**32)
+        return h < threshold
+
+    indexed = dataset.enumerate()
+    held_out = indexed.filter(lambda i, *e: is_held_out(i))
+    train = indexed.filter(lambda i, *e: tf.logical_not(is_held_out(i)))
+
+    def drop_index(i, *e):
+        return e[0] if len(e) == 1 else e
+
+    return train.map(drop_index), held_out.map(drop_index)
