@@ -23,7 +23,7 @@ Splits: the official test split is scored once per run. The official
 training split is cut once (seed 0) into `val` (15%, picks the
 checkpoint) and the training pool. Every row fits on the same pool;
 balancers that measure held-out losses (OLM, G-Blend) hold out 10% of it
-inside `fit` (`dev_split=0.1`, seed 0), never the validation or test data.
+inside `fit` (`held_out_split=0.1`, seed 0), never the validation or test data.
 
 Rows (`--rows` keys in brackets):
 
@@ -361,8 +361,8 @@ def train_one(splits, modalities, num_classes, fusion, balancer, args, seed):
         y,
         batch_size=args.batch_size,
         epochs=args.epochs,
-        dev_split=0.1,
-        dev_seed=0,
+        held_out_split=0.1,
+        held_out_seed=0,
         callbacks=[best],
         verbose=0,
     )

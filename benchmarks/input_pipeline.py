@@ -400,7 +400,7 @@ def fit_step_seconds(train, dev, steps, epochs, args, weights=None):
     timer = EpochTimer()
     model.fit(
         train,
-        dev_data=dev,
+        held_out_data=dev,
         epochs=epochs,
         callbacks=[timer],
         verbose=0,

@@ -26,11 +26,11 @@ def variants():
         "concat, fused loss only (balancer=None)": lambda: None,
         "the three heads, no modulation": lambda: "heads",
         "OLM defaults": lambda: olm(),
-        "OLM, held-out batch every step": lambda: olm(dev_schedule="step"),
-        "OLM, held-out batch every 10 steps": lambda: olm(dev_every=10),
-        "OLM, held-out batch every 20 steps": lambda: olm(dev_every=20),
+        "OLM, held-out batch every step": lambda: olm(held_out_schedule="step"),
+        "OLM, held-out batch every 10 steps": lambda: olm(held_out_every=10),
+        "OLM, held-out batch every 20 steps": lambda: olm(held_out_every=20),
         "OLM, held-out batch once an epoch": lambda: olm(
-            dev_every=STEPS_PER_EPOCH
+            held_out_every=STEPS_PER_EPOCH
         ),
         "OLM, raw softmax(G/C) (no temperature)": lambda: olm(
             lambda_temperature=None

@@ -221,7 +221,7 @@ def main():
     rng = np.random.default_rng(0)
     x, y = make_data(args, args.samples, rng)
     dev = make_data(args, max(args.batch_size * 4, args.samples // 10), rng)
-    every = keras_olm.OLM().dev_every
+    every = keras_olm.OLM().held_out_every
     if args.steps <= every:
         # Step 0 of every epoch is left out (it waits for the pipeline),
         # so the periodic schedule needs a held-out step after it.
@@ -242,7 +242,7 @@ def main():
         keras.utils.set_random_seed(0)
         balancer = kind
         if kind in ("periodic", "step"):
-            balancer = keras_olm.OLM(dev_schedule=kind)
+            balancer = keras_olm.OLM(held_out_schedule=kind)
         model = keras_olm.BalancedMultimodalModel(
             build_encoders(args),
             num_classes=args.classes,
@@ -262,7 +262,7 @@ def main():
                 y,
                 batch_size=args.batch_size,
                 epochs=1,
-                dev_data=dev,
+                held_out_data=dev,
                 callbacks=[timers[name]],
                 verbose=0,
             )

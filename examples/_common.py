@@ -259,7 +259,7 @@ def train_and_test(data, args, name, balancer, build_model):
     best = BestWeights(diagnostics)
     model.fit(
         data["train"],
-        dev_data=data["dev"],
+        held_out_data=data["dev"],
         epochs=args.epochs,
         callbacks=[diagnostics, best],
         verbose=args.verbose,

@@ -189,7 +189,7 @@ def train_and_evaluate(data, modalities, fusion, balancer, args, seed):
     model.fit(
         pick(xt),
         yt,
-        dev_data=(pick(xd), yd) if model.balancer.needs_dev_data else None,
+        held_out_data=(pick(xd), yd) if model.balancer.needs_held_out else None,
         epochs=args.epochs,
         batch_size=args.batch_size,
         verbose=args.verbose,
