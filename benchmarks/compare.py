@@ -11,11 +11,11 @@ Data (decoded once by the package's readers and cached as `.npz` under
 `$KERAS_OLM_CACHE`, default `~/.cache/keras_olm`):
 
 - `digits`: the embedded audio-visual digits
-  (`keras_olm.datasets.av_digits.generate`, read by `keras_olm.data.CremaD`
+  (`keras_olm.embedded.av_digits.generate`, read by `keras_olm.data.CremaD`
   in the CREMA-D layout): a 64 x 94 log-mel spectrogram and one 32x32
   frame per clip, 10 classes, split by speaker (1,433 training and 364
   test clips).
-- `rooms`: the embedded RGB-D rooms (`keras_olm.datasets.rgbd_rooms`, read
+- `rooms`: the embedded RGB-D rooms (`keras_olm.embedded.rgbd_rooms`, read
   by `keras_olm.data.SunRGBD`) at 32x32, 19 scene classes (760 training
   and 760 test rooms).
 
@@ -93,7 +93,7 @@ DATASET_TITLES = {"digits": "AV digits", "rooms": "RGB-D rooms"}
 
 
 def _cache_dir():
-    from keras_olm.datasets import _cache
+    from keras_olm.embedded import _cache
 
     return _cache.cache_root()
 
@@ -114,7 +114,7 @@ def _read_split(reader, split):
 def _decode_digits(size):
     from keras_olm import data as olm_data
     from keras_olm.data.audio import SpectrogramConfig
-    from keras_olm.datasets import av_digits
+    from keras_olm.embedded import av_digits
 
     kwargs = {} if size is None else {"num_clips": size, "num_speakers": 8}
     root = av_digits.generate(verbose=False, **kwargs)
@@ -140,7 +140,7 @@ def _decode_digits(size):
 
 def _decode_rooms(size):
     from keras_olm import data as olm_data
-    from keras_olm.datasets import rgbd_rooms
+    from keras_olm.embedded import rgbd_rooms
 
     root = rgbd_rooms.generate(samples_per_class=size or 80, verbose=False)
     return olm_data.SunRGBD(root, image_size=(32, 32), dev_fraction=0.0)

@@ -8,7 +8,7 @@ fusion of the same encoders trained jointly ("Attention"), and OLM-Trans
 with two mid fusions, the multimodal bottleneck transformer of Nagrani et
 al. ("OLM-T-MBT") and IRFB ("OLM-T-IRFB"); the metrics are the weighted F1
 of the emotions and the MSE of the valence. This script runs the same grid
-on `keras_olm.datasets.mer_sequences` (generated feature sequences with
+on `keras_olm.embedded.mer_sequences` (generated feature sequences with
 ragged lengths; audio dominant, text weakest) with the model of
 `examples/mer_multi.py`: a 1-layer transformer `SequenceEncoder` per
 modality (MBT: the same layer count inside the fusion, on 0-layer

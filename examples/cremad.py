@@ -11,7 +11,7 @@ IJCAI 2024, does for SUN RGB-D) and the per-class logit norms over epochs
 Data (both read by `keras_olm.data.CremaD`, in CREMA-D's on-disk layout):
 
 - default: the embedded audio-visual digits
-  (`keras_olm.datasets.av_digits`: 1,797 real handwritten digits from
+  (`keras_olm.embedded.av_digits`: 1,797 real handwritten digits from
   scikit-learn paired with the digit's name spoken by espeak-ng, 1.5 s
   clips at 22,050 Hz, 32x32 frames, split by speaker; 10 classes, labels
   `av_digits.LABELS`), generated once into the cache (about 20 s). Audio
@@ -142,7 +142,7 @@ def load_data(args):
         description) and `"audio"` (the `SpectrogramConfig`).
     """
     if args.data_dir is None:
-        from keras_olm.datasets import av_digits
+        from keras_olm.embedded import av_digits
 
         root = av_digits.generate(
             num_clips=args.num_clips,

@@ -13,7 +13,7 @@ printed.
 
 Data (always read by `keras_olm.data.MerMulti`):
 
-- default: the embedded MER sequences (`keras_olm.datasets.mer_sequences`,
+- default: the embedded MER sequences (`keras_olm.embedded.mer_sequences`,
   600 train / 400 test generated clips with ragged lengths, audio the
   dominant modality and text the weakest, written once into the cache in
   the MER-MULTI layout; `--modalities audio,text,video,hog` adds HOG);
@@ -52,7 +52,7 @@ from sklearn.metrics import mean_squared_error
 import keras_olm
 from keras_olm import layers as olm_layers
 from keras_olm.data import MerMulti
-from keras_olm.datasets import mer_sequences
+from keras_olm.embedded import mer_sequences
 
 FUSIONS = ("irfb", "mbt", "attention", "concat")
 SHORT = {"audio": "A", "video": "V", "text": "T", "hog": "H"}

@@ -10,7 +10,7 @@ confusion matrices of RGB, D and RGB-D without and with OLM.
 
 Data (every split comes from the repository's readers):
 
-- default: the embedded RGB-D rooms (`keras_olm.datasets.rgbd_rooms`, 19
+- default: the embedded RGB-D rooms (`keras_olm.embedded.rgbd_rooms`, 19
   classes x 80 samples at 64x64, generated once into the cache and read by
   `keras_olm.data.SunRGBD` exactly as a real SUN RGB-D copy);
 - `--data-dir DIR`: a real SUN RGB-D copy (sensor folders plus
@@ -172,7 +172,7 @@ def load_data(args):
     else:
         root = args.data_dir
         if root is None:
-            from keras_olm.datasets import rgbd_rooms
+            from keras_olm.embedded import rgbd_rooms
 
             root = rgbd_rooms.generate(
                 samples_per_class=args.samples_per_class,

@@ -114,7 +114,7 @@ def test_data_dir_reads_allsplit_mat(example, tmp_path):
     """`--data-dir`: a SUN RGB-D copy with the toolbox's `allsplit.mat`."""
     from scipy import io as sio
 
-    from keras_olm.datasets import rgbd_rooms
+    from keras_olm.embedded import rgbd_rooms
 
     root = rgbd_rooms.generate(
         tmp_path / "SUNRGBD", samples_per_class=2, image_size=32, verbose=False

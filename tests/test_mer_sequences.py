@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
 from keras_olm.data import MerMulti
-from keras_olm.datasets import mer_sequences
+from keras_olm.embedded import mer_sequences
 
 
 def tree_digest(root):

@@ -1,4 +1,9 @@
-"""tf.data input pipelines and dataset readers.
+"""Readers of datasets on disk. Also: embedded (writers), synthetic (arrays).
+
+Readers and tf.data input pipelines for datasets stored in their real
+on-disk layouts: the field's datasets, and the project's embedded stand-ins
+that `keras_olm.embedded` generates and writes in the same layouts.
+`keras_olm.synthetic` makes small in-memory array problems instead.
 
 Every reader yields `({modality: tensor}, label)` batches that feed
 `BalancedMultimodalModel.fit` on every Keras backend (the pipelines are

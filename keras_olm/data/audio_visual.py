@@ -146,7 +146,7 @@ class CremaD(AudioVisualReader):
         split_dir: str or None. Folder of `train.csv`/`test.csv`. Defaults
             to `root`.
         class_names: sequence of str. The labels of the split files, in
-            class-index order (e.g. `keras_olm.datasets.av_digits.LABELS`
+            class-index order (e.g. `keras_olm.embedded.av_digits.LABELS`
             for the embedded digits in this layout). Defaults to
             `CREMAD_CLASSES`.
         audio: str or `SpectrogramConfig`. Defaults to `"cremad"`.

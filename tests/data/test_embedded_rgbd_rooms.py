@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_olm.datasets import _cache
-from keras_olm.datasets import rgbd_rooms
+from keras_olm.embedded import _cache
+from keras_olm.embedded import rgbd_rooms
 
 TINY = {"samples_per_class": 2, "seed": 0, "verbose": False}
 

@@ -261,7 +261,7 @@ def test_mer_multi_arrays_and_clips(tmp_path):
 
 
 def test_readers_read_the_embedded_datasets(tmp_path):
-    from keras_olm.datasets import rgbd_rooms
+    from keras_olm.embedded import rgbd_rooms
 
     root = rgbd_rooms.generate(
         tmp_path / "rooms", samples_per_class=2, image_size=16, verbose=False
@@ -274,7 +274,7 @@ def test_readers_read_the_embedded_datasets(tmp_path):
     assert 0.0 < float(x["depth"].numpy().max()) <= 1.0
 
     pytest.importorskip("espeakng_loader")
-    from keras_olm.datasets import av_digits
+    from keras_olm.embedded import av_digits
 
     root = av_digits.generate(
         tmp_path / "digits", num_clips=12, num_speakers=4, verbose=False

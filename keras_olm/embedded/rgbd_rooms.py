@@ -48,7 +48,7 @@ data (`raw = (d << 3) | (d >> 13)`). `depth/` mimics the raw sensor (noise,
 Example:
 
 ```python
-from keras_olm.datasets import rgbd_rooms
+from keras_olm.embedded import rgbd_rooms
 
 root = rgbd_rooms.generate()  # ~/.cache/keras_olm/rgbd_rooms-1-<hash>
 train = (root / "train.txt").read_text().split()
@@ -62,7 +62,7 @@ import numpy as np
 
 from keras_olm.data.sunrgbd import SENSORS
 from keras_olm.data.sunrgbd import SUNRGBD_CLASSES
-from keras_olm.datasets import _cache
+from keras_olm.embedded import _cache
 
 VERSION = "1"
 NAME = "rgbd_rooms"
@@ -684,7 +684,7 @@ def generate(
     layout and split-file format.
 
     Measured on the generated files with logistic regression on 16x16
-    pixels (`python -m keras_olm.datasets._measure rgbd_rooms`), test
+    pixels (`python -m keras_olm.embedded._measure rgbd_rooms`), test
     accuracy with the defaults is RGB 0.78, depth 0.38, both 0.90: RGB
     dominates (as in SUN RGB-D), neither is perfect, fusion is best.
     Generating the defaults (1,520 samples) takes about 15 s on a shared
@@ -717,7 +717,7 @@ def generate(
     Example:
 
     ```python
-    root = keras_olm.datasets.rgbd_rooms.generate(samples_per_class=20)
+    root = keras_olm.embedded.rgbd_rooms.generate(samples_per_class=20)
     sample = (root / "train.txt").read_text().split()[0]
     print((root / sample / "scene.txt").read_text())
     ```

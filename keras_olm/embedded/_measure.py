@@ -6,8 +6,8 @@ of both concatenated, and reports test accuracy. This is how the defaults of
 the generators were chosen; it is a quick check, not a benchmark.
 
 ```
-python -m keras_olm.datasets._measure rgbd_rooms [--root DIR]
-python -m keras_olm.datasets._measure av_digits [--root DIR]
+python -m keras_olm.embedded._measure rgbd_rooms [--root DIR]
+python -m keras_olm.embedded._measure av_digits [--root DIR]
 ```
 
 Needs scikit-learn (the `test` or `speech` extra).
@@ -48,7 +48,7 @@ def measure_rgbd_rooms(root):
     """RGB (16x16 pixels) vs depth (16x16 `depth_bfx` metres) vs both."""
     from PIL import Image
 
-    from keras_olm.datasets import rgbd_rooms
+    from keras_olm.embedded import rgbd_rooms
 
     root = pathlib.Path(root)
 
@@ -92,7 +92,7 @@ def measure_av_digits(root):
     """Audio (log band energies) vs image (16x16 pixels) vs both."""
     from PIL import Image
 
-    from keras_olm.datasets import av_digits
+    from keras_olm.embedded import av_digits
 
     root = pathlib.Path(root)
 
@@ -113,13 +113,13 @@ def measure_av_digits(root):
 
 
 def main(argv=None):
-    from keras_olm import datasets
+    from keras_olm import embedded
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("dataset", choices=["rgbd_rooms", "av_digits"])
     parser.add_argument("--root", default=None, help="dataset directory")
     args = parser.parse_args(argv)
-    module = getattr(datasets, args.dataset)
+    module = getattr(embedded, args.dataset)
     start = time.time()
     root = module.generate(root=args.root)
     print(f"{root} ready in {time.time() - start:.1f} s")
