@@ -48,6 +48,7 @@ def measure_rgbd_rooms(root):
     """RGB (16x16 pixels) vs depth (16x16 `depth_bfx` metres) vs both."""
     from PIL import Image
 
+    from keras_olm.data.image import decode_depth_bits
     from keras_olm.embedded import rgbd_rooms
 
     root = pathlib.Path(root)
@@ -59,7 +60,7 @@ def measure_rgbd_rooms(root):
             img = Image.open(root / rel / "image" / f"{name}.jpg")
             img = img.resize((16, 16), Image.BILINEAR)
             raw = np.array(Image.open(root / rel / "depth_bfx" / f"{name}.png"))
-            d = rgbd_rooms.unrotate_depth(raw).astype(np.float32) / 1000
+            d = decode_depth_bits(raw).astype(np.float32) / 1000
             d = np.asarray(
                 Image.fromarray(d).resize((16, 16), Image.BILINEAR), np.float32
             )

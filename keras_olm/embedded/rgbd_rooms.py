@@ -39,11 +39,12 @@ root with forward slashes (e.g. `kv2/room_000017`), one per line, sorted;
 every sample is in exactly one of them, stratified by class.
 
 Depth PNGs hold millimetres stored with the SUN RGB-D toolbox's bit
-rotation: a reader recovers millimetres with
-`d = (raw >> 3) | (raw << 13)` in 16-bit arithmetic, exactly as for the real
-data (`raw = (d << 3) | (d >> 13)`). `depth/` mimics the raw sensor (noise,
-0 where the sensor gives no return: grazing angles, dropouts, beyond
-`max_depth`); `depth_bfx/` is the hole-free (in SUN RGB-D: inpainted) map.
+rotation, `raw = (d << 3) | (d >> 13)` in 16-bit arithmetic
+(`keras_olm.data.image.encode_depth_bits`): a reader recovers millimetres
+with `d = (raw >> 3) | (raw << 13)` (`decode_depth_bits`), exactly as for
+the real data. `depth/` mimics the raw sensor (noise, 0 where the sensor
+gives no return: grazing angles, dropouts, beyond `max_depth`);
+`depth_bfx/` is the hole-free (in SUN RGB-D: inpainted) map.
 
 Example:
 
@@ -60,6 +61,7 @@ import pathlib
 
 import numpy as np
 
+from keras_olm.data.image import encode_depth_bits
 from keras_olm.data.sunrgbd import SENSORS
 from keras_olm.data.sunrgbd import SUNRGBD_CLASSES
 from keras_olm.embedded import _cache
@@ -606,34 +608,6 @@ def render_sample(class_index, sample_index, seed=0, image_size=64):
     }
 
 
-def rotate_depth(depth_mm):
-    """Apply the SUN RGB-D storage bit rotation to uint16 millimetres.
-
-    The inverse of the toolbox's `d = (raw >> 3) | (raw << 13)`.
-
-    Args:
-        depth_mm: uint16 array. Depth in millimetres.
-
-    Returns:
-        The uint16 array as stored in SUN RGB-D depth PNGs.
-    """
-    d = np.asarray(depth_mm, dtype=np.uint16)
-    return ((d << 3) | (d >> 13)).astype(np.uint16)
-
-
-def unrotate_depth(raw):
-    """Recover uint16 millimetres from a SUN RGB-D depth PNG's values.
-
-    Args:
-        raw: uint16 array. Values as read from the PNG.
-
-    Returns:
-        uint16 array of millimetres: `(raw >> 3) | (raw << 13)`.
-    """
-    r = np.asarray(raw, dtype=np.uint16)
-    return ((r >> 3) | (r << 13)).astype(np.uint16)
-
-
 def _save_png16(path, array):
     from PIL import Image
 
@@ -751,11 +725,11 @@ def generate(
                 (folder / sub).mkdir(parents=True)
             _save_jpeg(folder / "image" / f"{name}.jpg", s["rgb"], jpeg_quality)
             _save_png16(
-                folder / "depth" / f"{name}.png", rotate_depth(s["depth"])
+                folder / "depth" / f"{name}.png", encode_depth_bits(s["depth"])
             )
             _save_png16(
                 folder / "depth_bfx" / f"{name}.png",
-                rotate_depth(s["depth_bfx"]),
+                encode_depth_bits(s["depth_bfx"]),
             )
             (folder / "scene.txt").write_text(CLASSES[c])
             k = s["intrinsics"]
