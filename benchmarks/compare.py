@@ -57,12 +57,9 @@ validation pass).
     python benchmarks/compare.py --resume results.json   # add to a grid
 
 Backends: on TensorFlow and JAX each run is dominated by tracing and
-compiling its step; torch has none. Measured on the shared 2-core machine
-(`--quick --datasets rooms --rows concat,olm`, two 3-epoch runs): torch
-with one thread (set by `main`) 7 s, TensorFlow 29 s; JAX took 141 s
-against TensorFlow's 41 s in an earlier, busier moment. Torch is the
-fastest choice here; the grid in `benchmarks/README.md` was run on
-TensorFlow, before torch's thread setting was in place.
+compiling its step; torch has none and, with one thread (set by `main`),
+is the fastest choice on a CPU (measured times: "Backends for
+`compare.py`" in `benchmarks/README.md`).
 
 Prints the markdown table, writes the bar plot (`--plot`, default
 `benchmarks/compare.png`) and, with `--write-readme`, replaces the

@@ -21,10 +21,8 @@ modalities' unimodal baselines (by F1; by MSE for the MSE column).
     KERAS_BACKEND=torch python benchmarks/fusion_ablation.py --quick
 
 The torch backend is the quick one for these small models on a CPU (no
-per-model tracing): in a trial on the development machine (shared cores;
-one OLM-T-IRFB A+V run, 540 clips, 1 epoch) TensorFlow took 99 s and torch
-6.6 s. The full grid (57 runs) took 19.9 minutes with torch; its table is
-in `benchmarks/README.md`.
+per-model tracing). The full grid is 57 runs; its table and timings are in
+`benchmarks/README.md`.
 """
 
 import argparse

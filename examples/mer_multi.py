@@ -26,10 +26,10 @@ OLM's held-out losses; the test split is scored once, at the end. Padded
 timesteps are zeros (the encoders' mask value); utterance-level features
 `(N, D)` are read as sequences of length 1.
 
-Run (the default, two runs of 8 epochs with IRFB on audio + text + video,
-took 74 s in the script, 99 s wall, with the torch backend on 2 CPU cores
-shared with other jobs; TensorFlow and JAX spend much longer tracing and
-compiling these small transformers on a CPU, so prefer torch there):
+Run (the default: two runs of 8 epochs with IRFB on audio + text +
+video; its output and time are in `examples/README.md`; TensorFlow and JAX
+spend much longer tracing and compiling these small transformers on a CPU,
+so prefer torch there):
 
     KERAS_BACKEND=torch python examples/mer_multi.py
     python examples/mer_multi.py --fusion mbt --no-olm

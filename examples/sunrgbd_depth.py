@@ -34,13 +34,10 @@ encoders. Full-width ResNet18 (`--width 1`) is the default;
 (keras-hub requires 64 filters in stage 1).
 
 Run (the default: two runs, each training two ResNet18 encoders for 6
-epochs at 64x64; it took 6.5 to 7 minutes on 2 shared CPU cores with the
-TensorFlow backend, with test accuracy RGB / Depth / RGB-D 0.675 / 0.264 /
-0.805 without OLM and 0.839 / 0.429 / 0.933 with OLM). On CPU the
-TensorFlow backend is much the fastest for these convolutions: an epoch of
-the default data took 13-40 s with TensorFlow against about 115 s with
-torch and 110-170 s with JAX (on shared cores), so with those backends on a
-CPU use fewer epochs, `--width 0.5` or `--samples-per-class 40`, or a GPU:
+epochs at 64x64; its accuracies and times are in `examples/README.md`). On
+CPU the TensorFlow backend is much the fastest for these convolutions, so
+with torch or JAX on a CPU use fewer epochs, `--width 0.5` or
+`--samples-per-class 40`, or a GPU:
 
     pip install -e ".[examples]"
     python examples/sunrgbd_depth.py
