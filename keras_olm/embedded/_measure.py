@@ -2,8 +2,8 @@
 
 Reads a generated dataset from disk (the files a reader would read), fits
 scikit-learn logistic regressions on simple features of each modality and
-of both concatenated, and reports test accuracy. This is how the defaults of
-the generators were chosen; it is a quick check, not a benchmark.
+of both concatenated, and reports test accuracy: the check behind the
+generators' defaults; a quick check, not a benchmark.
 
 ```
 python -m keras_olm.embedded._measure rgbd_rooms [--root DIR]
