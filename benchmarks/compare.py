@@ -11,11 +11,11 @@ Data (decoded once by the package's readers and cached as `.npz` under
 `$KERAS_OLM_CACHE`, default `~/.cache/keras_olm`):
 
 - `digits`: the embedded audio-visual digits
-  (`keras_olm.datasets.av_digits.generate`, read by `keras_olm.data.CremaD`
+  (`keras_olm.embedded.av_digits.generate`, read by `keras_olm.data.CremaD`
   in the CREMA-D layout): a 64 x 94 log-mel spectrogram and one 32x32
   frame per clip, 10 classes, split by speaker (1,433 training and 364
   test clips).
-- `rooms`: the embedded RGB-D rooms (`keras_olm.datasets.rgbd_rooms`, read
+- `rooms`: the embedded RGB-D rooms (`keras_olm.embedded.rgbd_rooms`, read
   by `keras_olm.data.SunRGBD`) at 32x32, 19 scene classes (760 training
   and 760 test rooms).
 
@@ -57,12 +57,9 @@ validation pass).
     python benchmarks/compare.py --resume results.json   # add to a grid
 
 Backends: on TensorFlow and JAX each run is dominated by tracing and
-compiling its step; torch has none. Measured on the shared 2-core machine
-(`--quick --datasets rooms --rows concat,olm`, two 3-epoch runs): torch
-with one thread (set by `main`) 7 s, TensorFlow 29 s; JAX took 141 s
-against TensorFlow's 41 s in an earlier, busier moment. Torch is the
-fastest choice here; the grid in `benchmarks/README.md` was run on
-TensorFlow, before torch's thread setting was in place.
+compiling its step; torch has none and, with one thread (set by `main`),
+is the fastest choice on a CPU (measured times: "Backends for
+`compare.py`" in `benchmarks/README.md`).
 
 Prints the markdown table, writes the bar plot (`--plot`, default
 `benchmarks/compare.png`) and, with `--write-readme`, replaces the
@@ -93,7 +90,7 @@ DATASET_TITLES = {"digits": "AV digits", "rooms": "RGB-D rooms"}
 
 
 def _cache_dir():
-    from keras_olm.datasets import _cache
+    from keras_olm.embedded import _cache
 
     return _cache.cache_root()
 
@@ -114,7 +111,7 @@ def _read_split(reader, split):
 def _decode_digits(size):
     from keras_olm import data as olm_data
     from keras_olm.data.audio import SpectrogramConfig
-    from keras_olm.datasets import av_digits
+    from keras_olm.embedded import av_digits
 
     kwargs = {} if size is None else {"num_clips": size, "num_speakers": 8}
     root = av_digits.generate(verbose=False, **kwargs)
@@ -133,17 +130,17 @@ def _decode_digits(size):
         class_names=av_digits.LABELS,
         audio=audio,
         image_size=(32, 32),
-        dev_fraction=0.0,
+        held_out_fraction=0.0,
     )
     return reader
 
 
 def _decode_rooms(size):
     from keras_olm import data as olm_data
-    from keras_olm.datasets import rgbd_rooms
+    from keras_olm.embedded import rgbd_rooms
 
     root = rgbd_rooms.generate(samples_per_class=size or 80, verbose=False)
-    return olm_data.SunRGBD(root, image_size=(32, 32), dev_fraction=0.0)
+    return olm_data.SunRGBD(root, image_size=(32, 32), held_out_fraction=0.0)
 
 
 DECODERS = {"digits": _decode_digits, "rooms": _decode_rooms}

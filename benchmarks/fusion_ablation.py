@@ -8,7 +8,7 @@ fusion of the same encoders trained jointly ("Attention"), and OLM-Trans
 with two mid fusions, the multimodal bottleneck transformer of Nagrani et
 al. ("OLM-T-MBT") and IRFB ("OLM-T-IRFB"); the metrics are the weighted F1
 of the emotions and the MSE of the valence. This script runs the same grid
-on `keras_olm.datasets.mer_sequences` (generated feature sequences with
+on `keras_olm.embedded.mer_sequences` (generated feature sequences with
 ragged lengths; audio dominant, text weakest) with the model of
 `examples/mer_multi.py`: a 1-layer transformer `SequenceEncoder` per
 modality (MBT: the same layer count inside the fusion, on 0-layer
@@ -21,10 +21,8 @@ modalities' unimodal baselines (by F1; by MSE for the MSE column).
     KERAS_BACKEND=torch python benchmarks/fusion_ablation.py --quick
 
 The torch backend is the quick one for these small models on a CPU (no
-per-model tracing): in a trial on the development machine (shared cores;
-one OLM-T-IRFB A+V run, 540 clips, 1 epoch) TensorFlow took 99 s and torch
-6.6 s. The full grid (57 runs) took 19.9 minutes with torch; its table is
-in `benchmarks/README.md`.
+per-model tracing). The full grid is 57 runs; its table and timings are in
+`benchmarks/README.md`.
 """
 
 import argparse
@@ -175,7 +173,7 @@ def main(argv=None):
     print()
     print(
         f"MER sequences ({len(data['train'][1]['label'])} train, "
-        f"{len(data['dev'][1]['label'])} dev, "
+        f"{len(data['held_out'][1]['label'])} held_out, "
         f"{len(data['test'][1]['label'])} test clips), {args.epochs} epochs, "
         f"{args.seeds} seeds, backend {keras.backend.backend()}, "
         f"{minutes:.1f} min"

@@ -49,7 +49,7 @@ Two measurements on the same CREMA-D-layout files, in one run:
    function) and between steps on others, so callbacks cannot separate
    the wait portably. Instead the same model (the two CNN encoders of
    `examples/cremad.py` at these input sizes, late fusion, OLM with the
-   reader's `dev` split as held-out data) is fitted twice, from the same
+   reader's `held_out` split as held-out data) is fitted twice, from the same
    initial weights and on the same samples: once fed by the pipeline and
    once by an in-memory `.cache()` of the pipeline's own output (filled
    in an untimed epoch). Epoch 1 of each fit (tracing, cache filling) is
@@ -376,7 +376,7 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self.start)
 
 
-def fit_step_seconds(train, dev, steps, epochs, args, weights=None):
+def fit_step_seconds(train, held_out, steps, epochs, args, weights=None):
     """Median step time of epochs 2.. of a fit; also the initial weights."""
     keras.utils.set_random_seed(0)
     data = {
@@ -400,7 +400,7 @@ def fit_step_seconds(train, dev, steps, epochs, args, weights=None):
     timer = EpochTimer()
     model.fit(
         train,
-        held_out_data=dev,
+        held_out_data=held_out,
         epochs=epochs,
         callbacks=[timer],
         verbose=0,
@@ -415,15 +415,15 @@ def input_wait(reader, args):
     train = reader.as_dataset(
         "train", batch_size=args.batch_size, drop_remainder=True, seed=0
     )
-    dev = reader.as_dataset("dev", batch_size=args.batch_size)
+    held_out = reader.as_dataset("held_out", batch_size=args.batch_size)
     # The in-memory copy: the same pipeline, cached in its first epoch.
     cached_train = train.cache()
-    cached_dev = dev.cache()
+    cached_held_out = held_out.cache()
     epochs = args.fit_epochs + 1  # the first one is excluded
     memory, weights = fit_step_seconds(
-        cached_train, cached_dev, steps, epochs, args
+        cached_train, cached_held_out, steps, epochs, args
     )
-    piped, _ = fit_step_seconds(train, dev, steps, epochs, args, weights)
+    piped, _ = fit_step_seconds(train, held_out, steps, epochs, args, weights)
     return piped, memory, steps
 
 
@@ -460,7 +460,7 @@ def main(argv=None):
     )
     if not os.path.isfile(os.path.join(root, "test.csv")):
         write_dataset(root, args.clips, args.file_rate)
-    reader = olm_data.CremaD(root, dev_fraction=0.1, seed=0)
+    reader = olm_data.CremaD(root, held_out_fraction=0.1, seed=0)
     config = reader.audio_config
     records = reader.samples("train")
     bs = args.batch_size

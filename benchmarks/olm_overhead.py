@@ -220,7 +220,9 @@ def main():
 
     rng = np.random.default_rng(0)
     x, y = make_data(args, args.samples, rng)
-    dev = make_data(args, max(args.batch_size * 4, args.samples // 10), rng)
+    held_out = make_data(
+        args, max(args.batch_size * 4, args.samples // 10), rng
+    )
     every = keras_olm.OLM().held_out_every
     if args.steps <= every:
         # Step 0 of every epoch is left out (it waits for the pipeline),
@@ -262,7 +264,7 @@ def main():
                 y,
                 batch_size=args.batch_size,
                 epochs=1,
-                held_out_data=dev,
+                held_out_data=held_out,
                 callbacks=[timers[name]],
                 verbose=0,
             )

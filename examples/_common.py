@@ -6,7 +6,7 @@ with the same seed, data and splits: plain joint training
 
 - `make_parser`, `add_training_args`: the common command-line options;
 - `validation_indices`, `batch_datasets`: the `val` split (picks the
-  checkpoint) and the batched `train` / `dev` / `val` / `test` datasets;
+  checkpoint) and the batched `train` / `held_out` / `val` / `test` datasets;
 - `BestWeights`, `train_and_test`: one run, its checkpoint and its test
   scores (accuracy, mean class accuracy, confusion matrices);
 - `format_table`, `plot_confusion_grid`, `run_comparison`, `main`: both
@@ -50,7 +50,7 @@ def add_training_args(
 ):
     """Adds the options every example has to an `argparse` parser.
 
-    `--epochs`, `--batch-size`, `--learning-rate`, `--dev-fraction`,
+    `--epochs`, `--batch-size`, `--learning-rate`, `--held-out-fraction`,
     `--val-fraction`, `--cache`, `--no-olm`, `--out-dir`, `--seed` and
     `--verbose`.
 
@@ -70,7 +70,7 @@ def add_training_args(
         "--learning-rate", type=float, default=learning_rate, help="Adam"
     )
     parser.add_argument(
-        "--dev-fraction",
+        "--held-out-fraction",
         type=float,
         default=0.1,
         help="share of the training split held out for OLM",
@@ -123,13 +123,13 @@ def batch_datasets(reader, splits, batch_size, cache, seed, **info):
 
     Args:
         reader: the `keras_olm.data` reader of the official splits (its
-            `dev` and `test` sizes are reported).
+            `held_out` and `test` sizes are reported).
         splits: dict with unbatched `tf.data.Dataset`s `"train"`,
-            `"dev"`, `"val"` and `"test"`, elements
+            `"held_out"`, `"val"` and `"test"`, elements
             `({modality: tensor}, label)`, `"train"` with a known
             cardinality.
         batch_size: int. Batch size of every split.
-        cache: bool. Keep the decoded `train`, `dev` and `val` samples in
+        cache: bool. Keep the decoded `train`, `held_out` and `val` samples in
             memory after the first pass; `train` is then shuffled in
             memory every epoch (otherwise the reader shuffles records
             before decoding).
@@ -137,17 +137,22 @@ def batch_datasets(reader, splits, batch_size, cache, seed, **info):
         **info: more entries of the returned dict (e.g. `kind`, `source`).
 
     Returns:
-        A dict with the batched, prefetched datasets (`"train"`, `"dev"`,
+        A dict with the batched, prefetched datasets (`"train"`, `"held_out"`,
         `"val"`, `"test"`), `"reader"`, `"class_names"`, `"input_shapes"`
         (modality -> shape without the batch axis), `"sizes"` (split ->
         number of samples) and `info`.
     """
-    train, val, dev = splits["train"], splits["val"], splits["dev"]
+    train, val, held_out = splits["train"], splits["val"], splits["held_out"]
     n_train = int(train.cardinality())
     if cache:
-        train, val, dev = train.cache(), val.cache(), dev.cache()
+        train, val, held_out = train.cache(), val.cache(), held_out.cache()
         train = train.shuffle(n_train, seed=seed, reshuffle_each_iteration=True)
-    datasets = {"train": train, "dev": dev, "val": val, "test": splits["test"]}
+    datasets = {
+        "train": train,
+        "held_out": held_out,
+        "val": val,
+        "test": splits["test"],
+    }
     datasets = {
         k: v.batch(batch_size).prefetch(tf.data.AUTOTUNE)
         for k, v in datasets.items()
@@ -160,7 +165,7 @@ def batch_datasets(reader, splits, batch_size, cache, seed, **info):
         "input_shapes": {m: tuple(spec[m].shape[1:]) for m in spec},
         "sizes": {
             "train": n_train,
-            "dev": len(reader.samples("dev")),
+            "held_out": len(reader.samples("held_out")),
             "val": int(val.cardinality()),
             "test": len(reader.samples("test")),
         },
@@ -259,7 +264,7 @@ def train_and_test(data, args, name, balancer, build_model):
     best = BestWeights(diagnostics)
     model.fit(
         data["train"],
-        held_out_data=data["dev"],
+        held_out_data=data["held_out"],
         epochs=args.epochs,
         callbacks=[diagnostics, best],
         verbose=args.verbose,

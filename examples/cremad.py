@@ -11,7 +11,7 @@ IJCAI 2024, does for SUN RGB-D) and the per-class logit norms over epochs
 Data (both read by `keras_olm.data.CremaD`, in CREMA-D's on-disk layout):
 
 - default: the embedded audio-visual digits
-  (`keras_olm.datasets.av_digits`: 1,797 real handwritten digits from
+  (`keras_olm.embedded.av_digits`: 1,797 real handwritten digits from
   scikit-learn paired with the digit's name spoken by espeak-ng, 1.5 s
   clips at 22,050 Hz, 32x32 frames, split by speaker; 10 classes, labels
   `av_digits.LABELS`), generated once into the cache (about 20 s). Audio
@@ -31,8 +31,9 @@ Spectrograms (`--audio`):
   `keras_olm.data.audio`, 257 x 188 (log magnitude, no z-score).
 
 Splits: the official `train.csv` is divided into `train` (fits the
-weights), `dev` (the reader's seeded hold-out, `--dev-fraction`, read only
-by OLM for its held-out losses) and `val` (`--val-fraction`, picks the
+weights), `held_out` (the reader's seeded hold-out,
+`--held-out-fraction`, read only by OLM for its held-out losses) and `val`
+(`--val-fraction`, picks the
 checkpoint, the epoch with the best fused validation accuracy, and feeds
 the logit-norm diagnostics); the fit and val clip lists are written as
 `<out-dir>/splits/train.csv` and `test.csv`. `test.csv` is scored once,
@@ -97,7 +98,7 @@ def _write_split(path, records, class_names):
 def cremad_readers(root, args, class_names, audio, size):
     """The CREMA-D reader, and one over the (fit, val) clip lists.
 
-    The first reader reads `train.csv` / `test.csv` and holds out `dev`
+    The first reader reads `train.csv` / `test.csv` and holds out `held_out`
     for OLM. The rest of its `train` split is cut (by `--seed`) into the
     clips that fit the weights and the validation clips, written as
     `<out-dir>/splits/train.csv` and `test.csv` and read by a second
@@ -112,7 +113,9 @@ def cremad_readers(root, args, class_names, audio, size):
         image_size=(size, size),
         seed=args.seed,
     )
-    reader = olm_data.CremaD(root, dev_fraction=args.dev_fraction, **options)
+    reader = olm_data.CremaD(
+        root, held_out_fraction=args.held_out_fraction, **options
+    )
     records = reader.samples("train")
     fit_idx, val_idx = _common.validation_indices(
         len(records), args.val_fraction, args.seed
@@ -126,13 +129,13 @@ def cremad_readers(root, args, class_names, audio, size):
             reader.class_names,
         )
     fit_reader = olm_data.CremaD(
-        root, split_dir=folder, dev_fraction=0.0, **options
+        root, split_dir=folder, held_out_fraction=0.0, **options
     )
     return reader, fit_reader
 
 
 def load_data(args):
-    """Builds the readers and the batched train / dev / val / test datasets.
+    """Builds the readers and the batched train / held_out / val / test sets.
 
     Args:
         args: the parsed command line.
@@ -142,7 +145,7 @@ def load_data(args):
         description) and `"audio"` (the `SpectrogramConfig`).
     """
     if args.data_dir is None:
-        from keras_olm.datasets import av_digits
+        from keras_olm.embedded import av_digits
 
         root = av_digits.generate(
             num_clips=args.num_clips,
@@ -176,7 +179,9 @@ def load_data(args):
             prefetch=False,
         ),
         "val": fit_reader.as_dataset("test", batch_size=None, prefetch=False),
-        "dev": reader.as_dataset("dev", batch_size=None, prefetch=False),
+        "held_out": reader.as_dataset(
+            "held_out", batch_size=None, prefetch=False
+        ),
         "test": reader.as_dataset("test", batch_size=None, prefetch=False),
     }
     return _common.batch_datasets(

@@ -13,7 +13,7 @@ printed.
 
 Data (always read by `keras_olm.data.MerMulti`):
 
-- default: the embedded MER sequences (`keras_olm.datasets.mer_sequences`,
+- default: the embedded MER sequences (`keras_olm.embedded.mer_sequences`,
   600 train / 400 test generated clips with ragged lengths, audio the
   dominant modality and text the weakest, written once into the cache in
   the MER-MULTI layout; `--modalities audio,text,video,hog` adds HOG);
@@ -21,15 +21,15 @@ Data (always read by `keras_olm.data.MerMulti`):
   or `<split>-label.csv` + `features/<modality>/<name>.npy`; see
   `keras_olm.data.MerMulti`), e.g. `--modalities audio,text,video`.
 
-The reader's `dev` split (`--dev-fraction` of the training clips) feeds
-OLM's held-out losses; the test split is scored once, at the end. Padded
+The reader's `held_out` split (`--held-out-fraction` of the training clips)
+feeds OLM's held-out losses; the test split is scored once, at the end. Padded
 timesteps are zeros (the encoders' mask value); utterance-level features
 `(N, D)` are read as sequences of length 1.
 
-Run (the default, two runs of 8 epochs with IRFB on audio + text + video,
-took 74 s in the script, 99 s wall, with the torch backend on 2 CPU cores
-shared with other jobs; TensorFlow and JAX spend much longer tracing and
-compiling these small transformers on a CPU, so prefer torch there):
+Run (the default: two runs of 8 epochs with IRFB on audio + text +
+video; its output and time are in `examples/README.md`; TensorFlow and JAX
+spend much longer tracing and compiling these small transformers on a CPU,
+so prefer torch there):
 
     KERAS_BACKEND=torch python examples/mer_multi.py
     python examples/mer_multi.py --fusion mbt --no-olm
@@ -52,14 +52,14 @@ from sklearn.metrics import mean_squared_error
 import keras_olm
 from keras_olm import layers as olm_layers
 from keras_olm.data import MerMulti
-from keras_olm.datasets import mer_sequences
+from keras_olm.embedded import mer_sequences
 
 FUSIONS = ("irfb", "mbt", "attention", "concat")
 SHORT = {"audio": "A", "video": "V", "text": "T", "hog": "H"}
 
 
 def load_data(args):
-    """Arrays of the train, dev and test splits, read by `MerMulti`."""
+    """Arrays of the train, held_out and test splits, read by `MerMulti`."""
     modalities = tuple(args.modalities.split(","))
     if args.data_dir:
         root = args.data_dir
@@ -80,11 +80,11 @@ def load_data(args):
         modalities=modalities,
         target="both",
         max_len=args.max_len,
-        dev_fraction=args.dev_fraction,
+        held_out_fraction=args.held_out_fraction,
         seed=args.data_seed,
     )
     splits = {}
-    for split in ("train", "dev", "test"):
+    for split in ("train", "held_out", "test"):
         records = reader.samples(split)
         x = {}
         for m in modalities:
@@ -185,7 +185,7 @@ def train_and_evaluate(data, modalities, fusion, balancer, args, seed):
     keras.utils.set_random_seed(seed)
     model = build_model(modalities, fusion, balancer, args)
     pick = lambda x: {m: x[m] for m in modalities}  # noqa: E731
-    (xt, yt), (xd, yd), (xs, ys) = data["train"], data["dev"], data["test"]
+    (xt, yt), (xd, yd), (xs, ys) = data["train"], data["held_out"], data["test"]
     model.fit(
         pick(xt),
         yt,
@@ -249,7 +249,7 @@ def parse_args(argv=None):
         default=0.5,
         help="weight of the valence MSE in the loss",
     )
-    parser.add_argument("--dev-fraction", type=float, default=0.1)
+    parser.add_argument("--held-out-fraction", type=float, default=0.1)
     parser.add_argument(
         "--num-train", type=int, default=600, help="embedded: train clips"
     )
@@ -269,7 +269,7 @@ def main(argv=None):
     start = time.perf_counter()
     data = load_data(args)
     modalities = data["modalities"]
-    sizes = {s: len(data[s][1]["label"]) for s in ("train", "dev", "test")}
+    sizes = {s: len(data[s][1]["label"]) for s in ("train", "held_out", "test")}
     print(
         f"MER-MULTI from {data['root']}: {sizes}, modalities "
         f"{list(modalities)}, fusion {args.fusion}, "

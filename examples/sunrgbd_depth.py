@@ -10,7 +10,7 @@ confusion matrices of RGB, D and RGB-D without and with OLM.
 
 Data (every split comes from the repository's readers):
 
-- default: the embedded RGB-D rooms (`keras_olm.datasets.rgbd_rooms`, 19
+- default: the embedded RGB-D rooms (`keras_olm.embedded.rgbd_rooms`, 19
   classes x 80 samples at 64x64, generated once into the cache and read by
   `keras_olm.data.SunRGBD` exactly as a real SUN RGB-D copy);
 - `--data-dir DIR`: a real SUN RGB-D copy (sensor folders plus
@@ -21,8 +21,9 @@ Data (every split comes from the repository's readers):
   MLP encoders instead of ResNet18.
 
 Splits: the official training split is divided into `train` (fits the
-weights), `dev` (the reader's seeded hold-out, `--dev-fraction`, read only
-by OLM for its held-out losses) and `val` (`--val-fraction`, picks the
+weights), `held_out` (the reader's seeded hold-out,
+`--held-out-fraction`, read only by OLM for its held-out losses) and `val`
+(`--val-fraction`, picks the
 checkpoint: the epoch with the best fused validation accuracy, and feeds the
 logit-norm diagnostics; for images the fit and val sample lists are written
 to `<out-dir>/splits/`). The test split is scored once, at the end.
@@ -34,13 +35,10 @@ encoders. Full-width ResNet18 (`--width 1`) is the default;
 (keras-hub requires 64 filters in stage 1).
 
 Run (the default: two runs, each training two ResNet18 encoders for 6
-epochs at 64x64; it took 6.5 to 7 minutes on 2 shared CPU cores with the
-TensorFlow backend, with test accuracy RGB / Depth / RGB-D 0.675 / 0.264 /
-0.805 without OLM and 0.839 / 0.429 / 0.933 with OLM). On CPU the
-TensorFlow backend is much the fastest for these convolutions: an epoch of
-the default data took 13-40 s with TensorFlow against about 115 s with
-torch and 110-170 s with JAX (on shared cores), so with those backends on a
-CPU use fewer epochs, `--width 0.5` or `--samples-per-class 40`, or a GPU:
+epochs at 64x64; its accuracies and times are in `examples/README.md`). On
+CPU the TensorFlow backend is much the fastest for these convolutions, so
+with torch or JAX on a CPU use fewer epochs, `--width 0.5` or
+`--samples-per-class 40`, or a GPU:
 
     pip install -e ".[examples]"
     python examples/sunrgbd_depth.py
@@ -92,8 +90,8 @@ def _split_validation(reader, fraction, seed):
     """Splits the reader's `train` split into (train, val), unbatched.
 
     For in-memory readers (features): the decoded samples are filtered by
-    index. The reader's own `dev` split (OLM's held-out data) is already
-    outside `train`, so train, dev, val and test are disjoint.
+    index. The reader's own `held_out` split (OLM's held-out data) is already
+    outside `train`, so train, held_out, val and test are disjoint.
     """
     n = len(reader.samples("train"))
     train_idx, val_idx = _common.validation_indices(n, fraction, seed)
@@ -110,7 +108,7 @@ def _split_validation(reader, fraction, seed):
 def _sunrgbd_readers(root, args, size):
     """The SUN RGB-D reader, and one over the (fit, val) sample lists.
 
-    The first reader reads the official split and holds out `dev` for OLM.
+    The first reader reads the official split and holds out `held_out` for OLM.
     The rest of its `train` split is cut (by `--seed`) into the samples
     that fit the weights and the validation samples; both lists are
     written as split files into `<out-dir>/splits/` and read by a second
@@ -127,7 +125,7 @@ def _sunrgbd_readers(root, args, size):
     reader = olm_data.SunRGBD(
         root,
         split_file=args.split_file,
-        dev_fraction=args.dev_fraction,
+        held_out_fraction=args.held_out_fraction,
         **options,
     )
     ids = [r["id"] for r in reader.samples("train")]
@@ -144,20 +142,20 @@ def _sunrgbd_readers(root, args, size):
     fit_reader = olm_data.SunRGBD(
         root,
         split_file={"train": lists["fit"], "test": lists["val"]},
-        dev_fraction=0.0,
+        held_out_fraction=0.0,
         **options,
     )
     return reader, fit_reader
 
 
 def load_data(args):
-    """Builds the reader and the batched train / dev / val / test datasets.
+    """Builds the reader and the batched train / held_out / val / test datasets.
 
     Args:
         args: the parsed command line.
 
     Returns:
-        A dict with the datasets (`"train"`, `"dev"`, `"val"`, `"test"`),
+        A dict with the datasets (`"train"`, `"held_out"`, `"val"`, `"test"`),
         `"reader"`, `"class_names"`, `"input_shapes"` (modality -> shape
         without the batch axis), `"kind"` (`"images"` or `"features"`) and
         `"source"` (a description).
@@ -165,14 +163,16 @@ def load_data(args):
     fit_reader = None
     if args.features:
         reader = olm_data.SunRGBDFeatures(
-            args.features, dev_fraction=args.dev_fraction, seed=args.seed
+            args.features,
+            held_out_fraction=args.held_out_fraction,
+            seed=args.seed,
         )
         kind, cache = "features", True
         source = f"features from {args.features}"
     else:
         root = args.data_dir
         if root is None:
-            from keras_olm.datasets import rgbd_rooms
+            from keras_olm.embedded import rgbd_rooms
 
             root = rgbd_rooms.generate(
                 samples_per_class=args.samples_per_class,
@@ -206,7 +206,9 @@ def load_data(args):
     splits = {
         "train": train,
         "val": val,
-        "dev": reader.as_dataset("dev", batch_size=None, prefetch=False),
+        "held_out": reader.as_dataset(
+            "held_out", batch_size=None, prefetch=False
+        ),
         "test": reader.as_dataset("test", batch_size=None, prefetch=False),
     }
     return _common.batch_datasets(

@@ -4,7 +4,9 @@ The public surface: `BalancedMultimodalModel`, the `OLM` balancer and the
 field's others (`OGMGE`, `GBlend`, `MMCosine`, `GradNorm`, `PMR`), the
 fusion layers (`LateFusion`, `FiLMFusion`, `GatedFusion`,
 `AttentionFusion`), `split_held_out`, and the `balancers`, `callbacks`,
-`synthetic` modules.
+`synthetic` (small in-memory array problems) modules. Imported on their
+own: `keras_olm.data` (readers of datasets on disk) and
+`keras_olm.embedded` (writers of the project's embedded datasets).
 """
 
 from keras_olm import balancers

@@ -1,7 +1,10 @@
-"""A small generated two-modality problem with a fast and a slow modality.
+"""Small array problems in memory. Also: data (readers), embedded (writers).
 
-Used by the tests, the benchmarks and the quickstart: the imbalance the
-paper is about, in a form that trains in seconds on a CPU.
+A generated two-modality problem with a fast and a slow modality, returned
+as numpy arrays (nothing on disk: `keras_olm.data` reads datasets on disk,
+`keras_olm.embedded` writes the project's own). Used by the tests, the
+benchmarks and the quickstart: the imbalance the paper is about, in a form
+that trains in seconds on a CPU.
 """
 
 import numpy as np

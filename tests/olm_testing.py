@@ -40,7 +40,7 @@ def deterministic_run(steps=6, epochs=2):
     x, y = keras_olm.synthetic.make_imbalanced(
         steps // epochs * 16, num_classes=3, seed=0
     )
-    dev_x, dev_y = keras_olm.synthetic.make_imbalanced(
+    held_out_x, held_out_y = keras_olm.synthetic.make_imbalanced(
         32, num_classes=3, seed=1
     )
     model = keras_olm.BalancedMultimodalModel(
@@ -62,7 +62,7 @@ def deterministic_run(steps=6, epochs=2):
         batch_size=16,
         epochs=epochs,
         shuffle=False,
-        held_out_data=(dev_x, dev_y),
+        held_out_data=(held_out_x, held_out_y),
         verbose=0,
     )
     balancer = model.balancer

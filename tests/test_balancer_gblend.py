@@ -39,12 +39,14 @@ def test_heads_that_do_not_generalize_get_no_weight():
     np.testing.assert_allclose(w, [0.5, 0.5], rtol=1e-6)
 
 
-def step(train, dev, finite=True):
+def step(train, held_out, finite=True):
     return StepRecord(
         y=np.zeros((2,), "int32"),
         logits={},
         head_losses=keras.ops.convert_to_tensor(np.array(train, "float32")),
-        held_out_losses=keras.ops.convert_to_tensor(np.array(dev, "float32")),
+        held_out_losses=keras.ops.convert_to_tensor(
+            np.array(held_out, "float32")
+        ),
         held_out_flag=keras.ops.convert_to_tensor(1.0),
         finite=keras.ops.convert_to_tensor(finite),
     )
@@ -74,7 +76,7 @@ def test_weights_favour_the_head_that_overfits_less():
 def test_window_without_held_out_batch_waits():
     balancer = GBlend(refresh_every=1)
     balancer.build_heads(["a", "b", "fused"], 4)
-    no_dev = StepRecord(
+    no_held_out = StepRecord(
         y=np.zeros((2,), "int32"),
         logits={},
         head_losses=keras.ops.convert_to_tensor(np.array(TRAIN0, "float32")),
@@ -82,7 +84,7 @@ def test_window_without_held_out_batch_waits():
         held_out_flag=keras.ops.convert_to_tensor(0.0),
         finite=keras.ops.convert_to_tensor(True),
     )
-    balancer.apply_update(no_dev)
+    balancer.apply_update(no_held_out)
     assert int(np_(balancer.windows)) == 0
     balancer.apply_update(step(TRAIN0, DEV0))
     assert int(np_(balancer.windows)) == 1

@@ -68,15 +68,17 @@ def test_embedded_digits_baseline_and_olm(
     out_dir = tmp_path / "out"
     out = example.main([*TINY, f"--out-dir={out_dir}"])
     sizes = out["sizes"]
-    # Train, dev (OLM) and val (checkpoint) partition train.csv.
+    # Train, held_out (OLM) and val (checkpoint) partition train.csv.
     rows = {
         split: (next((tmp_path / "cache").glob("av_digits-*")) / f"{split}.csv")
         .read_text()
         .split()
         for split in ("train", "test")
     }
-    assert sizes["train"] > 0 and sizes["dev"] > 0 and sizes["val"] > 0
-    assert sizes["train"] + sizes["dev"] + sizes["val"] == len(rows["train"])
+    assert sizes["train"] > 0 and sizes["held_out"] > 0 and sizes["val"] > 0
+    assert sizes["train"] + sizes["held_out"] + sizes["val"] == len(
+        rows["train"]
+    )
     assert sizes["test"] == len(rows["test"])
     fit = (out_dir / "splits/train.csv").read_text().split()
     val = (out_dir / "splits/test.csv").read_text().split()
@@ -157,23 +159,23 @@ def test_data_dir_reads_cremad_layout(example, layouts, tmp_path):
         "audio": (257, 188, 1),
         "visual": (32, 32, 3),
     }
-    # dev: round(12 * 0.1) = 1 clip; val: round(11 * 0.2) = 2 clips.
-    assert data["sizes"] == {"train": 9, "dev": 1, "val": 2, "test": 6}
+    # held_out: round(12 * 0.1) = 1 clip; val: round(11 * 0.2) = 2 clips.
+    assert data["sizes"] == {"train": 9, "held_out": 1, "val": 2, "test": 6}
     counts = {
         name: sum(len(y) for _, y in data[name].as_numpy_iterator())
-        for name in ("train", "dev", "val", "test")
+        for name in ("train", "held_out", "val", "test")
     }
     assert counts == data["sizes"]
     fit, val = (
         (out_dir / "splits" / f"{name}.csv").read_text().split()
         for name in ("train", "test")
     )
-    dev = [
+    held_out = [
         f"{r['id']},{r['id'].split('_')[2]}"
-        for r in data["reader"].samples("dev")
+        for r in data["reader"].samples("held_out")
     ]
     train_rows = (root / "train.csv").read_text().split()
-    assert sorted(fit + val + dev) == sorted(train_rows)
+    assert sorted(fit + val + held_out) == sorted(train_rows)
     records = data["reader"].samples("test")
     batches = list(data["test"].as_numpy_iterator())
     labels = np.concatenate([y for _, y in batches])

@@ -52,7 +52,7 @@ def test_embedded_sequences_olm_irfb(example, tmp_path, monkeypatch):
         ]
     )
     assert set(out["runs"]) == {"OLM"}
-    assert out["sizes"] == {"train": 54, "dev": 6, "test": 24}
+    assert out["sizes"] == {"train": 54, "held_out": 6, "test": 24}
     check_scores(out["runs"]["OLM"], ("audio", "video", "fused"))
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["runs"]["OLM"]["f1"] == out["runs"]["OLM"]["f1"]

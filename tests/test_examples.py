@@ -57,10 +57,10 @@ def test_embedded_rooms_baseline_and_olm(example, tmp_path, monkeypatch):
             cm = result["confusion"][head]
             assert cm.shape == (19, 19)
             assert cm.sum() == out["sizes"]["test"]
-    # Train, dev (OLM) and val (checkpoint) partition the training split.
+    # Train, held_out (OLM) and val (checkpoint) partition the training split.
     sizes = out["sizes"]
-    assert sizes["train"] > 0 and sizes["dev"] > 0 and sizes["val"] > 0
-    assert sizes["train"] + sizes["dev"] + sizes["val"] == 19 * 3 - 38
+    assert sizes["train"] > 0 and sizes["held_out"] > 0 and sizes["val"] > 0
+    assert sizes["train"] + sizes["held_out"] + sizes["val"] == 19 * 3 - 38
     lines = out["table"].splitlines()
     assert lines[0] == "| run | RGB | Depth | RGB-D (fused) |"
     assert lines[2].startswith("| joint training (no OLM) |")
@@ -114,7 +114,7 @@ def test_data_dir_reads_allsplit_mat(example, tmp_path):
     """`--data-dir`: a SUN RGB-D copy with the toolbox's `allsplit.mat`."""
     from scipy import io as sio
 
-    from keras_olm.datasets import rgbd_rooms
+    from keras_olm.embedded import rgbd_rooms
 
     root = rgbd_rooms.generate(
         tmp_path / "SUNRGBD", samples_per_class=2, image_size=32, verbose=False
@@ -145,17 +145,19 @@ def test_data_dir_reads_allsplit_mat(example, tmp_path):
         set((out_dir / "splits" / f"{name}.txt").read_text().split())
         for name in ("fit", "val")
     )
-    dev = {r["id"] for r in data["reader"].samples("dev")}
-    assert not (fit & val or fit & dev or val & dev)
-    assert fit | val | dev == set(splits["train"])
+    held_out = {r["id"] for r in data["reader"].samples("held_out")}
+    assert not (fit & val or fit & held_out or val & held_out)
+    assert fit | val | held_out == set(splits["train"])
     assert data["kind"] == "images"
     assert data["input_shapes"] == {"rgb": (32, 32, 3), "depth": (32, 32, 1)}
     sizes = data["sizes"]
-    assert sizes["train"] + sizes["dev"] + sizes["val"] == len(splits["train"])
+    assert sizes["train"] + sizes["held_out"] + sizes["val"] == len(
+        splits["train"]
+    )
     assert sizes["test"] == len(splits["test"])
     counts = {
         name: sum(len(y) for _, y in data[name].as_numpy_iterator())
-        for name in ("train", "dev", "val", "test")
+        for name in ("train", "held_out", "val", "test")
     }
     assert counts == sizes
     x, y = next(iter(data["train"]))

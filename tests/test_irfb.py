@@ -302,7 +302,7 @@ def test_four_modalities_train_with_olm_and_round_trip(
     fusion, layers, tmp_path
 ):
     x, y = four_modality_data(112)
-    dev = ({m: v[96:] for m, v in x.items()}, y[96:])
+    held_out = ({m: v[96:] for m, v in x.items()}, y[96:])
     x, y = {m: v[:96] for m, v in x.items()}, y[:96]
     model = keras_olm.BalancedMultimodalModel(
         {m: encoder(layers=layers) for m in x},
@@ -313,7 +313,7 @@ def test_four_modalities_train_with_olm_and_round_trip(
     )
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     history = model.fit(
-        x, y, epochs=4, batch_size=16, held_out_data=dev, verbose=0
+        x, y, epochs=4, batch_size=16, held_out_data=held_out, verbose=0
     )
     assert model.head_names == ["a", "v", "t", "h", "fused"]
     for h in model.head_names:

@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
 from keras_olm.data import MerMulti
-from keras_olm.datasets import mer_sequences
+from keras_olm.embedded import mer_sequences
 
 
 def tree_digest(root):
@@ -66,7 +66,7 @@ def test_reader_reads_the_generated_copy(tiny_root):
         modalities=mer_sequences.MODALITIES,
         target="both",
         max_len=24,
-        dev_fraction=0.0,
+        held_out_fraction=0.0,
     )
     features, emotion, valence = mer_sequences.make_clips(
         20, seed=[3, 1], modalities=mer_sequences.MODALITIES
@@ -109,7 +109,7 @@ def test_both_targets_feed_a_regression_model(tiny_root):
     model.compile(optimizer="adam")
     history = model.fit(
         reader.as_dataset("train", batch_size=16, seed=0),
-        held_out_data=reader.as_dataset("dev", batch_size=16),
+        held_out_data=reader.as_dataset("held_out", batch_size=16),
         epochs=1,
         verbose=0,
     )

@@ -184,24 +184,24 @@ def _gradients(model, loss_fn, variables):
 def test_dataset_input_with_holdout_split():
     x, y = make_imbalanced(200, seed=0)
     ds = tf.data.Dataset.from_tensor_slices((x, y))
-    train, dev = keras_olm.split_held_out(ds, 0.2, seed=3)
+    train, held_out = keras_olm.split_held_out(ds, 0.2, seed=3)
     n_train = sum(1 for _ in train)
-    n_dev = sum(1 for _ in dev)
-    assert n_train + n_dev == 200 and 20 <= n_dev <= 60
+    n_held_out = sum(1 for _ in held_out)
+    assert n_train + n_held_out == 200 and 20 <= n_held_out <= 60
     # Deterministic and disjoint: the same elements on every pass.
-    dev_a = np.stack([e[0]["fast"] for e in dev.as_numpy_iterator()])
-    dev_b = np.stack([e[0]["fast"] for e in dev.as_numpy_iterator()])
-    np.testing.assert_array_equal(dev_a, dev_b)
+    held_out_a = np.stack([e[0]["fast"] for e in held_out.as_numpy_iterator()])
+    held_out_b = np.stack([e[0]["fast"] for e in held_out.as_numpy_iterator()])
+    np.testing.assert_array_equal(held_out_a, held_out_b)
     train_rows = {
         r.tobytes() for e in train.as_numpy_iterator() for r in [e[0]["fast"]]
     }
-    assert not train_rows & {r.tobytes() for r in dev_a}
+    assert not train_rows & {r.tobytes() for r in held_out_a}
 
     model = tiny_model()
     model.compile(optimizer="adam")
     model.fit(
         train.shuffle(200, seed=0).batch(32),
-        held_out_data=dev.batch(32),
+        held_out_data=held_out.batch(32),
         epochs=1,
         verbose=0,
     )
@@ -337,9 +337,9 @@ def test_different_batch_sizes(trained, data):
     ds = tf.data.Dataset.zip(
         (tf.data.Dataset.zip({"fast": fast, "slow": slow}), labels)
     )
-    good_dev = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    good_held_out = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
     with pytest.raises(Exception, match="modality slow has a different"):
-        model.fit(ds, held_out_data=good_dev, epochs=1, verbose=0)
+        model.fit(ds, held_out_data=good_held_out, epochs=1, verbose=0)
     with pytest.raises(ValueError, match="same batch size"):
         model.predict_heads({"fast": x["fast"][:4], "slow": x["slow"][:3]})
     assert_state_unchanged(model, before)
@@ -383,7 +383,7 @@ def fit_with_inf_sample(data, sample, match, epochs=1):
     bad = {"fast": x["fast"].copy(), "slow": x["slow"]}
     # Overflows the fast head's logits to inf - inf = NaN.
     bad["fast"][sample] = np.inf
-    clean_dev = ({m: v[:32] for m, v in x.items()}, y[:32])
+    clean_held_out = ({m: v[:32] for m, v in x.items()}, y[:32])
     with pytest.raises(keras_olm.NonFiniteLossError, match=match):
         model.fit(
             bad,
@@ -391,7 +391,7 @@ def fit_with_inf_sample(data, sample, match, epochs=1):
             epochs=3,
             batch_size=32,
             shuffle=False,
-            held_out_data=clean_dev,
+            held_out_data=clean_held_out,
             verbose=0,
         )
     return model, before, weights, moments

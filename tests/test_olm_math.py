@@ -17,7 +17,7 @@ def np_(x):
 
 
 def test_rates_code_form():
-    # heads: a, b, fused. dev0 - dev = G; (train0 - train) - G = C.
+    # heads: a, b, fused. dev0 - held_out = G; (train0 - train) - G = C.
     g, c = olm_lib.rates(
         theta0_train=np.array([2.0, 2.0, 2.0]),
         theta0_held_out=np.array([2.0, 2.0, 2.0]),
@@ -37,7 +37,7 @@ def test_rates_paper_form_uses_absolute_values():
         held_out=np.array([1.0, 1.6]),
         form="paper",
     )
-    # G = |dev0 - dev|; C = ||dev - train| - |dev0 - train0||.
+    # G = |dev0 - held_out|; C = ||held_out - train| - |dev0 - train0||.
     np.testing.assert_allclose(np_(g), [1.2, 0.6], rtol=1e-6)
     np.testing.assert_allclose(np_(c), [0.3, 0.1], rtol=1e-5)
 
@@ -62,7 +62,7 @@ def test_rebalancing_factors_with_temperature():
 
 
 def test_c_near_zero_makes_raw_factors_one_hot_but_not_tempered_ones():
-    # The dominant head's train and dev losses fall together: C ~ 0.
+    # The dominant head's train and held-out losses fall together: C ~ 0.
     g = np.array([1.0, 0.2, 0.5])
     c = np.array([0.0, 0.3, 0.4])
     raw = np_(olm_lib.rebalancing_factors(g, c, temperature=None))
@@ -180,7 +180,7 @@ def test_one_sgd_update_by_hand():
 
     # Second step: losses fall; Eq. 6-8 now give λ.
     measure(olm, LOGITS, [0.4, 0.9, 0.6], [0.6, 1.0, 0.8])
-    g = np.array([0.6, 0.1, 0.2])  # dev0 - dev
+    g = np.array([0.6, 0.1, 0.2])  # dev0 - held_out
     c = np.array([0.6, 0.1, 0.4]) - g  # (train0 - train) - G
     ratio = np.maximum(g, 1e-6) / np.maximum(c, 1e-6)
     share = ratio / ratio.sum()

@@ -89,11 +89,15 @@ def test_fit_logs_regression_metrics_and_learns(data):
 def test_dataset_with_dict_targets_and_dev_data(data):
     (x, y), (xv, yv) = data
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
-    dev = tf.data.Dataset.from_tensor_slices((xv, yv)).batch(32)
+    held_out = tf.data.Dataset.from_tensor_slices((xv, yv)).batch(32)
     model = model_with_valence()
     model.compile(optimizer="adam")
     history = model.fit(
-        ds, held_out_data=dev, validation_data=dev, epochs=1, verbose=0
+        ds,
+        held_out_data=held_out,
+        validation_data=held_out,
+        epochs=1,
+        verbose=0,
     ).history
     assert np.isfinite(history["valence_mse"][0])
     assert np.isfinite(history["val_valence_mae"][0])

@@ -1,9 +1,14 @@
-"""tf.data input pipelines and dataset readers.
+"""Readers of datasets on disk. Also: embedded (writers), synthetic (arrays).
+
+Readers and tf.data input pipelines for datasets stored in their real
+on-disk layouts: the field's datasets, and the project's embedded stand-ins
+that `keras_olm.embedded` generates and writes in the same layouts.
+`keras_olm.synthetic` makes small in-memory array problems instead.
 
 Every reader yields `({modality: tensor}, label)` batches that feed
 `BalancedMultimodalModel.fit` on every Keras backend (the pipelines are
-tf.data). Splits: the dataset's own (`"train"`, `"test"`, ...) and `"dev"`,
-a seeded fraction held out of the official training split for OLM's dev
+tf.data). Splits: the dataset's own (`"train"`, `"test"`, ...) and `"held_out"`,
+a seeded fraction held out of the official training split for OLM's held_out
 losses (`"train"` is the rest; the two are disjoint).
 
 Readers (each documents and validates its on-disk layout):
@@ -24,10 +29,10 @@ Example:
 ```python
 reader = keras_olm.data.CremaD("/data/CREMA-D")
 train = reader.as_dataset("train", batch_size=64, seed=0)
-dev = reader.as_dataset("dev", batch_size=64)
+held_out = reader.as_dataset("held_out", batch_size=64)
 model = keras_olm.BalancedMultimodalModel(encoders, reader.num_classes)
 model.compile(optimizer="adam")
-model.fit(train, dev_data=dev, epochs=10)
+model.fit(train, held_out_data=held_out, epochs=10)
 ```
 """
 

@@ -38,26 +38,28 @@ def list_frames(folder, extensions=(".jpg", ".jpeg", ".png")):
 
 
 def hold_out(n, fraction, seed):
-    """Splits `range(n)` into (train, dev) index lists, deterministically.
+    """Splits `range(n)` into (train, held_out) index lists, deterministically.
 
     Args:
         n: int. Number of training samples.
-        fraction: float. Fraction held out as dev (at least one sample when
-            `fraction > 0` and `n >= 2`).
+        fraction: float. Fraction held out as `"held_out"` (at least one
+            sample when `fraction > 0` and `n >= 2`).
         seed: int. The permutation seed.
 
     Returns:
         A tuple of two sorted lists of indices, disjoint, covering `range(n)`.
     """
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"`dev_fraction` must be in [0, 1); got {fraction}.")
-    n_dev = int(round(n * fraction))
+        raise ValueError(
+            f"`held_out_fraction` must be in [0, 1); got {fraction}."
+        )
+    n_held_out = int(round(n * fraction))
     if fraction > 0 and n >= 2:
-        n_dev = min(max(n_dev, 1), n - 1)
+        n_held_out = min(max(n_held_out, 1), n - 1)
     perm = np.random.default_rng(seed).permutation(n)
-    dev = sorted(perm[:n_dev].tolist())
-    train = sorted(perm[n_dev:].tolist())
-    return train, dev
+    held_out = sorted(perm[:n_held_out].tolist())
+    train = sorted(perm[n_held_out:].tolist())
+    return train, held_out
 
 
 class Reader:
@@ -69,17 +71,17 @@ class Reader:
 
     A record is a dict of Python values: file paths (str; several frame
     files joined by newlines), `"label"` (int) and optional extra targets.
-    The splits are the dataset's own plus `"dev"`: a fraction
-    `dev_fraction` of the official training split held out (by `seed`) for
-    OLM's dev losses; `"train"` is the rest, so the two are disjoint. The
+    The splits are the dataset's own plus `"held_out"`: a fraction
+    `held_out_fraction` of the official training split held out (by `seed`) for
+    OLM's held-out losses; `"train"` is the rest, so the two are disjoint. The
     hold-out is a seeded permutation of the validated training records
     (with `on_error="skip"`, of those that passed the up-front checks).
 
     Args:
         root: str or path. The dataset root.
-        dev_fraction: float. Fraction of the training split held out as
-            `"dev"`. Defaults to `0.1`.
-        seed: int. Seed of the dev hold-out. Defaults to `1337`.
+        held_out_fraction: float. Fraction of the training split held out as
+            `"held_out"`. Defaults to `0.1`.
+        seed: int. Seed of the hold-out. Defaults to `1337`.
         on_error: str. `"raise"` or `"skip"` (see `keras_olm.data.errors`).
             Defaults to `"raise"`.
     """
@@ -90,10 +92,12 @@ class Reader:
     official_splits = ("train", "test")
     file_keys = ()
 
-    def __init__(self, root, dev_fraction=0.1, seed=1337, on_error="raise"):
+    def __init__(
+        self, root, held_out_fraction=0.1, seed=1337, on_error="raise"
+    ):
         self.root = os.fspath(root)
         require_dir(self.root, f"{self.name} root folder")
-        self.dev_fraction = float(dev_fraction)
+        self.held_out_fraction = float(held_out_fraction)
         self.seed = int(seed)
         self.on_error = check_on_error(on_error)
         self._reports = {}
@@ -107,7 +111,7 @@ class Reader:
     @property
     def splits(self):
         """The split names accepted by `samples` and `as_dataset`."""
-        return tuple(self.official_splits) + ("dev",)
+        return tuple(self.official_splits) + ("held_out",)
 
     def skip_report(self, split):
         """The `SkipReport` of a split (skips up front and while decoding).
@@ -169,14 +173,16 @@ class Reader:
                 f"Unknown split {split!r} for {self.name}; "
                 f"choose one of {self.splits}."
             )
-        if split in ("train", "dev"):
-            key = ("train", "dev")
+        if split in ("train", "held_out"):
+            key = ("train", "held_out")
             if key not in self._cache:
                 full = self._official_split("train")
-                train, dev = hold_out(len(full), self.dev_fraction, self.seed)
+                train, held_out = hold_out(
+                    len(full), self.held_out_fraction, self.seed
+                )
                 self._cache[key] = (
                     [full[i] for i in train],
-                    [full[i] for i in dev],
+                    [full[i] for i in held_out],
                 )
             return self._cache[key][0 if split == "train" else 1]
         if split not in self._cache:
@@ -213,7 +219,7 @@ class Reader:
         prefetching.
 
         Args:
-            split: str. `"train"`, `"dev"`, `"test"` (or another split of
+            split: str. `"train"`, `"held_out"`, `"test"` (or another split of
                 `self.splits`). Defaults to `"train"`.
             batch_size: int or None. `None` yields single samples. Defaults
                 to `32`.
@@ -236,7 +242,8 @@ class Reader:
 
         ```python
         train = reader.as_dataset("train", batch_size=32, seed=0)
-        dev = reader.as_dataset("dev", batch_size=32)  # held out of train
+        # Held out of the official training split:
+        held_out = reader.as_dataset("held_out", batch_size=32)
         test = reader.as_dataset("test", batch_size=32)
         ```
         """

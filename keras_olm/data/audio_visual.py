@@ -41,7 +41,7 @@ class AudioVisualReader(Reader):
         random_crop: bool. In training, crop the audio at a random offset
             (OGM-GE's VGGSound) instead of from the start. Defaults to
             `False`.
-        dev_fraction: float. Defaults to `0.1`.
+        held_out_fraction: float. Defaults to `0.1`.
         seed: int. Defaults to `1337`.
         on_error: str. `"raise"` or `"skip"`. Defaults to `"raise"`.
     """
@@ -58,11 +58,11 @@ class AudioVisualReader(Reader):
         image_size=(224, 224),
         normalize="imagenet",
         random_crop=False,
-        dev_fraction=0.1,
+        held_out_fraction=0.1,
         seed=1337,
         on_error="raise",
     ):
-        super().__init__(root, dev_fraction, seed, on_error)
+        super().__init__(root, held_out_fraction, seed, on_error)
         self.audio_config = get_audio_preset(audio)
         self.num_frames = int(num_frames)
         self.image_size = tuple(image_size)
@@ -146,12 +146,12 @@ class CremaD(AudioVisualReader):
         split_dir: str or None. Folder of `train.csv`/`test.csv`. Defaults
             to `root`.
         class_names: sequence of str. The labels of the split files, in
-            class-index order (e.g. `keras_olm.datasets.av_digits.LABELS`
+            class-index order (e.g. `keras_olm.embedded.av_digits.LABELS`
             for the embedded digits in this layout). Defaults to
             `CREMAD_CLASSES`.
         audio: str or `SpectrogramConfig`. Defaults to `"cremad"`.
         num_frames: int. Defaults to `1`.
-        **kwargs: `image_size`, `normalize`, `random_crop`, `dev_fraction`,
+        **kwargs: `image_size`, `normalize`, `random_crop`, `held_out_fraction`,
             `seed`, `on_error` (see `AudioVisualReader`).
 
     Example:
@@ -159,7 +159,7 @@ class CremaD(AudioVisualReader):
     ```python
     reader = CremaD("/data/CREMA-D")
     train = reader.as_dataset("train", batch_size=64, seed=0)
-    dev = reader.as_dataset("dev", batch_size=64)
+    held_out = reader.as_dataset("held_out", batch_size=64)
     reader.class_names  # ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
     ```
     """
@@ -218,7 +218,7 @@ class KineticsSounds(AudioVisualReader):
 
     ```
     <root>/my_train.txt, my_test.txt      rows "<ytid>_<start>_<end>,10,<label>"
-    <root>/audio_train/<id>.wav           (train and dev)
+    <root>/audio_train/<id>.wav           (train and held_out)
     <root>/audio_test/<id>.wav
     <root>/Image-01-FPS/<id>/*.jpg
     ```
@@ -408,7 +408,7 @@ class AVE(AudioVisualReader):
     localization are kept: with `localization=True` the target is
     `{"label": int, "segments": int32 (10,)}`, where second `t` holds the
     category index when `Start <= t < End` and `num_classes` (background)
-    otherwise. Splits: "train", "dev" (held out of train), "val" (the
+    otherwise. Splits: "train", "held_out" (held out of train), "val" (the
     official one) and "test". Audio defaults to "pmr_10s"; 3 frames.
 
     Args:

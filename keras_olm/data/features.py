@@ -99,7 +99,7 @@ class SunRGBDFeatures(FeatureReader):
         root: str or path. The features folder.
         modalities: tuple of str. Array names. Defaults to
             `("rgb", "depth")`.
-        dev_fraction: float. Defaults to `0.1`.
+        held_out_fraction: float. Defaults to `0.1`.
         seed: int. Defaults to `1337`.
 
     Example:
@@ -114,9 +114,13 @@ class SunRGBDFeatures(FeatureReader):
     class_names = SUNRGBD_CLASSES
 
     def __init__(
-        self, root, modalities=("rgb", "depth"), dev_fraction=0.1, seed=1337
+        self,
+        root,
+        modalities=("rgb", "depth"),
+        held_out_fraction=0.1,
+        seed=1337,
     ):
-        super().__init__(root, dev_fraction, seed)
+        super().__init__(root, held_out_fraction, seed)
         self.modalities = tuple(modalities)
         for split in self.official_splits:
             self._source(split, "label")  # Validates up front.
@@ -191,7 +195,7 @@ class MerMulti(FeatureReader):
         target: str. `"emotion"`, `"valence"` or `"both"`. Defaults to
             `"emotion"`.
         max_len: int or None. Sequence length. Defaults to `None`.
-        dev_fraction: float. Defaults to `0.1`.
+        held_out_fraction: float. Defaults to `0.1`.
         seed: int. Defaults to `1337`.
 
     Example:
@@ -211,10 +215,10 @@ class MerMulti(FeatureReader):
         modalities=("audio", "text", "video"),
         target="emotion",
         max_len=None,
-        dev_fraction=0.1,
+        held_out_fraction=0.1,
         seed=1337,
     ):
-        super().__init__(root, dev_fraction, seed)
+        super().__init__(root, held_out_fraction, seed)
         if target not in ("emotion", "valence", "both"):
             raise ValueError(
                 "`target` must be 'emotion', 'valence' or 'both'; "
@@ -322,5 +326,5 @@ class MerMulti(FeatureReader):
             return emotion
         if self.target == "valence":
             return valence
-        # The keys of `keras_olm.models.inputs` ("label" for the classes).
+        # The keys of `keras_olm.inputs` ("label" for the classes).
         return {"label": emotion, "valence": valence}

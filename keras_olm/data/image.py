@@ -167,6 +167,8 @@ def load_frames(
 def rotate_depth_bits(raw):
     """Undoes SUN RGB-D's storage: `(raw >> 3) | (raw << 13)` in uint16.
 
+    The tf.data twin of `decode_depth_bits`.
+
     Args:
         raw: uint16 tensor, as decoded from the PNG.
 
@@ -179,6 +181,38 @@ def rotate_depth_bits(raw):
     return tf.bitwise.bitwise_or(
         tf.bitwise.right_shift(raw, three), tf.bitwise.left_shift(raw, thirteen)
     )
+
+
+def decode_depth_bits(raw):
+    """Undoes SUN RGB-D's storage, in numpy: `(raw >> 3) | (raw << 13)`.
+
+    The numpy twin of `rotate_depth_bits` and the inverse of
+    `encode_depth_bits`, in 16-bit arithmetic as the toolbox computes it.
+
+    Args:
+        raw: uint16 array-like, as decoded from the PNG.
+
+    Returns:
+        numpy uint16 array of depth in millimetres.
+    """
+    raw = np.asarray(raw, dtype=np.uint16)
+    return ((raw >> np.uint16(3)) | (raw << np.uint16(13))).astype(np.uint16)
+
+
+def encode_depth_bits(depth_mm):
+    """SUN RGB-D's storage of millimetres: `(mm << 3) | (mm >> 13)`.
+
+    The inverse of `decode_depth_bits` (and of `rotate_depth_bits`), in
+    16-bit arithmetic.
+
+    Args:
+        depth_mm: uint16 array-like. Depth in millimetres.
+
+    Returns:
+        numpy uint16 array, as stored in SUN RGB-D depth PNGs.
+    """
+    mm = np.asarray(depth_mm, dtype=np.uint16)
+    return ((mm << np.uint16(3)) | (mm >> np.uint16(13))).astype(np.uint16)
 
 
 def encode_sunrgbd_depth(depth_m):
@@ -201,8 +235,7 @@ def encode_sunrgbd_depth(depth_m):
     ```
     """
     mm = np.round(np.asarray(depth_m, np.float64) * 1000.0)
-    mm = np.clip(mm, 0, 65535).astype(np.uint16)
-    return ((mm << np.uint16(3)) | (mm >> np.uint16(13))).astype(np.uint16)
+    return encode_depth_bits(np.clip(mm, 0, 65535).astype(np.uint16))
 
 
 def decode_sunrgbd_depth(

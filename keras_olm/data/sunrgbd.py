@@ -122,7 +122,7 @@ class SunRGBD(Reader):
         use_bfx: bool. Read the inpainted `depth_bfx/` maps. Defaults to
             `False`.
         unknown_scene: str. `"drop"` or `"error"`. Defaults to `"drop"`.
-        dev_fraction: float. Defaults to `0.1`.
+        held_out_fraction: float. Defaults to `0.1`.
         seed: int. Defaults to `1337`.
         on_error: str. `"raise"` or `"skip"`. Defaults to `"raise"`.
 
@@ -131,7 +131,7 @@ class SunRGBD(Reader):
     ```python
     reader = SunRGBD("/data/SUNRGBD", split_file="/data/allsplit.mat")
     train = reader.as_dataset("train", batch_size=32, seed=0)
-    dev = reader.as_dataset("dev", batch_size=32)
+    held_out = reader.as_dataset("held_out", batch_size=32)
     ```
     """
 
@@ -150,11 +150,11 @@ class SunRGBD(Reader):
         depth_channels=1,
         use_bfx=False,
         unknown_scene="drop",
-        dev_fraction=0.1,
+        held_out_fraction=0.1,
         seed=1337,
         on_error="raise",
     ):
-        super().__init__(root, dev_fraction, seed, on_error)
+        super().__init__(root, held_out_fraction, seed, on_error)
         if unknown_scene not in ("drop", "error"):
             raise ValueError("`unknown_scene` must be 'drop' or 'error'.")
         if depth_channels not in (1, 3):

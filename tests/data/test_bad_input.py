@@ -150,7 +150,9 @@ def test_skip_under_shuffling_keeps_labels(cremad_root):
         wav, _, _ = clip_files(cremad_root, split="train", index=index)
         wav.write_bytes(b"corrupt" * 10)
         bad.append(str(wav))
-    reader = CremaD(cremad_root, on_error="skip", dev_fraction=0.0, **SMALL)
+    reader = CremaD(
+        cremad_root, on_error="skip", held_out_fraction=0.0, **SMALL
+    )
     expected = sorted(
         r["label"] for r in reader.samples("train") if r["audio"] not in bad
     )
@@ -158,7 +160,7 @@ def test_skip_under_shuffling_keeps_labels(cremad_root):
     for _ in range(2):  # Two differently shuffled passes.
         assert sorted(int(y) for _, y in ds) == expected
     assert sorted(reader.skip_report("train").paths) == sorted(bad)
-    strict = CremaD(cremad_root, dev_fraction=0.0, **SMALL)
+    strict = CremaD(cremad_root, held_out_fraction=0.0, **SMALL)
     with pytest.raises(
         DECODE_ERRORS, match=r"Could not load .*\.wav: not a readable audio"
     ):

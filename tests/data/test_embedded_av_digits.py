@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_olm.datasets import _cache
-from keras_olm.datasets import _espeak
-from keras_olm.datasets import av_digits
+from keras_olm.embedded import _cache
+from keras_olm.embedded import _espeak
+from keras_olm.embedded import av_digits
 
 TINY = {"num_clips": 24, "num_speakers": 4, "seed": 0, "verbose": False}
 

@@ -19,16 +19,16 @@ def test_fit_sunrgbd_reader_with_dev_split(sunrgbd_root):
     if not hasattr(keras_olm, "BalancedMultimodalModel"):
         pytest.skip("BalancedMultimodalModel is not available yet.")
     keras.utils.set_random_seed(0)
-    reader = SunRGBD(sunrgbd_root, image_size=(16, 16), dev_fraction=0.3)
+    reader = SunRGBD(sunrgbd_root, image_size=(16, 16), held_out_fraction=0.3)
     train = reader.as_dataset("train", batch_size=2, seed=0)
-    dev = reader.as_dataset("dev", batch_size=2)
+    held_out = reader.as_dataset("held_out", batch_size=2)
     model = keras_olm.BalancedMultimodalModel(
         {"rgb": tiny_encoder(), "depth": tiny_encoder()},
         num_classes=reader.num_classes,
     )
     model.compile(optimizer="adam")
     history = model.fit(
-        train, dev_data=dev, epochs=1, steps_per_epoch=2, verbose=0
+        train, held_out_data=held_out, epochs=1, steps_per_epoch=2, verbose=0
     )
     assert np.isfinite(history.history["loss"][-1])
     probs = model.predict(reader.as_dataset("test", batch_size=4), verbose=0)

@@ -14,6 +14,8 @@ from keras_olm.data import load_frames
 from keras_olm.data import load_image
 from keras_olm.data import load_sunrgbd_depth
 from keras_olm.data import sample_frame_indices
+from keras_olm.data.image import decode_depth_bits
+from keras_olm.data.image import encode_depth_bits
 from keras_olm.data.image import rotate_depth_bits
 
 
@@ -74,6 +76,15 @@ def test_depth_bit_rotation_matches_toolbox():
     mm = np.array([0, 1, 500, 8000, 65535], np.uint16)
     np.testing.assert_array_equal(
         rotate_depth_bits(encode_sunrgbd_depth(mm / 1000.0)).numpy(), mm
+    )
+    np.testing.assert_array_equal(decode_depth_bits(raw), expected)
+
+
+def test_numpy_depth_bits_invert_each_other():
+    # The helpers invert each other on every uint16 value.
+    every = np.arange(65536, dtype=np.uint16)
+    np.testing.assert_array_equal(
+        decode_depth_bits(encode_depth_bits(every)), every
     )
 
 

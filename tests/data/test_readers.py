@@ -37,22 +37,26 @@ def ids(reader, split):
 
 
 def test_cremad(cremad_root):
-    reader = CremaD(cremad_root, dev_fraction=0.25, **SMALL)
+    reader = CremaD(cremad_root, held_out_fraction=0.25, **SMALL)
     assert (
         reader.class_names
         == CREMAD_CLASSES
         == tuple("NEU HAP SAD FEA DIS ANG".split())
     )
-    train, dev, test = (
+    train, held_out, test = (
         ids(reader, "train"),
-        ids(reader, "dev"),
+        ids(reader, "held_out"),
         ids(reader, "test"),
     )
-    assert len(train) + len(dev) == 9 and len(dev) == 2 and len(test) == 3
-    assert not set(train) & set(dev)
+    assert (
+        len(train) + len(held_out) == 9
+        and len(held_out) == 2
+        and len(test) == 3
+    )
+    assert not set(train) & set(held_out)
     # The hold-out is deterministic given the seed.
-    again = CremaD(cremad_root, dev_fraction=0.25, **SMALL)
-    assert ids(again, "dev") == dev
+    again = CremaD(cremad_root, held_out_fraction=0.25, **SMALL)
+    assert ids(again, "held_out") == held_out
     inputs, ys = collect(reader.as_dataset("test", batch_size=2))
     assert inputs["audio"].shape == (3, 257, 188, 1)
     assert inputs["visual"].shape == (3, 16, 16, 3)
@@ -83,10 +87,10 @@ def test_cremad(cremad_root):
 
 
 def test_kinetics_sounds(ks_root):
-    reader = KineticsSounds(ks_root, dev_fraction=0.25, **SMALL)
+    reader = KineticsSounds(ks_root, held_out_fraction=0.25, **SMALL)
     assert reader.class_names == ("dog barking", "playing bagpipes", "singing")
-    assert len(reader.samples("dev")) == 1
-    assert not set(ids(reader, "train")) & set(ids(reader, "dev"))
+    assert len(reader.samples("held_out")) == 1
+    assert not set(ids(reader, "train")) & set(ids(reader, "held_out"))
     inputs, _ = collect(reader.as_dataset("test", batch_size=2))
     assert inputs["audio"].shape == (2, 257, 1004, 1)
     assert inputs["visual"].shape == (2, 3, 16, 16, 3)
@@ -96,10 +100,10 @@ def test_kinetics_sounds(ks_root):
 
 
 def test_vggsound(vggsound_root):
-    reader = VGGSound(vggsound_root, dev_fraction=0.34, **SMALL)
+    reader = VGGSound(vggsound_root, held_out_fraction=0.34, **SMALL)
     assert reader.class_names == ("cat meowing", "dog barking")
     assert ids(reader, "test") == ["jkl_000005", "mno_000007"]
-    assert sorted(ids(reader, "train") + ids(reader, "dev")) == [
+    assert sorted(ids(reader, "train") + ids(reader, "held_out")) == [
         "abc_000030",
         "def_000000",
         "ghi_000012",
@@ -112,7 +116,7 @@ def test_vggsound(vggsound_root):
 def test_ave_keeps_per_second_labels(ave_root):
     reader = AVE(ave_root, localization=True, **SMALL)
     assert reader.class_names == ("Church bell", "Dog", "Violin")
-    assert reader.splits == ("train", "val", "test", "dev")
+    assert reader.splits == ("train", "val", "test", "held_out")
     assert ids(reader, "val") == ["va0"]
     test = reader.samples("test")
     background = reader.num_classes
@@ -131,17 +135,21 @@ def test_ave_keeps_per_second_labels(ave_root):
 
 
 def test_sunrgbd_text_split(sunrgbd_root, caplog):
-    reader = SunRGBD(sunrgbd_root, dev_fraction=0.3, **SMALL)
+    reader = SunRGBD(sunrgbd_root, held_out_fraction=0.3, **SMALL)
     assert reader.class_names == SUNRGBD_CLASSES and reader.num_classes == 19
-    train, dev, test = (
+    train, held_out, test = (
         ids(reader, "train"),
-        ids(reader, "dev"),
+        ids(reader, "held_out"),
         ids(reader, "test"),
     )
     # 8 listed train samples, one ("gym") outside the 19 classes: dropped.
-    assert len(train) + len(dev) == 7 and len(dev) == 2 and len(test) == 3
-    assert not set(train) & set(dev)
-    assert "xtion/sun3ddata/mit_2/0003" not in train + dev
+    assert (
+        len(train) + len(held_out) == 7
+        and len(held_out) == 2
+        and len(test) == 3
+    )
+    assert not set(train) & set(held_out)
+    assert "xtion/sun3ddata/mit_2/0003" not in train + held_out
     assert reader.dropped_scenes == {"train": 1, "test": 0}
     with pytest.raises(DataError, match=r"0003/scene.txt: unknown label 'gym'"):
         SunRGBD(sunrgbd_root, unknown_scene="error").samples("train")
@@ -193,7 +201,7 @@ def test_sunrgbd_allsplit_mat(sunrgbd_root, tmp_path):
     assert read_split_file(str(mat)) == {"train": train, "test": test}
     reader = SunRGBD(sunrgbd_root, split_file=mat, **SMALL)
     assert ids(reader, "test") == test
-    assert len(reader.samples("train")) + len(reader.samples("dev")) == 7
+    assert len(reader.samples("train")) + len(reader.samples("held_out")) == 7
 
 
 def test_sunrgbd_features(tmp_path):
@@ -207,8 +215,8 @@ def test_sunrgbd_features(tmp_path):
     np.save(tmp_path / "test_rgb.npy", rng.normal(size=(4, 8)))
     np.save(tmp_path / "test_depth.npy", rng.normal(size=(4, 8)))
     np.save(tmp_path / "test_label.npy", np.array(["office", "kitchen"] * 2))
-    reader = SunRGBDFeatures(tmp_path, dev_fraction=0.2)
-    assert len(reader.samples("dev")) == 2
+    reader = SunRGBDFeatures(tmp_path, held_out_fraction=0.2)
+    assert len(reader.samples("held_out")) == 2
     inputs, ys = collect(reader.as_dataset("test", batch_size=4))
     assert inputs["rgb"].shape == (4, 8) and inputs["rgb"].dtype == np.float32
     np.testing.assert_array_equal(ys[0].numpy(), [16, 11, 16, 11])
@@ -238,7 +246,7 @@ def test_mer_multi_arrays_and_clips(tmp_path):
     (tmp_path / "test-label.csv").write_text(
         "name,discrete,valence\n" + "".join(",".join(r) + "\n" for r in rows)
     )
-    reader = MerMulti(tmp_path, target="both", max_len=5, dev_fraction=0.0)
+    reader = MerMulti(tmp_path, target="both", max_len=5, held_out_fraction=0.0)
     inputs, ys = collect(reader.as_dataset("test", batch_size=2))
     assert inputs["audio"].shape == (2, 5, 4)  # Zero-padded to max_len.
     assert np.all(inputs["audio"][0, 2:] == 0)
@@ -261,12 +269,12 @@ def test_mer_multi_arrays_and_clips(tmp_path):
 
 
 def test_readers_read_the_embedded_datasets(tmp_path):
-    from keras_olm.datasets import rgbd_rooms
+    from keras_olm.embedded import rgbd_rooms
 
     root = rgbd_rooms.generate(
         tmp_path / "rooms", samples_per_class=2, image_size=16, verbose=False
     )
-    reader = SunRGBD(root, image_size=(16, 16), dev_fraction=0.0)
+    reader = SunRGBD(root, image_size=(16, 16), held_out_fraction=0.0)
     assert len(reader.samples("train")) == len(reader.samples("test")) == 19
     x, y = next(iter(reader.as_dataset("test", batch_size=19)))
     assert x["rgb"].shape == (19, 16, 16, 3) and x["depth"].shape[-1] == 1
@@ -274,7 +282,7 @@ def test_readers_read_the_embedded_datasets(tmp_path):
     assert 0.0 < float(x["depth"].numpy().max()) <= 1.0
 
     pytest.importorskip("espeakng_loader")
-    from keras_olm.datasets import av_digits
+    from keras_olm.embedded import av_digits
 
     root = av_digits.generate(
         tmp_path / "digits", num_clips=12, num_speakers=4, verbose=False
@@ -291,7 +299,7 @@ def test_readers_read_the_embedded_datasets(tmp_path):
 
 
 def test_training_frames_and_crops_are_seeded(vggsound_root):
-    reader = VGGSound(vggsound_root, dev_fraction=0.0, **SMALL)
+    reader = VGGSound(vggsound_root, held_out_fraction=0.0, **SMALL)
 
     def epoch(seed):
         ds = reader.as_dataset("train", batch_size=3, shuffle=False, seed=seed)

@@ -2,12 +2,12 @@
 
 Reads a generated dataset from disk (the files a reader would read), fits
 scikit-learn logistic regressions on simple features of each modality and
-of both concatenated, and reports test accuracy. This is how the defaults of
-the generators were chosen; it is a quick check, not a benchmark.
+of both concatenated, and reports test accuracy: the check behind the
+generators' defaults; a quick check, not a benchmark.
 
 ```
-python -m keras_olm.datasets._measure rgbd_rooms [--root DIR]
-python -m keras_olm.datasets._measure av_digits [--root DIR]
+python -m keras_olm.embedded._measure rgbd_rooms [--root DIR]
+python -m keras_olm.embedded._measure av_digits [--root DIR]
 ```
 
 Needs scikit-learn (the `test` or `speech` extra).
@@ -48,7 +48,8 @@ def measure_rgbd_rooms(root):
     """RGB (16x16 pixels) vs depth (16x16 `depth_bfx` metres) vs both."""
     from PIL import Image
 
-    from keras_olm.datasets import rgbd_rooms
+    from keras_olm.data.image import decode_depth_bits
+    from keras_olm.embedded import rgbd_rooms
 
     root = pathlib.Path(root)
 
@@ -59,7 +60,7 @@ def measure_rgbd_rooms(root):
             img = Image.open(root / rel / "image" / f"{name}.jpg")
             img = img.resize((16, 16), Image.BILINEAR)
             raw = np.array(Image.open(root / rel / "depth_bfx" / f"{name}.png"))
-            d = rgbd_rooms.unrotate_depth(raw).astype(np.float32) / 1000
+            d = decode_depth_bits(raw).astype(np.float32) / 1000
             d = np.asarray(
                 Image.fromarray(d).resize((16, 16), Image.BILINEAR), np.float32
             )
@@ -92,7 +93,7 @@ def measure_av_digits(root):
     """Audio (log band energies) vs image (16x16 pixels) vs both."""
     from PIL import Image
 
-    from keras_olm.datasets import av_digits
+    from keras_olm.embedded import av_digits
 
     root = pathlib.Path(root)
 
@@ -113,13 +114,13 @@ def measure_av_digits(root):
 
 
 def main(argv=None):
-    from keras_olm import datasets
+    from keras_olm import embedded
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("dataset", choices=["rgbd_rooms", "av_digits"])
     parser.add_argument("--root", default=None, help="dataset directory")
     args = parser.parse_args(argv)
-    module = getattr(datasets, args.dataset)
+    module = getattr(embedded, args.dataset)
     start = time.time()
     root = module.generate(root=args.root)
     print(f"{root} ready in {time.time() - start:.1f} s")

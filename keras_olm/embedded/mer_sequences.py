@@ -38,7 +38,7 @@ Example:
 
 ```python
 from keras_olm import data
-from keras_olm.datasets import mer_sequences
+from keras_olm.embedded import mer_sequences
 
 root = mer_sequences.generate()
 reader = data.MerMulti(root, modalities=mer_sequences.MODALITIES,
@@ -54,7 +54,7 @@ import zlib
 import numpy as np
 
 from keras_olm.data.features import MER_CLASSES
-from keras_olm.datasets import _cache
+from keras_olm.embedded import _cache
 
 VERSION = "1"
 NAME = "mer_sequences"
@@ -236,7 +236,7 @@ def generate(
     Example:
 
     ```python
-    root = keras_olm.datasets.mer_sequences.generate(num_train=300)
+    root = keras_olm.embedded.mer_sequences.generate(num_train=300)
     print((root / "train-label.csv").read_text().splitlines()[1])
     ```
     """

@@ -1,26 +1,12 @@
-"""Diagnostics of balanced multimodal training: the paper's figures, live.
+"""`LogitNormHistory`: the callback that measures the diagnostics.
 
-`LogitNormHistory` is a Keras callback that measures, at the end of every
-few epochs and on held-out data of your choosing, what Zong et al. (IJCAI
-2024) plot to show modality imbalance and what OLM does about it:
-
-- the per-class mean L2 norm of every head's logit vectors (Fig. 1 C-D,
-  Fig. 5), raw and multiplied by the head's OLM coefficient (the modulated
-  norm, the quantity OLM steers);
-- the per-class average logit score (Fig. 1 B, Fig. 6 B and D);
-- every head's accuracy (Fig. 1 A, Fig. 6 A and C);
-- the balancer's coefficients and rebalancing factors λ, when it has them.
-
-It keeps one tidy table (one row per epoch x head x class), writes it to a
-CSV file, draws the figures as PNG files when training ends and, when asked,
-writes TensorBoard scalars. The module-level `plot_*` functions draw the
-same figures from saved CSV files, so that runs with and without OLM can be
-shown side by side, as in the paper's Fig. 5 (A-B against C-D).
-
-Everything here runs on the host, with numpy, on every Keras backend.
+At the end of every few epochs it measures, on held-out data, every head's
+per-class logit norms, scores and accuracies (`head_statistics`) and the
+balancer's coefficients, keeps them as rows (see `tables`), and draws the
+figures of `plots` when training ends. Runs on the host, with numpy, on
+every Keras backend.
 """
 
-import csv
 import math
 import os
 import warnings
@@ -29,36 +15,9 @@ import keras
 import numpy as np
 
 from keras_olm import inputs as inputs_lib
-
-#: Name of the CSV file that `LogitNormHistory` writes under `out_dir`.
-CSV_NAME = "olm_diagnostics.csv"
-
-#: Per-class quantities that `plot_logit_norms` can draw, with axis labels.
-PER_CLASS_VALUES = {
-    "logit_norm": "mean L2 norm of the logits",
-    "modulated_norm": "mean L2 norm of the modulated logits",
-    "logit_score": "mean logit of the true class",
-    "class_acc": "accuracy on the class (recall)",
-}
-
-# The leading columns of every row, in the order the CSV file lists them.
-_COLUMNS = (
-    "epoch",
-    "head",
-    "class",
-    "class_name",
-    "count",
-    "logit_norm",
-    "modulated_norm",
-    "logit_score",
-    "class_acc",
-    "acc",
-    "head_logit_norm",
-    "coef",
-    "lambda",
-)
-_TEXT_COLUMNS = ("head", "class_name")
-_INT_COLUMNS = ("epoch", "class", "count")
+from keras_olm.callbacks.tables import CSV_NAME
+from keras_olm.callbacks.tables import column_order
+from keras_olm.callbacks.tables import write_csv
 
 _WHERE = "LogitNormHistory data"
 
@@ -109,7 +68,7 @@ class LogitNormHistory(keras.callbacks.Callback):
     available, `modulated_norm/{head}`, `coef/{head}`, `lambda/{head}`.
 
     Measure on held-out data (a validation split), never on the batches
-    that train the model or on OLM's own held-out `dev_data`. The
+    that train the model or on OLM's own held-out `held_out_data`. The
     measurement is one inference pass over `data` per measured epoch;
     keep `data` to a few thousand samples or raise `every`.
 
@@ -196,7 +155,7 @@ class LogitNormHistory(keras.callbacks.Callback):
         """The recorded rows as a pandas DataFrame (needs pandas)."""
         import pandas as pd
 
-        return pd.DataFrame(self.history, columns=_column_order(self.history))
+        return pd.DataFrame(self.history, columns=column_order(self.history))
 
     # --- Keras hooks -----------------------------------------------------
 
@@ -241,6 +200,9 @@ class LogitNormHistory(keras.callbacks.Callback):
             self._writer = None
         if self.out_dir is None or not self.plot or not self.history:
             return
+        # Imported here: the figures module reads `LogitNormHistory` runs.
+        from keras_olm.callbacks.plots import plot_diagnostics
+
         try:
             plot_diagnostics(self.history, self.out_dir)
         except Exception as error:  # training must still end well
@@ -466,389 +428,3 @@ def _split_logs(logs, head_names):
             name = rest[len(head) + 1 :]
             per_head.setdefault(head, {})[f"{prefix}_{name}"] = value
     return per_head, other
-
-
-# --- the table on disk -----------------------------------------------------
-
-
-def _column_order(rows):
-    extra = []
-    seen = set(_COLUMNS)
-    for row in rows:
-        for key in row:
-            if key not in seen:
-                seen.add(key)
-                extra.append(key)
-    return list(_COLUMNS) + extra
-
-
-def write_csv(rows, path):
-    """Writes diagnostic rows to a CSV file (atomically).
-
-    Args:
-        rows: list of dicts, e.g. `LogitNormHistory.history`.
-        path: str. The file to write.
-    """
-    columns = _column_order(rows)
-    folder = os.path.dirname(os.fspath(path))
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
-def read_csv(path):
-    """Reads a CSV file written by `LogitNormHistory` into dict rows.
-
-    Args:
-        path: str. The file.
-
-    Returns:
-        A list of dicts with `epoch`, `class`, `count` as int, `head` and
-        `class_name` as str, and every other column as float (NaN where
-        empty).
-    """
-    with open(path, newline="") as f:
-        return [_typed(row) for row in csv.DictReader(f)]
-
-
-def _typed(row):
-    out = {}
-    for key, value in row.items():
-        if key in _TEXT_COLUMNS:
-            out[key] = value
-        elif key in _INT_COLUMNS:
-            out[key] = int(float(value))
-        else:
-            out[key] = float(value) if value not in ("", None) else math.nan
-    return out
-
-
-def _load_run(run):
-    """One run's rows from a path, a DataFrame, a callback or rows."""
-    if isinstance(run, LogitNormHistory):
-        return run.history
-    if isinstance(run, str | os.PathLike):
-        return read_csv(run)
-    if hasattr(run, "to_dict"):  # a pandas DataFrame
-        return [_typed_any(r) for r in run.to_dict("records")]
-    if isinstance(run, list | tuple) and all(isinstance(r, dict) for r in run):
-        return list(run)
-    raise TypeError(
-        "A run must be a CSV path, a pandas DataFrame, a LogitNormHistory "
-        f"or a list of dict rows; got {type(run).__name__}."
-    )
-
-
-def _typed_any(row):
-    return {
-        k: (str(v) if k in _TEXT_COLUMNS else v) for k, v in dict(row).items()
-    }
-
-
-def _load_runs(runs, labels):
-    single = (
-        isinstance(runs, str | os.PathLike | LogitNormHistory)
-        or hasattr(runs, "to_dict")
-        or (
-            isinstance(runs, list | tuple)
-            and runs
-            and all(isinstance(r, dict) for r in runs)
-        )
-    )
-    runs = [runs] if single else list(runs)
-    if not runs:
-        raise ValueError("No runs to plot.")
-    loaded = [_load_run(r) for r in runs]
-    for i, rows in enumerate(loaded):
-        if not rows:
-            raise ValueError(f"Run {i} has no rows to plot.")
-    if labels is None:
-        labels = [_default_label(r, i, len(runs)) for i, r in enumerate(runs)]
-    labels = [str(label) for label in labels]
-    if len(labels) != len(runs):
-        raise ValueError(
-            f"Got {len(labels)} labels for {len(runs)} runs; give one each."
-        )
-    return loaded, labels
-
-
-def _default_label(run, index, total):
-    if isinstance(run, str | os.PathLike):
-        path = os.fspath(run)
-        parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
-        return parent or os.path.basename(path)
-    return "" if total == 1 else f"run {index + 1}"
-
-
-# --- figures ---------------------------------------------------------------
-
-
-def _heads_of(rows):
-    heads = []
-    for row in rows:
-        if row["head"] not in heads:
-            heads.append(row["head"])
-    return heads
-
-
-def _classes_of(rows):
-    names = {}
-    for row in rows:
-        names.setdefault(int(row["class"]), str(row["class_name"]))
-    return [(c, names[c]) for c in sorted(names)]
-
-
-def _series(rows, value, **match):
-    """`(epochs, values)` of the rows matching `match`, by epoch."""
-    points = {}
-    for row in rows:
-        if all(row[k] == v for k, v in match.items()):
-            points[int(row["epoch"])] = float(row.get(value, math.nan))
-    epochs = sorted(points)
-    return np.array(epochs), np.array([points[e] for e in epochs])
-
-
-def _has_values(rows, value):
-    return any(not math.isnan(float(row.get(value, math.nan))) for row in rows)
-
-
-def _class_colors(num):
-    from matplotlib import colormaps
-
-    name = "tab10" if num <= 10 else "tab20" if num <= 20 else "viridis"
-    cmap = colormaps[name]
-    if name == "viridis":
-        return [cmap(i / max(num - 1, 1)) for i in range(num)]
-    return [cmap(i) for i in range(num)]
-
-
-def _figure(nrows, ncols, sharey):
-    from matplotlib.figure import Figure
-
-    fig = Figure(
-        figsize=(3.6 * ncols + 1.6, 2.9 * nrows + 0.6), layout="constrained"
-    )
-    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=sharey)
-    return fig, axes
-
-
-def _title(label, name):
-    return f"{label}: {name}" if label else name
-
-
-def _save(fig, path):
-    if path is not None:
-        folder = os.path.dirname(os.fspath(path))
-        if folder:
-            os.makedirs(folder, exist_ok=True)
-        fig.savefig(path, dpi=110)
-    return fig
-
-
-def plot_logit_norms(
-    runs, labels=None, value="logit_norm", heads=None, path=None, sharey=True
-):
-    """Per-class curves over epochs: one row per run, one panel per head.
-
-    The analogue of the paper's Fig. 5 (and Fig. 1 C-D): give a run without
-    OLM and one with it to get A-B above C-D. With
-    `value="logit_score"` it draws Fig. 6 B and D.
-
-    Args:
-        runs: one run or a list of runs. A run is a CSV path written by
-            `LogitNormHistory`, a pandas DataFrame of those rows, a list of
-            dict rows or a `LogitNormHistory`.
-        labels: list of str or `None`. One label per run, used in the panel
-            titles. Defaults to `None` (the CSV's folder names, or
-            "run 1", "run 2", ...).
-        value: str. The per-class column to draw: `"logit_norm"`,
-            `"modulated_norm"`, `"logit_score"` or `"class_acc"`. Defaults
-            to `"logit_norm"`.
-        heads: list of str or `None`. Heads to draw, e.g.
-            `["audio", "visual"]` for the unimodal heads only. Defaults to
-            `None` (every head of the first run).
-        path: str or `None`. Where to save the figure as PNG. Defaults to
-            `None` (not saved).
-        sharey: bool. Whether all panels share the y axis, so that heads
-            and runs compare at a glance. Defaults to `True`.
-
-    Returns:
-        The matplotlib `Figure`.
-
-    Example:
-    ```python
-    keras_olm.callbacks.plot_logit_norms(
-        ["runs/joint/olm_diagnostics.csv", "runs/olm/olm_diagnostics.csv"],
-        labels=["without OLM", "with OLM"],
-        heads=["audio", "visual"],
-        path="fig5.png",
-    )
-    ```
-    """
-    if value not in PER_CLASS_VALUES:
-        raise ValueError(
-            f"value must be one of {list(PER_CLASS_VALUES)}; got {value!r}."
-        )
-    loaded, labels = _load_runs(runs, labels)
-    heads = list(heads) if heads is not None else _heads_of(loaded[0])
-    classes = _classes_of(loaded[0])
-    colors = _class_colors(len(classes))
-    fig, axes = _figure(len(loaded), len(heads), sharey)
-    for r, (rows, label) in enumerate(zip(loaded, labels)):
-        for j, head in enumerate(heads):
-            ax = axes[r, j]
-            for (c, _), color in zip(classes, colors):
-                epochs, values = _series(rows, value, head=head, **{"class": c})
-                ax.plot(epochs, values, marker=".", color=color)
-            ax.set_title(_title(label, head))
-            ax.set_xlabel("epoch")
-            ax.grid(alpha=0.3)
-            if j == 0:
-                ax.set_ylabel(PER_CLASS_VALUES[value])
-    handles = [_line(color, name) for (_, name), color in zip(classes, colors)]
-    fig.legend(
-        handles=handles,
-        title="class",
-        loc="outside right upper",
-        ncols=1 if len(classes) <= 20 else 2,
-        fontsize="small",
-    )
-    return _save(fig, path)
-
-
-def _line(color, label, style="-"):
-    from matplotlib.lines import Line2D
-
-    return Line2D([], [], color=color, linestyle=style, label=label)
-
-
-def plot_accuracy(runs, labels=None, path=None):
-    """Every head's accuracy on the measured data over epochs, per run.
-
-    The analogue of the paper's Fig. 6 A and C: the unimodal and fused
-    heads' accuracy, one panel per run.
-
-    Args:
-        runs: one run or a list of runs (see `plot_logit_norms`).
-        labels: list of str or `None`. One label per run. Defaults to
-            `None`.
-        path: str or `None`. Where to save the figure as PNG. Defaults to
-            `None`.
-
-    Returns:
-        The matplotlib `Figure`.
-    """
-    loaded, labels = _load_runs(runs, labels)
-    fig, axes = _figure(1, len(loaded), True)
-    for r, (rows, label) in enumerate(zip(loaded, labels)):
-        ax = axes[0, r]
-        for head in _heads_of(rows):
-            epochs, values = _series(rows, "acc", head=head, **{"class": 0})
-            ax.plot(epochs, values, marker=".", label=head)
-        ax.set_title(_title(label, "accuracy on the measured data"))
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(title="head", fontsize="small")
-        if r == 0:
-            ax.set_ylabel("accuracy")
-    return _save(fig, path)
-
-
-def plot_coefficients(runs, labels=None, path=None):
-    """The balancer's coefficients and λ per head over epochs, per run.
-
-    Args:
-        runs: one run or a list of runs (see `plot_logit_norms`). Runs
-            without coefficients (`balancer=None`) show empty panels.
-        labels: list of str or `None`. One label per run. Defaults to
-            `None`.
-        path: str or `None`. Where to save the figure as PNG. Defaults to
-            `None`.
-
-    Returns:
-        The matplotlib `Figure`.
-    """
-    loaded, labels = _load_runs(runs, labels)
-    fig, axes = _figure(len(loaded), 2, False)
-    names = {"coef": "logit coefficient w", "lambda": "rebalancing factor λ"}
-    for r, (rows, label) in enumerate(zip(loaded, labels)):
-        for j, column in enumerate(("coef", "lambda")):
-            ax = axes[r, j]
-            for head in _heads_of(rows):
-                epochs, values = _series(
-                    rows, column, head=head, **{"class": 0}
-                )
-                ax.plot(epochs, values, marker=".", label=head)
-            if not _has_values(rows, column):
-                ax.text(
-                    0.5,
-                    0.5,
-                    "no coefficients\n(balancer without them)",
-                    ha="center",
-                    va="center",
-                    transform=ax.transAxes,
-                )
-            ax.set_title(_title(label, names[column]))
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(column)
-            ax.grid(alpha=0.3)
-            if _has_values(rows, column):
-                ax.legend(title="head", fontsize="small")
-    return _save(fig, path)
-
-
-def plot_diagnostics(runs, out_dir, labels=None):
-    """Draws every figure of `LogitNormHistory` into a folder.
-
-    Writes `logit_norms.png`, `logit_scores.png`, `accuracy.png` and, when
-    any run has coefficients, `modulated_norms.png` and
-    `coefficients.png`.
-
-    Args:
-        runs: one run or a list of runs (see `plot_logit_norms`).
-        out_dir: str. The folder (created when missing).
-        labels: list of str or `None`. One label per run. Defaults to
-            `None`.
-
-    Returns:
-        The list of the PNG paths written.
-    """
-    loaded, labels = _load_runs(runs, labels)
-    os.makedirs(out_dir, exist_ok=True)
-    paths = []
-
-    def out(name):
-        paths.append(os.path.join(out_dir, name))
-        return paths[-1]
-
-    plot_logit_norms(loaded, labels, "logit_norm", path=out("logit_norms.png"))
-    has_coefficients = any(_has_values(rows, "coef") for rows in loaded)
-    if has_coefficients:
-        plot_logit_norms(
-            loaded, labels, "modulated_norm", path=out("modulated_norms.png")
-        )
-    plot_logit_norms(
-        loaded, labels, "logit_score", path=out("logit_scores.png")
-    )
-    plot_accuracy(loaded, labels, path=out("accuracy.png"))
-    if has_coefficients:
-        plot_coefficients(loaded, labels, path=out("coefficients.png"))
-    return paths
-
-
-__all__ = [
-    "CSV_NAME",
-    "LogitNormHistory",
-    "head_statistics",
-    "plot_accuracy",
-    "plot_coefficients",
-    "plot_diagnostics",
-    "plot_logit_norms",
-    "read_csv",
-    "write_csv",
-]

@@ -39,16 +39,17 @@ root with forward slashes (e.g. `kv2/room_000017`), one per line, sorted;
 every sample is in exactly one of them, stratified by class.
 
 Depth PNGs hold millimetres stored with the SUN RGB-D toolbox's bit
-rotation: a reader recovers millimetres with
-`d = (raw >> 3) | (raw << 13)` in 16-bit arithmetic, exactly as for the real
-data (`raw = (d << 3) | (d >> 13)`). `depth/` mimics the raw sensor (noise,
-0 where the sensor gives no return: grazing angles, dropouts, beyond
-`max_depth`); `depth_bfx/` is the hole-free (in SUN RGB-D: inpainted) map.
+rotation, `raw = (d << 3) | (d >> 13)` in 16-bit arithmetic
+(`keras_olm.data.image.encode_depth_bits`): a reader recovers millimetres
+with `d = (raw >> 3) | (raw << 13)` (`decode_depth_bits`), exactly as for
+the real data. `depth/` mimics the raw sensor (noise, 0 where the sensor
+gives no return: grazing angles, dropouts, beyond `max_depth`);
+`depth_bfx/` is the hole-free (in SUN RGB-D: inpainted) map.
 
 Example:
 
 ```python
-from keras_olm.datasets import rgbd_rooms
+from keras_olm.embedded import rgbd_rooms
 
 root = rgbd_rooms.generate()  # ~/.cache/keras_olm/rgbd_rooms-1-<hash>
 train = (root / "train.txt").read_text().split()
@@ -60,9 +61,10 @@ import pathlib
 
 import numpy as np
 
+from keras_olm.data.image import encode_depth_bits
 from keras_olm.data.sunrgbd import SENSORS
 from keras_olm.data.sunrgbd import SUNRGBD_CLASSES
-from keras_olm.datasets import _cache
+from keras_olm.embedded import _cache
 
 VERSION = "1"
 NAME = "rgbd_rooms"
@@ -606,34 +608,6 @@ def render_sample(class_index, sample_index, seed=0, image_size=64):
     }
 
 
-def rotate_depth(depth_mm):
-    """Apply the SUN RGB-D storage bit rotation to uint16 millimetres.
-
-    The inverse of the toolbox's `d = (raw >> 3) | (raw << 13)`.
-
-    Args:
-        depth_mm: uint16 array. Depth in millimetres.
-
-    Returns:
-        The uint16 array as stored in SUN RGB-D depth PNGs.
-    """
-    d = np.asarray(depth_mm, dtype=np.uint16)
-    return ((d << 3) | (d >> 13)).astype(np.uint16)
-
-
-def unrotate_depth(raw):
-    """Recover uint16 millimetres from a SUN RGB-D depth PNG's values.
-
-    Args:
-        raw: uint16 array. Values as read from the PNG.
-
-    Returns:
-        uint16 array of millimetres: `(raw >> 3) | (raw << 13)`.
-    """
-    r = np.asarray(raw, dtype=np.uint16)
-    return ((r >> 3) | (r << 13)).astype(np.uint16)
-
-
 def _save_png16(path, array):
     from PIL import Image
 
@@ -684,7 +658,7 @@ def generate(
     layout and split-file format.
 
     Measured on the generated files with logistic regression on 16x16
-    pixels (`python -m keras_olm.datasets._measure rgbd_rooms`), test
+    pixels (`python -m keras_olm.embedded._measure rgbd_rooms`), test
     accuracy with the defaults is RGB 0.78, depth 0.38, both 0.90: RGB
     dominates (as in SUN RGB-D), neither is perfect, fusion is best.
     Generating the defaults (1,520 samples) takes about 15 s on a shared
@@ -717,7 +691,7 @@ def generate(
     Example:
 
     ```python
-    root = keras_olm.datasets.rgbd_rooms.generate(samples_per_class=20)
+    root = keras_olm.embedded.rgbd_rooms.generate(samples_per_class=20)
     sample = (root / "train.txt").read_text().split()[0]
     print((root / sample / "scene.txt").read_text())
     ```
@@ -751,11 +725,11 @@ def generate(
                 (folder / sub).mkdir(parents=True)
             _save_jpeg(folder / "image" / f"{name}.jpg", s["rgb"], jpeg_quality)
             _save_png16(
-                folder / "depth" / f"{name}.png", rotate_depth(s["depth"])
+                folder / "depth" / f"{name}.png", encode_depth_bits(s["depth"])
             )
             _save_png16(
                 folder / "depth_bfx" / f"{name}.png",
-                rotate_depth(s["depth_bfx"]),
+                encode_depth_bits(s["depth_bfx"]),
             )
             (folder / "scene.txt").write_text(CLASSES[c])
             k = s["intrinsics"]

@@ -1,4 +1,9 @@
-"""Embedded datasets: generated offline, cached, in the real on-disk layouts.
+"""Writers of the embedded datasets to disk. Also: data (readers), synthetic.
+
+The project's own datasets: generated offline, cached, and written to disk
+in the real datasets' layouts, so that the readers of `keras_olm.data`
+read them as they read the real data. `keras_olm.synthetic` makes small
+in-memory array problems instead.
 
 - `rgbd_rooms`: ray-traced RGB-D rooms for the 19 SUN RGB-D scene classes,
   in the SUN RGB-D layout.
@@ -11,8 +16,8 @@ The `generate(...)` functions write the dataset once into a cache directory
 (`$KERAS_OLM_CACHE`, default `~/.cache/keras_olm`) and return its root.
 """
 
-from keras_olm.datasets import av_digits
-from keras_olm.datasets import mer_sequences
-from keras_olm.datasets import rgbd_rooms
+from keras_olm.embedded import av_digits
+from keras_olm.embedded import mer_sequences
+from keras_olm.embedded import rgbd_rooms
 
 __all__ = ["av_digits", "mer_sequences", "rgbd_rooms"]

@@ -39,7 +39,7 @@ dependency, and `generate` raises an `ImportError` naming it when absent.
 Example:
 
 ```python
-from keras_olm.datasets import av_digits
+from keras_olm.embedded import av_digits
 
 root = av_digits.generate()  # ~/.cache/keras_olm/av_digits-1-<hash>
 rows = (root / "train.csv").read_text().split()
@@ -51,8 +51,8 @@ import wave
 
 import numpy as np
 
-from keras_olm.datasets import _cache
-from keras_olm.datasets import _espeak
+from keras_olm.embedded import _cache
+from keras_olm.embedded import _espeak
 
 VERSION = "1"
 NAME = "av_digits"
@@ -203,7 +203,7 @@ def generate(
     is synthesised in a fresh subprocess (see `_espeak`).
 
     Measured on the generated files with logistic regression
-    (`python -m keras_olm.datasets._measure av_digits`; audio: statistics
+    (`python -m keras_olm.embedded._measure av_digits`; audio: statistics
     of 24 log band energies of the CREMA-D STFT plus a patch around the
     loudest part; images: 16x16 pixels), test accuracy on unseen speakers
     with the defaults is audio 0.79, image 0.54, both 0.87; at
@@ -247,7 +247,7 @@ def generate(
     Example:
 
     ```python
-    root = keras_olm.datasets.av_digits.generate(snr_db=6.0)
+    root = keras_olm.embedded.av_digits.generate(snr_db=6.0)
     clip, label = (root / "test.csv").read_text().split()[0].split(",")
     wav = root / "AudioWAV" / f"{clip}.wav"
     ```
