@@ -181,7 +181,7 @@ def _gradients(model, loss_fn, variables):
     return jax.grad(pure)(values)
 
 
-def test_dataset_input_with_holdout_split():
+def test_dataset_input_with_split_held_out():
     x, y = make_imbalanced(200, seed=0)
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     train, held_out = keras_olm.split_held_out(ds, 0.2, seed=3)
