@@ -1,5 +1,7 @@
 """Fusion layers."""
 
+from keras_olm.layers.base import FUSED
+from keras_olm.layers.base import Fusion
 from keras_olm.layers.fusion import AttentionFusion
 from keras_olm.layers.fusion import FiLMFusion
 from keras_olm.layers.fusion import GatedFusion
@@ -10,10 +12,12 @@ from keras_olm.layers.transformer import SequenceEncoder
 from keras_olm.layers.transformer import TransformerLayer
 
 __all__ = [
+    "FUSED",
     "IRFB",
     "MBT",
     "AttentionFusion",
     "FiLMFusion",
+    "Fusion",
     "GatedFusion",
     "LateFusion",
     "SequenceEncoder",

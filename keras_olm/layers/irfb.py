@@ -11,50 +11,12 @@ and only the fused head sees the bottleneck tokens.
 import keras
 from keras import ops
 
+from keras_olm.layers.base import FUSED
+from keras_olm.layers.base import Fusion
 from keras_olm.layers.transformer import attention_mask
 
 VARIANTS = ("paper", "authors")
 POOLINGS = ("sequence", "per_token")
-_KEYS = ("pooled", "hidden_states", "mask")
-
-
-def _check_streams(features_shape, where):
-    """Checks SequenceEncoder outputs; returns `(modalities, L, d)`."""
-    if not isinstance(features_shape, dict) or not features_shape:
-        raise ValueError(
-            f"{where} takes a dict from modality name to SequenceEncoder "
-            f"output; got {type(features_shape).__name__}."
-        )
-    first, layers, width = None, None, None
-    for m in sorted(features_shape):
-        shape = features_shape[m]
-        if not isinstance(shape, dict) or any(k not in shape for k in _KEYS):
-            raise ValueError(
-                f"{where}: the encoder of modality '{m}' must return a dict "
-                f"with {list(_KEYS)} (keras_olm.layers.SequenceEncoder); got "
-                f"{sorted(shape) if isinstance(shape, dict) else shape}."
-            )
-        hidden = tuple(shape["hidden_states"])
-        if len(hidden) != 4:
-            raise ValueError(
-                f"{where}: modality '{m}': hidden_states must be "
-                f"(batch, layers + 1, tokens, d); got {hidden}."
-            )
-        if first is None:
-            first, layers, width = m, hidden[1], hidden[3]
-            continue
-        if hidden[1] != layers:
-            raise ValueError(
-                f"{where}: every encoder must have the same number of "
-                f"layers; modality '{m}' has {hidden[1] - 1}, modality "
-                f"'{first}' has {layers - 1}."
-            )
-        if hidden[3] != width:
-            raise ValueError(
-                f"{where}: every encoder must have the same width; modality "
-                f"'{m}' has {hidden[3]}, modality '{first}' has {width}."
-            )
-    return sorted(features_shape), layers - 1, width
 
 
 def attention_pool_update(z_b, z_mb, scores, pooling="sequence"):
@@ -94,7 +56,7 @@ def attention_pool_update(z_b, z_mb, scores, pooling="sequence"):
 
 
 @keras.saving.register_keras_serializable(package="keras_olm")
-class IRFB(keras.layers.Layer):
+class IRFB(Fusion):
     """Intermediate Representation Fusion Block (Zong et al., 2024, §3.1).
 
     A fusion layer for `BalancedMultimodalModel(encoders, fusion=IRFB())`
@@ -212,7 +174,7 @@ class IRFB(keras.layers.Layer):
         self.layer_norm_epsilon = float(layer_norm_epsilon)
 
     def build(self, features_shape):
-        modalities, layers, d = _check_streams(features_shape, self.name)
+        modalities, layers, d = self.check_streams(features_shape)
         if layers < 1:
             raise ValueError(
                 f"{self.name}: IRFB reads the encoders' layer outputs; use "
@@ -323,12 +285,7 @@ class IRFB(keras.layers.Layer):
         return ops.concatenate(parts, axis=-1)
 
     def call(self, features, training=None):
-        missing = [m for m in self.modalities if m not in features]
-        if missing or len(features) != len(self.modalities):
-            raise ValueError(
-                f"{self.name} was built for modalities {self.modalities}; "
-                f"got {sorted(features)}."
-            )
+        self.check_built_modalities(features)
         streams = [features[m]["hidden_states"] for m in self.modalities]
         masks = [features[m]["mask"] for m in self.modalities]
         first = streams[0]
@@ -371,14 +328,14 @@ class IRFB(keras.layers.Layer):
                 h = self.dropout_layer(h, training=training)
                 z_b = self.update_norms[layer_index](s + h)
         out = {m: features[m]["pooled"] for m in features}
-        out["fused"] = ops.mean(z_b, axis=1)
+        out[FUSED] = ops.mean(z_b, axis=1)
         return out
 
     def compute_output_shape(self, features_shape):
-        modalities, _, d = _check_streams(features_shape, self.name)
+        modalities, _, d = self.check_streams(features_shape)
         out = {m: tuple(features_shape[m]["pooled"]) for m in features_shape}
         batch = features_shape[modalities[0]]["pooled"][0]
-        out["fused"] = (batch, d)
+        out[FUSED] = (batch, d)
         return out
 
     def get_config(self):
