@@ -322,22 +322,19 @@ class AuthorsIRFBBlock(_BottleneckBlock):
         **kwargs: passed to `keras.layers.Layer`.
 
     Call arguments:
-        bottleneck: tensor `(batch, T_b, d)`. The bottleneck tokens z_b^l.
-        tokens: dict from modality name to its layer-l tokens
-            `(batch, T_m, d)`, [CLS] first.
-        padding_masks: dict from modality name to a boolean `(batch, T_m)`
-            mask, or `None` to attend every token. Defaults to `None`.
-        training: bool. Dropout on when `True`.
+        As `IRFBBlock`: `bottleneck` z_b^l, the layer-l `tokens` and the
+        `padding_masks` of every modality, and `training`.
 
     Returns:
         z_b^{l+1}, a tensor `(batch, T_b, d)`.
 
     Example:
     ```python
-    block = keras_olm.layers.AuthorsIRFBBlock(num_heads=2)
+    # IRFB(variant="authors") stacks one such block per encoder layer.
+    block = keras_olm.layers.AuthorsIRFBBlock(num_heads=2, intermediate_dim=16)
     tokens = {"audio": np.ones((2, 6, 8)), "visual": np.ones((2, 3, 8))}
-    z_b = block(np.zeros((2, 4, 8)), tokens)
-    z_b.shape  # (2, 4, 8)
+    masks = {m: np.ones(t.shape[:2], bool) for m, t in tokens.items()}
+    block(np.zeros((2, 4, 8)), tokens, masks).shape  # (2, 4, 8)
     ```
     """
 
