@@ -183,6 +183,38 @@ def test_conditioning_and_gate_must_be_modalities():
         keras_olm.GatedFusion(gate="depth")(feats)
 
 
+# --- the Fusion contract --------------------------------------------------
+
+
+def test_every_fusion_layer_is_a_fusion():
+    layers = keras_olm.layers
+    assert layers.FUSED == "fused"
+    for cls in (
+        layers.LateFusion,
+        layers.FiLMFusion,
+        layers.GatedFusion,
+        layers.AttentionFusion,
+        layers.IRFB,
+        layers.MBT,
+    ):
+        assert issubclass(cls, layers.Fusion), cls
+
+
+def test_a_fusion_subclass_works_in_the_model():
+    class MeanFusion(keras_olm.layers.Fusion):
+        def call(self, features):
+            self.check_modalities(features)
+            fused = keras.ops.mean(keras.ops.stack(list(features.values())), 0)
+            return {**features, keras_olm.layers.FUSED: fused}
+
+    model = _model(MeanFusion(), balancer="heads")
+    x, _ = make_imbalanced(4, num_classes=3, seed=0)
+    logits = model.head_logits(x)
+    assert sorted(logits) == ["fast", "fused", "slow"]
+    with pytest.raises(ValueError, match="MeanFusion fuses at least 2"):
+        MeanFusion()({"a": np.ones((2, 3))})
+
+
 # --- in the model: save, load, train --------------------------------------
 
 

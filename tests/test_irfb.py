@@ -8,8 +8,11 @@ import pytest
 from keras import ops
 
 import keras_olm
+from keras_olm.layers import FUSED
 from keras_olm.layers import IRFB
 from keras_olm.layers import MBT
+from keras_olm.layers import AuthorsIRFBBlock
+from keras_olm.layers import IRFBBlock
 from keras_olm.layers import SequenceEncoder
 from keras_olm.layers.irfb import attention_pool_update
 
@@ -202,6 +205,76 @@ def test_irfb_rejects_mismatched_encoders():
     no_layers = {m: encoder(layers=0)(x[m]) for m in x}
     with pytest.raises(ValueError, match="num_layers >= 1"):
         IRFB(2, 2)(no_layers)
+
+
+@pytest.mark.parametrize(
+    "variant, block_class, gate_width",
+    [("paper", IRFBBlock, 4 * 8), ("authors", AuthorsIRFBBlock, 3 * 8)],
+)
+def test_irfb_stacks_one_block_per_encoder_layer(
+    variant, block_class, gate_width
+):
+    x = dict(two_modality_inputs(), c=ragged([1, 2, 3], 3, 2, seed=5))
+    features = {m: encoder(layers=2)(v) for m, v in x.items()}
+    fusion = IRFB(2, 2, variant=variant)
+    out = fusion(features)
+    assert [type(b) for b in fusion.blocks] == [block_class] * 2
+    for block in fusion.blocks:
+        for sublayers in (block.cross_attention, block.gates):
+            assert sorted(sublayers) == ["a", "b", "c"]
+        # Eq. 3 reads every [CLS] and the bottleneck token; the authors'
+        # gate reads only the [CLS] tokens.
+        assert tuple(block.gates["a"].kernel.shape) == (gate_width, 8)
+    # The fused feature is the mean of the tokens after the last block,
+    # block l reading layer l of every stream.
+    z_b = ops.zeros((3, 2, 8)) + fusion.bottlenecks
+    masks = {m: f["mask"] for m, f in features.items()}
+    for index, block in enumerate(fusion.blocks):
+        tokens = {
+            m: f["hidden_states"][:, index + 1] for m, f in features.items()
+        }
+        z_b = block(z_b, tokens, masks)
+    np.testing.assert_allclose(
+        np_(out[FUSED]), np_(ops.mean(z_b, axis=1)), atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("block_class", [IRFBBlock, AuthorsIRFBBlock])
+def test_irfb_block_keras_round_trip(block_class, tmp_path):
+    inputs = {
+        "bottleneck": keras.Input((3, 8), name="bottleneck"),
+        "tokens": {
+            m: keras.Input((None, 8), name=f"{m}_tokens") for m in ("a", "b")
+        },
+        "masks": {
+            m: keras.Input((None,), dtype="bool", name=f"{m}_mask")
+            for m in ("a", "b")
+        },
+    }
+    block = block_class(2, intermediate_dim=6, name="block")
+    outputs = block(inputs["bottleneck"], inputs["tokens"], inputs["masks"])
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    x = {
+        "bottleneck": rng.normal(size=(2, 3, 8)).astype("float32"),
+        "tokens": {
+            "a": rng.normal(size=(2, 5, 8)).astype("float32"),
+            "b": rng.normal(size=(2, 4, 8)).astype("float32"),
+        },
+        "masks": {
+            "a": np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool),
+            "b": np.ones((2, 4), bool),
+        },
+    }
+    before = np_(model(x))
+    assert before.shape == (2, 3, 8)
+    path = os.path.join(tmp_path, "block.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    again = restored.get_layer("block")
+    assert type(again) is block_class
+    assert again.get_config() == block.get_config()
+    np.testing.assert_allclose(np_(restored(x)), before, atol=1e-6)
 
 
 # --- gradients --------------------------------------------------------------

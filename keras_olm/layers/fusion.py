@@ -2,12 +2,16 @@
 
 The fusions of the paper's Table 1 (concatenation, summation, FiLM, gated,
 attention) as layers of one shape: each takes the dict of encoder outputs
-and returns `{modality: pooled feature, ..., "fused": fused feature}`, so
-every balancer and the unimodal heads work with every fusion.
+and returns `{modality: pooled feature, ..., FUSED: fused feature}` (the
+`Fusion` contract), so every balancer and the unimodal heads work with
+every fusion.
 """
 
 import keras
 from keras import ops
+
+from keras_olm.layers.base import FUSED
+from keras_olm.layers.base import Fusion
 
 MODES = ("concat", "sum")
 
@@ -56,14 +60,12 @@ def _pooled_shapes(features_shape):
 
 
 @keras.saving.register_keras_serializable(package="keras_olm")
-class LateFusion(keras.layers.Layer):
+class LateFusion(Fusion):
     """Late fusion of per-modality features (the paper's OLM-Conv setting).
 
-    Every fusion layer of keras-olm takes a dict of encoder outputs and
-    returns a dict with one feature tensor per modality (read by that
-    modality's head) and one under `"fused"` (read by the fused head), so
-    every balancer works with every fusion. Late fusion pools each encoder
-    output to a vector and joins the vectors.
+    Pools each encoder output to a vector and joins the vectors. Like every
+    `Fusion`, it returns one feature per modality (read by that modality's
+    head) and one under `"fused"` (read by the fused head).
 
     Args:
         mode: str. `"concat"`: concatenate the features (the default of
@@ -125,7 +127,7 @@ class LateFusion(keras.layers.Layer):
             fused = parts[0]
             for part in parts[1:]:
                 fused = fused + part
-        return {**pooled, "fused": fused}
+        return {**pooled, FUSED: fused}
 
     def compute_output_shape(self, features_shape):
         features_shape = _pooled_shapes(features_shape)
@@ -137,40 +139,13 @@ class LateFusion(keras.layers.Layer):
             width = next(iter(self.projections.values())).units
         else:
             width = next(iter(features_shape.values()))[-1]
-        out["fused"] = (batch, width)
+        out[FUSED] = (batch, width)
         return out
 
     def get_config(self):
         config = super().get_config()
         config.update(mode=self.mode, units=self.units)
         return config
-
-
-def _check_modalities(layer, features, minimum=2):
-    """Checks the features dict a fusion layer receives."""
-    if not isinstance(features, dict):
-        raise ValueError(
-            f"{type(layer).__name__} takes a dict from modality name to "
-            f"encoder output; got {type(features).__name__}."
-        )
-    if len(features) < minimum:
-        raise ValueError(
-            f"{type(layer).__name__} fuses at least {minimum} modalities; "
-            f"got {sorted(features)}."
-        )
-
-
-def _check_same_modalities(layer, features):
-    """The modalities of a call must be those the layer was built for."""
-    built = getattr(layer, "_modalities", None)
-    if built is not None and sorted(features) != sorted(built):
-        missing = sorted(set(built) - set(features))
-        extra = sorted(set(features) - set(built))
-        raise ValueError(
-            f"{type(layer).__name__} '{layer.name}' was built for "
-            f"modalities {sorted(built)}; got {sorted(features)} (missing "
-            f"{missing}, unexpected {extra})."
-        )
 
 
 def _pick_modality(layer, argument, value, modalities):
@@ -186,7 +161,7 @@ def _pick_modality(layer, argument, value, modalities):
 
 
 @keras.saving.register_keras_serializable(package="keras_olm")
-class FiLMFusion(keras.layers.Layer):
+class FiLMFusion(Fusion):
     """FiLM fusion: one modality modulates the others feature-wise.
 
     Feature-wise linear modulation (Perez et al., 2018), the "FiLM" row of
@@ -234,10 +209,9 @@ class FiLMFusion(keras.layers.Layer):
         super().__init__(**kwargs)
         self.conditioning = conditioning
         self.film_generators = {}
-        self._modalities = None
 
     def build(self, features_shape):
-        _check_modalities(self, features_shape)
+        self.check_modalities(features_shape)
         features_shape = _pooled_shapes(features_shape)
         modalities = list(features_shape)
         self._conditioning = _pick_modality(
@@ -250,12 +224,12 @@ class FiLMFusion(keras.layers.Layer):
             dense = keras.layers.Dense(2 * shape[-1], name=f"{m}_film")
             dense.build((cond_shape[0], cond_shape[-1]))
             self.film_generators[m] = dense
-        self._modalities = modalities
+        self.modalities = modalities
         self.built = True
 
     def call(self, features):
-        _check_modalities(self, features)
-        _check_same_modalities(self, features)
+        self.check_modalities(features)
+        self.check_built_modalities(features)
         pooled = {m: pool_features(x) for m, x in features.items()}
         cond = pooled[self._conditioning]
         parts = []
@@ -265,7 +239,7 @@ class FiLMFusion(keras.layers.Layer):
             gamma, beta = ops.split(self.film_generators[m](cond), 2, axis=-1)
             parts.append(gamma * x + beta)
         fused = parts[0] if len(parts) == 1 else ops.concatenate(parts, -1)
-        return {**pooled, "fused": fused}
+        return {**pooled, FUSED: fused}
 
     def compute_output_shape(self, features_shape):
         features_shape = _pooled_shapes(features_shape)
@@ -274,7 +248,7 @@ class FiLMFusion(keras.layers.Layer):
         )
         out = {m: (s[0], s[-1]) for m, s in features_shape.items()}
         width = sum(s[-1] for m, s in features_shape.items() if m != cond)
-        out["fused"] = (features_shape[cond][0], width)
+        out[FUSED] = (features_shape[cond][0], width)
         return out
 
     def get_config(self):
@@ -284,7 +258,7 @@ class FiLMFusion(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_olm")
-class GatedFusion(keras.layers.Layer):
+class GatedFusion(Fusion):
     """Gated fusion: one modality's sigmoid gate selects the others' features.
 
     The "Gated" row of the paper's Table 1, as in OGM-GE's code (Peng et
@@ -330,10 +304,9 @@ class GatedFusion(keras.layers.Layer):
         self.units = units
         self.gate = gate
         self.projections = {}
-        self._modalities = None
 
     def build(self, features_shape):
-        _check_modalities(self, features_shape)
+        self.check_modalities(features_shape)
         features_shape = _pooled_shapes(features_shape)
         modalities = list(features_shape)
         self._gate = _pick_modality(self, "gate", self.gate, modalities)
@@ -345,12 +318,12 @@ class GatedFusion(keras.layers.Layer):
             dense.build((shape[0], shape[-1]))
             self.projections[m] = dense
         self._units = units
-        self._modalities = modalities
+        self.modalities = modalities
         self.built = True
 
     def call(self, features):
-        _check_modalities(self, features)
-        _check_same_modalities(self, features)
+        self.check_modalities(features)
+        self.check_built_modalities(features)
         pooled = {m: pool_features(x) for m, x in features.items()}
         projected = {m: self.projections[m](x) for m, x in pooled.items()}
         others = [h for m, h in projected.items() if m != self._gate]
@@ -358,7 +331,7 @@ class GatedFusion(keras.layers.Layer):
         for h in others[1:]:
             total = total + h
         fused = ops.sigmoid(projected[self._gate]) * total
-        return {**pooled, "fused": fused}
+        return {**pooled, FUSED: fused}
 
     def compute_output_shape(self, features_shape):
         features_shape = _pooled_shapes(features_shape)
@@ -366,7 +339,7 @@ class GatedFusion(keras.layers.Layer):
         units = self.units
         if units is None:
             units = max(s[-1] for s in features_shape.values())
-        out["fused"] = (next(iter(features_shape.values()))[0], units)
+        out[FUSED] = (next(iter(features_shape.values()))[0], units)
         return out
 
     def get_config(self):
@@ -376,7 +349,7 @@ class GatedFusion(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_olm")
-class AttentionFusion(keras.layers.Layer):
+class AttentionFusion(Fusion):
     """Attention fusion: a softmax over the modalities weighs their features.
 
     The "Attention" late fusion of the paper's Table 1 and Table 3. Each
@@ -427,7 +400,6 @@ class AttentionFusion(keras.layers.Layer):
         self.units = units
         self.attention_units = attention_units
         self.projections = {}
-        self._modalities = None
 
     def _fused_width(self, features_shape):
         widths = [s[-1] for s in features_shape.values()]
@@ -436,7 +408,7 @@ class AttentionFusion(keras.layers.Layer):
         return max(widths)
 
     def build(self, features_shape):
-        _check_modalities(self, features_shape)
+        self.check_modalities(features_shape)
         features_shape = _pooled_shapes(features_shape)
         widths = {m: s[-1] for m, s in features_shape.items()}
         width = self._fused_width(features_shape)
@@ -459,12 +431,12 @@ class AttentionFusion(keras.layers.Layer):
             shape=(hidden,),
             initializer="glorot_uniform",
         )
-        self._modalities = list(features_shape)
+        self.modalities = list(features_shape)
         self.built = True
 
     def _projected(self, features):
-        _check_modalities(self, features)
-        _check_same_modalities(self, features)
+        self.check_modalities(features)
+        self.check_built_modalities(features)
         pooled = {m: pool_features(x) for m, x in features.items()}
         projected = ops.stack(
             [
@@ -494,13 +466,13 @@ class AttentionFusion(keras.layers.Layer):
     def call(self, features):
         pooled, projected, weights = self._projected(features)
         fused = ops.sum(projected * weights[..., None], axis=1)
-        return {**pooled, "fused": fused}
+        return {**pooled, FUSED: fused}
 
     def compute_output_shape(self, features_shape):
         features_shape = _pooled_shapes(features_shape)
         out = {m: (s[0], s[-1]) for m, s in features_shape.items()}
         width = self._fused_width(features_shape)
-        out["fused"] = (next(iter(features_shape.values()))[0], width)
+        out[FUSED] = (next(iter(features_shape.values()))[0], width)
         return out
 
     def get_config(self):

@@ -10,14 +10,15 @@ into the unimodal streams, unlike `IRFB`.
 import keras
 from keras import ops
 
-from keras_olm.layers.irfb import _check_streams
+from keras_olm.layers.base import FUSED
+from keras_olm.layers.base import Fusion
 from keras_olm.layers.transformer import TransformerLayer
 
 FUSED_FROM = ("bottleneck", "cls")
 
 
 @keras.saving.register_keras_serializable(package="keras_olm")
-class MBT(keras.layers.Layer):
+class MBT(Fusion):
     """Multimodal bottleneck transformer fusion (Nagrani et al., 2021).
 
     A fusion layer for `BalancedMultimodalModel(encoders, fusion=MBT(...))`
@@ -107,7 +108,7 @@ class MBT(keras.layers.Layer):
         self.layer_norm_epsilon = float(layer_norm_epsilon)
 
     def build(self, features_shape):
-        modalities, _, d = _check_streams(features_shape, self.name)
+        modalities, _, d = self.check_streams(features_shape)
         if d % self.num_heads:
             raise ValueError(
                 f"{self.name}: num_heads={self.num_heads} must divide the "
@@ -146,11 +147,7 @@ class MBT(keras.layers.Layer):
         self.built = True
 
     def call(self, features, training=None):
-        if sorted(features) != self.modalities:
-            raise ValueError(
-                f"{self.name} was built for modalities {self.modalities}; "
-                f"got {sorted(features)}."
-            )
+        self.check_built_modalities(features)
         streams = [features[m]["hidden_states"][:, -1] for m in self.modalities]
         masks = [features[m]["mask"] for m in self.modalities]
         first = streams[0]
@@ -177,18 +174,18 @@ class MBT(keras.layers.Layer):
         out = {m: streams[i][:, 0] for i, m in enumerate(self.modalities)}
         out = {m: out[m] for m in features}
         if self.fused_from == "bottleneck":
-            out["fused"] = ops.mean(z_b, axis=1)
+            out[FUSED] = ops.mean(z_b, axis=1)
         else:
-            out["fused"] = ops.mean(
+            out[FUSED] = ops.mean(
                 ops.stack([streams[i][:, 0] for i in range(m_count)], 0), 0
             )
         return out
 
     def compute_output_shape(self, features_shape):
-        modalities, _, d = _check_streams(features_shape, self.name)
+        modalities, _, d = self.check_streams(features_shape)
         batch = features_shape[modalities[0]]["pooled"][0]
         out = {m: (features_shape[m]["pooled"][0], d) for m in features_shape}
-        out["fused"] = (batch, d)
+        out[FUSED] = (batch, d)
         return out
 
     def get_config(self):
