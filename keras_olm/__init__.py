@@ -2,7 +2,7 @@
 
 The public surface: `BalancedMultimodalModel`, the `OLM` balancer and the
 field's others (`OGMGE`, `GBlend`, `MMCosine`, `GradNorm`, `PMR`), the
-fusion layers (`LateFusion`, `FiLMFusion`, `GatedFusion`,
+fusion layers (their base `Fusion`, `LateFusion`, `FiLMFusion`, `GatedFusion`,
 `AttentionFusion`), `split_held_out`, and the `balancers`, `callbacks`,
 `synthetic` (small in-memory array problems) modules. Imported on their
 own: `keras_olm.data` (readers of datasets on disk) and
@@ -25,6 +25,7 @@ from keras_olm.layers import IRFB
 from keras_olm.layers import MBT
 from keras_olm.layers import AttentionFusion
 from keras_olm.layers import FiLMFusion
+from keras_olm.layers import Fusion
 from keras_olm.layers import GatedFusion
 from keras_olm.layers import LateFusion
 from keras_olm.layers import SequenceEncoder
@@ -43,6 +44,7 @@ __all__ = [
     "BalancedMultimodalModel",
     "Balancer",
     "FiLMFusion",
+    "Fusion",
     "GBlend",
     "GatedFusion",
     "GradNorm",

@@ -39,8 +39,6 @@ from keras import ops
 
 from keras_olm.balancers.common import cross_entropy
 
-FUSED = "fused"
-
 #: Where a balancer that reads held-out losses gets them: `"periodic"`,
 #: one held-out batch every `held_out_every` steps, or `"step"`, one every
 #: step.

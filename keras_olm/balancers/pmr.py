@@ -28,12 +28,12 @@ training set at every epoch; a class not yet seen keeps a zero prototype.
 import keras
 from keras import ops
 
-from keras_olm.balancers.base import FUSED
 from keras_olm.balancers.base import Balancer
 from keras_olm.balancers.common import EpochWindow
 from keras_olm.balancers.common import cross_entropy
 from keras_olm.balancers.common import discrepancy_ratios
 from keras_olm.balancers.common import true_class_scores
+from keras_olm.layers.base import FUSED
 
 # --- the math, as pure functions -----------------------------------------
 

@@ -15,9 +15,9 @@ from keras import ops
 from keras_olm import balancers as balancers_lib
 from keras_olm import held_out as held_out_lib
 from keras_olm import inputs as inputs_lib
-from keras_olm.balancers.base import FUSED
 from keras_olm.balancers.base import Balancer
 from keras_olm.balancers.base import JointTraining
+from keras_olm.layers.base import FUSED
 from keras_olm.layers.fusion import LateFusion
 from keras_olm.trainers import StepMixin
 from keras_olm.trainers.step import NonFiniteGuard

@@ -31,9 +31,9 @@ import keras
 from keras import ops
 
 from keras_olm import held_out as held_out_lib
-from keras_olm.balancers.base import FUSED
 from keras_olm.balancers.base import StepRecord
 from keras_olm.inputs import LABEL
+from keras_olm.layers.base import FUSED
 
 
 class NonFiniteLossError(FloatingPointError):
