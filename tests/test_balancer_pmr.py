@@ -103,13 +103,16 @@ def test_update_moves_the_prototypes_and_logs_the_ratio():
         "fused": np.zeros((2, 32), "float32"),
     }
     features = {k: keras.ops.convert_to_tensor(v) for k, v in features.items()}
-    step = StepRecord(
-        y=Y,
-        logits={},
-        finite=keras.ops.convert_to_tensor(True),
-        features=features,
-    )
-    balancer.apply_update(step)
+
+    def record(finite):
+        return StepRecord(
+            y=Y,
+            logits={},
+            finite=keras.ops.convert_to_tensor(finite),
+            features=features,
+        )
+
+    balancer.apply_update(record(True))
     # Zero prototypes at first: every distance ties, ratios 1, no PCE.
     np.testing.assert_allclose(np_(balancer.ratios), [1.0, 1.0], rtol=1e-6)
     np.testing.assert_allclose(np_(balancer.betas), [0.0, 0.0])
@@ -118,13 +121,7 @@ def test_update_moves_the_prototypes_and_logs_the_ratio():
         np_(model.heads["slow"].prototypes), padded(2 * FEATURES)
     )
     assert int(np_(balancer.steps)) == 1
-    bad = StepRecord(
-        y=Y,
-        logits={},
-        finite=keras.ops.convert_to_tensor(False),
-        features=features,
-    )
-    balancer.apply_update(bad)
+    balancer.apply_update(record(False))
     assert int(np_(balancer.steps)) == 1
 
 

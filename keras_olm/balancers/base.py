@@ -37,6 +37,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_olm.balancers.common import check_choice
 from keras_olm.balancers.common import cross_entropy
 
 #: Where a balancer that reads held-out losses gets them: `"periodic"`,
@@ -137,11 +138,7 @@ class Balancer(keras.layers.Layer):
 
     def set_held_out_schedule(self, schedule, every):
         """Checks and sets `held_out_schedule` and `held_out_every`."""
-        if schedule not in HELD_OUT_SCHEDULES:
-            raise ValueError(
-                f"held_out_schedule must be one of {HELD_OUT_SCHEDULES}; "
-                f"got {schedule!r}"
-            )
+        check_choice("held_out_schedule", schedule, HELD_OUT_SCHEDULES)
         if int(every) < 1:
             raise ValueError(f"held_out_every must be >= 1; got {every}")
         self.held_out_schedule = schedule

@@ -5,6 +5,13 @@ import keras
 from keras import ops
 
 
+def check_choice(name, value, choices):
+    """Raises a `ValueError` naming argument `name` unless `value` is one
+    of `choices`."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}; got {value!r}")
+
+
 def cross_entropy(y, logits, sample_weight=None):
     """Mean sparse categorical cross-entropy of one head.
 

@@ -32,6 +32,7 @@ from keras import ops
 
 from keras_olm.balancers.base import Balancer
 from keras_olm.balancers.common import EpochWindow
+from keras_olm.balancers.common import check_choice
 from keras_olm.balancers.common import discrepancy_ratios
 from keras_olm.balancers.common import true_class_scores
 
@@ -152,11 +153,7 @@ class OGMGE(Balancer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if coefficient_form not in COEFFICIENT_FORMS:
-            raise ValueError(
-                f"coefficient_form must be one of {COEFFICIENT_FORMS}; got "
-                f"{coefficient_form!r}"
-            )
+        check_choice("coefficient_form", coefficient_form, COEFFICIENT_FORMS)
         if float(alpha) < 0:
             raise ValueError(f"alpha must be >= 0; got {alpha}")
         self.window = EpochWindow(

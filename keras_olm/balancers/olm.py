@@ -25,6 +25,7 @@ import numpy as np
 from keras import ops
 
 from keras_olm.balancers.base import Balancer
+from keras_olm.balancers.common import check_choice
 from keras_olm.balancers.common import cross_entropy
 
 OPTIMIZERS = ("sgd", "adam")
@@ -305,9 +306,9 @@ class OLM(Balancer):
     ):
         super().__init__(**kwargs)
         self.set_held_out_schedule(held_out_schedule, held_out_every)
-        _check_choice("optimizer", optimizer, OPTIMIZERS)
-        _check_choice("targets", targets, TARGETS)
-        _check_choice("rate_form", rate_form, RATE_FORMS)
+        check_choice("optimizer", optimizer, OPTIMIZERS)
+        check_choice("targets", targets, TARGETS)
+        check_choice("rate_form", rate_form, RATE_FORMS)
         if not 0.0 <= float(loss_momentum) < 1.0:
             raise ValueError(
                 f"loss_momentum must be in [0, 1); got {loss_momentum}"
@@ -545,11 +546,6 @@ class OLM(Balancer):
             eps=self.eps,
         )
         return config
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}; got {value!r}")
 
 
 __all__ = [
