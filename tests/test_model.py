@@ -71,8 +71,8 @@ def test_step_schedule_reads_a_held_out_batch_every_step(data):
 
 
 def test_repeated_fits_release_their_held_out_data(data):
-    # Each fit's held-out iterator goes with the fit: TensorFlow's step
-    # used to capture it and keep five of its threads alive per fit.
+    # Each fit's held-out iterator goes with the fit: a compiled step that
+    # captured it would keep five of its threads alive per fit.
     tasks = "/proc/self/task"
     if not os.path.isdir(tasks):
         pytest.skip("counts threads through /proc")
