@@ -21,9 +21,10 @@ Data (decoded once by the package's readers and cached as `.npz` under
 
 Splits: the official test split is scored once per run. The official
 training split is cut once (seed 0) into `val` (15%, picks the
-checkpoint) and the training pool. Every row fits on the same pool;
-balancers that measure held-out losses (OLM, G-Blend) hold out 10% of it
-inside `fit` (`held_out_split=0.1`, seed 0), never the validation or test data.
+checkpoint), `held_out` (10% of the rest, read only by the balancers that
+measure held-out losses: OLM, G-Blend) and the training pool. Every row
+fits on the same pool; no row trains on the validation, held-out or test
+data.
 
 Rows (`--rows` keys in brackets):
 
@@ -110,25 +111,14 @@ def _read_split(reader, split):
 
 def _decode_digits(size):
     from keras_olm import data as olm_data
-    from keras_olm.data.audio import SpectrogramConfig
     from keras_olm.embedded import av_digits
 
     kwargs = {} if size is None else {"num_clips": size, "num_speakers": 8}
     root = av_digits.generate(verbose=False, **kwargs)
-    # The clips are 1.5 s long: the whole clip, 64 mel bands (as
-    # examples/cremad.py's "digits" spectrogram): 64 x 94.
-    audio = SpectrogramConfig(
-        sample_rate=22050,
-        num_samples=33075,
-        n_fft=512,
-        hop_length=353,
-        num_mel_bins=64,
-        zscore=True,
-    )
     reader = olm_data.CremaD(
         root,
         class_names=av_digits.LABELS,
-        audio=audio,
+        audio="digits",
         image_size=(32, 32),
         held_out_fraction=0.0,
     )
@@ -193,7 +183,10 @@ def _take(split, indices):
 
 
 def make_splits(data, val_fraction=0.15, max_train=None, max_eval=None):
-    """The training pool, `val` and `test` (fixed, seed 0).
+    """The training pool, `held_out`, `val` and `test` (fixed, seed 0).
+
+    `held_out` is 10% of the official training split after `val`, read
+    only by balancers that measure held-out losses.
 
     Args:
         data: the dict of `load_dataset`.
@@ -208,6 +201,8 @@ def make_splits(data, val_fraction=0.15, max_train=None, max_eval=None):
     order = np.random.default_rng(0).permutation(n)
     n_val = max(1, int(round(val_fraction * n)))
     val_idx, pool_idx = order[:n_val], order[n_val:]
+    n_held_out = max(1, int(round(0.1 * len(pool_idx))))
+    held_out_idx, pool_idx = pool_idx[:n_held_out], pool_idx[n_held_out:]
     test_idx = np.arange(len(data["test"][1]))
     if max_train is not None:
         pool_idx = pool_idx[:max_train]
@@ -216,6 +211,7 @@ def make_splits(data, val_fraction=0.15, max_train=None, max_eval=None):
         test_idx = np.random.default_rng(0).permutation(test_idx)[:max_eval]
     return {
         "pool": _take(data["train"], pool_idx),
+        "held_out": _take(data["train"], held_out_idx),
         "val": _take(data["train"], val_idx),
         "test": _take(data["test"], test_idx),
     }
@@ -323,7 +319,7 @@ class BestEpoch(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         x, y = self.val
-        logits = self.model.predict_heads(x)["fused"]
+        logits = self.model.predict_heads(x, verbose=0)["fused"]
         value = float(np.mean(logits.argmax(-1) == y))
         if value > self.best:  # ties: the earlier epoch
             self.best = value
@@ -351,21 +347,22 @@ def train_one(splits, modalities, num_classes, fusion, balancer, args, seed):
         jit_compile=args.jit_compile,
     )
     x, y = splits["pool"]
+    held_out_x, held_out_y = splits["held_out"]
     val_x, val_y = splits["val"]
     best = BestEpoch(({m: val_x[m] for m in modalities}, val_y))
+    held_out = ({m: held_out_x[m] for m in modalities}, held_out_y)
     model.fit(
         {m: x[m] for m in modalities},
         y,
         batch_size=args.batch_size,
         epochs=args.epochs,
-        held_out_split=0.1,
-        held_out_seed=0,
+        held_out_data=held_out if model.balancer.needs_held_out else None,
         callbacks=[best],
         verbose=0,
     )
     model.set_weights(best.best_weights)
     test_x, _ = splits["test"]
-    logits = model.predict_heads({m: test_x[m] for m in modalities})
+    logits = model.predict_heads({m: test_x[m] for m in modalities}, verbose=0)
     probs = keras.ops.convert_to_numpy(
         keras.ops.softmax(logits["fused"], axis=-1)
     )
@@ -449,7 +446,8 @@ def run_dataset(name, rows, args, log, store, save=None, seeds=None):
     modalities, num_classes = data["modalities"], data["num_classes"]
     test_y = splits["test"][1]
     log(
-        f"{name}: pool {len(splits['pool'][1])}, val {len(splits['val'][1])},"
+        f"{name}: pool {len(splits['pool'][1])}, held-out "
+        f"{len(splits['held_out'][1])}, val {len(splits['val'][1])},"
         f" test {len(test_y)}, modalities {modalities}, {num_classes} classes"
     )
     entry = store.setdefault(name, {"runs": {}})

@@ -270,7 +270,7 @@ def train_and_test(data, args, name, balancer, build_model):
         verbose=args.verbose,
     )
     best.restore()
-    logits = model.predict_heads(data["test"])
+    logits = model.predict_heads(data["test"], verbose=0)
     labels = np.concatenate([y for _, y in data["test"].as_numpy_iterator()])
     classes = np.arange(len(data["class_names"]))
     result = {

@@ -68,23 +68,11 @@ import keras
 
 from keras_olm import data as olm_data
 from keras_olm.data.audio import AUDIO_PRESETS
-from keras_olm.data.audio import SpectrogramConfig
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402  (examples/_common.py)
 
 HEAD_TITLES = {"audio": "Audio", "visual": "Visual", "fused": "AV (fused)"}
-
-# The embedded digits' clips are 1.5 s long: one clip, 64 mel bands.
-DIGITS_AUDIO = SpectrogramConfig(
-    sample_rate=22050,
-    num_samples=33075,
-    n_fft=512,
-    hop_length=353,
-    num_mel_bins=64,
-    zscore=True,
-)
-AUDIO_CHOICES = {"digits": DIGITS_AUDIO, **AUDIO_PRESETS}
 
 
 # --- data --------------------------------------------------------------
@@ -156,7 +144,7 @@ def load_data(args):
         )
         class_names = av_digits.LABELS
         source = f"embedded AV digits at {root}"
-        audio = AUDIO_CHOICES[args.audio or "digits"]
+        audio = AUDIO_PRESETS[args.audio or "digits"]
         size = args.image_size or 32
         # 64 x 94 spectrograms and 32x32 frames: decode once, keep them.
         cache = True
@@ -164,7 +152,7 @@ def load_data(args):
         root = args.data_dir
         class_names = olm_data.CREMAD_CLASSES
         source = f"CREMA-D at {root}"
-        audio = AUDIO_CHOICES[args.audio or "cremad"]
+        audio = AUDIO_PRESETS[args.audio or "cremad"]
         size = args.image_size or 224
         cache = args.cache
     reader, fit_reader = cremad_readers(root, args, class_names, audio, size)
@@ -263,7 +251,7 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--audio",
-        choices=sorted(AUDIO_CHOICES),
+        choices=sorted(AUDIO_PRESETS),
         default=None,
         help="spectrogram convention; None: digits embedded, cremad real",
     )

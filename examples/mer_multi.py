@@ -159,7 +159,7 @@ def build_model(modalities, fusion, balancer, args):
 
 def evaluate(model, x, y):
     """Weighted F1 and accuracy of every head; the valence MSE."""
-    logits = model.predict_heads(x)
+    logits = model.predict_heads(x, verbose=0)
     out = {"f1": {}, "acc": {}}
     for head, z in logits.items():
         pred = np.argmax(z, axis=-1)

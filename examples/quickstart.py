@@ -34,6 +34,8 @@ def main(argv=None):
 
     x, y = make_imbalanced(2000, seed=args.seed)
     x_test, y_test = make_imbalanced(2000, seed=1000 + args.seed)
+    # 10% of the training data held out for OLM; both train on the rest.
+    (x, y), held_out = keras_olm.split_held_out((x, y), 0.1, seed=args.seed)
     results = {}
     for name, balancer in [("plain joint training", None), ("OLM", "olm")]:
         keras.utils.set_random_seed(args.seed)
@@ -43,9 +45,15 @@ def main(argv=None):
             balancer=balancer,
         )
         model.compile(optimizer="adam")
-        # With arrays, 10% of the training data is held out for OLM.
-        model.fit(x, y, epochs=args.epochs, batch_size=64, verbose=0)
-        logits = model.predict_heads(x_test)
+        model.fit(
+            x,
+            y,
+            epochs=args.epochs,
+            batch_size=64,
+            held_out_data=held_out if balancer else None,
+            verbose=0,
+        )
+        logits = model.predict_heads(x_test, verbose=0)
         results[name] = {
             h: float(np.mean(v.argmax(-1) == y_test)) for h, v in logits.items()
         }

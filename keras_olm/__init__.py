@@ -9,6 +9,8 @@ own: `keras_olm.data` (readers of datasets on disk) and
 `keras_olm.embedded` (writers of the project's embedded datasets).
 """
 
+# First: hides the GPUs from TensorFlow under the JAX and torch backends.
+from keras_olm import _devices  # noqa: F401
 from keras_olm import balancers
 from keras_olm import callbacks
 from keras_olm import synthetic

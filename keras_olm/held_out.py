@@ -18,12 +18,14 @@ A step receives `(x, y[, sample_weight], HeldOutBatch)` and `unpack`
 turns any batch into a `StepBatch`.
 """
 
+import types
 from typing import Any
 from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
+from keras_olm import inputs as inputs_lib
 from keras_olm.inputs import LABEL
 
 _GOLDEN = 2654435761  # Knuth's multiplicative hash constant.
@@ -83,6 +85,17 @@ def unpack(data):
         held_out, data = data[-1], data[:-1]
     sample_weight = data[2] if len(data) > 2 else None
     return StepBatch(data[0], data[1], sample_weight, held_out)
+
+
+class FitInputs(NamedTuple):
+    """The training inputs `fit` hands to Keras' `fit`."""
+
+    x: Any
+    y: Any = None
+    sample_weight: Any = None
+    batch_size: Any = None
+    shuffle: bool = True
+    class_weight: Any = None
 
 
 class HeldOutFeed:
@@ -162,6 +175,57 @@ def with_held_out_slots(train, held_out, period):
     return joined.prefetch(tf.data.AUTOTUNE)
 
 
+def as_dataset(
+    data,
+    modalities,
+    num_classes,
+    batch_size,
+    regression_targets=None,
+    where="held_out_data",
+):
+    """Held-out data in any input form `fit` takes, as a checked, batched
+    `tf.data.Dataset`.
+
+    Args:
+        data: a `tf.data.Dataset`, an `(inputs, labels[, sample_weight])`
+            tuple of arrays (inputs a dict, or a list in the encoders'
+            order), or a `keras.utils.PyDataset`, a generator or a torch
+            `DataLoader` of such batches. A generator is read once and its
+            batches kept in memory for the later passes.
+        modalities: list of str. The encoders' keys.
+        num_classes: int.
+        batch_size: int. Batch size for arrays.
+        regression_targets: dict or `None`. The model's regression heads.
+        where: str. The argument's name, for error messages.
+    """
+    if isinstance(data, (tuple, list)) and len(data) in (2, 3):
+        x = inputs_lib.inputs_as_dict(data[0], modalities, where)
+        if inputs_lib.is_arrays(x):
+            data = (x, *data[1:])
+    if isinstance(data, tf.data.Dataset) or (
+        isinstance(data, (tuple, list)) and inputs_lib.is_arrays(data[0])
+    ):
+        return inputs_lib.as_dataset(
+            data, modalities, num_classes, batch_size, where, regression_targets
+        )
+    from keras.src.trainers.data_adapters import get_data_adapter
+
+    try:
+        adapter = get_data_adapter(data)
+    except ValueError as error:
+        raise TypeError(
+            f"{where} must be a tf.data.Dataset, an (inputs, labels) tuple "
+            "of arrays, a keras.utils.PyDataset, a generator or a torch "
+            f"DataLoader; got {type(data).__name__}."
+        ) from error
+    dataset = adapter.get_tf_dataset()
+    if isinstance(data, types.GeneratorType):
+        dataset = dataset.cache()
+    return inputs_lib.check_dataset(
+        dataset, modalities, num_classes, where, regression_targets
+    )
+
+
 def _num_samples(y):
     return len(y[LABEL]) if isinstance(y, dict) else len(y)
 
@@ -194,33 +258,53 @@ def split_arrays(x, y, sample_weight, fraction, seed):
     return take(train_idx), take(held_out_idx)
 
 
-def split_held_out(dataset, fraction=0.1, seed=0):
-    """Splits an unbatched dataset into (train, held-out), by element index.
+def split_held_out(data, fraction=0.1, seed=0):
+    """Splits training data into (train, held-out) parts.
 
-    Element i goes to the held-out part when a multiplicative hash of
-    `(i, seed)` falls below `fraction`: the split is deterministic and the
-    same on every pass, so it must be taken BEFORE any shuffling (a
-    reshuffled stream would move samples between the parts). OLM reads its
-    held-out losses from the second part; never use the test set for it.
+    For arrays, `data` is an `(inputs, labels[, sample_weight])` tuple and
+    the held-out part a seeded random `fraction` of the samples (as `fit`
+    holds out with `held_out_split`). For an unbatched dataset, element i
+    goes to the held-out part when a multiplicative hash of `(i, seed)`
+    falls below `fraction`: the split is deterministic and the same on
+    every pass, so it must be taken BEFORE any shuffling (a reshuffled
+    stream would move samples between the parts). OLM reads its held-out
+    losses from the second part; never use the test set for it. To compare
+    OLM with other training fairly, train every method on the first part.
 
     Args:
-        dataset: `tf.data.Dataset`. Unbatched, in a fixed order.
-        fraction: float in (0, 1). Share of elements held out. Defaults to
+        data: an `(inputs, labels[, sample_weight])` tuple of arrays, or an
+            unbatched `tf.data.Dataset` in a fixed order.
+        fraction: float in (0, 1). Share of samples held out. Defaults to
             `0.1`.
-        seed: int. Changes which elements are held out. Defaults to `0`.
+        seed: int. Changes which samples are held out. Defaults to `0`.
 
     Returns:
-        `(train, held_out)`, two `tf.data.Dataset`s.
+        `(train, held_out)`: two tuples like `data`, or two
+        `tf.data.Dataset`s.
 
     Example:
     ```python
+    (x, y), held_out = keras_olm.split_held_out((x, y), 0.1)
+    model.fit(x, y, held_out_data=held_out)  # OLM
+    baseline.fit(x, y)  # the same training samples
+
     ds = tf.data.Dataset.from_tensor_slices(({"a": xa, "v": xv}, y))
     train, held_out = keras_olm.split_held_out(ds, 0.1)
-    train = train.shuffle(1000).batch(64)
-    held_out = held_out.batch(64)
-    model.fit(train, held_out_data=held_out)
+    model.fit(train.shuffle(1000).batch(64), held_out_data=held_out.batch(64))
     ```
     """
+    if isinstance(data, (tuple, list)) and len(data) in (2, 3):
+        sample_weight = data[2] if len(data) == 3 else None
+        train, held_out = split_arrays(
+            data[0], data[1], sample_weight, fraction, seed
+        )
+        size = len(data)
+        return train[:size], held_out[:size]
+    if not isinstance(data, tf.data.Dataset):
+        raise TypeError(
+            "split_held_out takes an (inputs, labels) tuple of arrays or an "
+            f"unbatched tf.data.Dataset; got {type(data).__name__}."
+        )
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction must be in (0, 1); got {fraction}")
     threshold = tf.constant(int(fraction * 2**32), tf.uint64)
@@ -230,7 +314,7 @@ def split_held_out(dataset, fraction=0.1, seed=0):
         h = (tf.cast(i, tf.uint64) * _GOLDEN + salt) % (2**32)
         return h < threshold
 
-    indexed = dataset.enumerate()
+    indexed = data.enumerate()
     held_out = indexed.filter(lambda i, *e: is_held_out(i))
     train = indexed.filter(lambda i, *e: tf.logical_not(is_held_out(i)))
 

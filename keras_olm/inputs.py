@@ -284,3 +284,27 @@ def as_dataset(
         f"{where} must be a tf.data.Dataset or an (inputs, labels) "
         f"tuple; got {type(data).__name__}."
     )
+
+
+def is_arrays(x):
+    """Whether `x` is a structure of arrays or tensors (what Keras' array
+    adapter takes), as opposed to a dataset, a `PyDataset`, a generator or
+    a `DataLoader`."""
+    from keras.src.trainers.data_adapters import array_data_adapter
+
+    if x is None or isinstance(x, tf.data.Dataset):
+        return False
+    return array_data_adapter.can_convert_arrays(x)
+
+
+def inputs_as_dict(x, modalities, where):
+    """A list or tuple of per-modality arrays, in the encoders' order, as
+    the dict the model takes; anything else is returned unchanged."""
+    if not isinstance(x, (list, tuple)) or not x or not is_arrays(list(x)):
+        return x
+    if len(x) != len(modalities):
+        raise ValueError(
+            f"{where}: a list of inputs needs one array per modality, in "
+            f"the encoders' order {list(modalities)}; got {len(x)} arrays."
+        )
+    return dict(zip(modalities, x))

@@ -106,11 +106,14 @@ def test_rooms_load_and_split_without_overlap():
     assert data["num_classes"] == 19
     splits = compare.make_splits(data)
     n_train = len(data["train"][1])
-    assert len(splits["pool"][1]) + len(splits["val"][1]) == n_train
-    pool = splits["pool"][0]["rgb"].reshape(len(splits["pool"][1]), -1)
-    val = splits["val"][0]["rgb"].reshape(len(splits["val"][1]), -1)
-    # No validation image is also a training image.
-    assert not any((pool == v).all(axis=1).any() for v in val)
+    sizes = {k: len(splits[k][1]) for k in ("pool", "held_out", "val")}
+    assert sum(sizes.values()) == n_train
+    assert sizes["held_out"] == round(0.1 * (n_train - sizes["val"]))
+    pool = splits["pool"][0]["rgb"].reshape(sizes["pool"], -1)
+    # No validation or held-out image is also a training image.
+    for other in ("val", "held_out"):
+        images = splits[other][0]["rgb"].reshape(sizes[other], -1)
+        assert not any((pool == v).all(axis=1).any() for v in images)
     assert splits["test"][0]["depth"].shape[1:] == (32, 32, 1)
 
 

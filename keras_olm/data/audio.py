@@ -9,7 +9,7 @@ sample rate, so they cannot drive the resampling and are not used).
 Resampling (only where a file's rate differs from the target) uses
 tensorflow-io where it is installed and its native ops load (probed once,
 quietly: its wheels do not load on TensorFlow 2.21), else `soxr` (the
-resampler of `librosa.load`) or `scipy.signal.resample_poly`.
+resampler of `librosa.load`, a dependency of keras-olm).
 
 PCM WAV and soundfile both scale to [-1, 1] (`x / 32768` for 16 bits),
 and multichannel audio is averaged to mono, as `librosa.load` does.
@@ -33,7 +33,6 @@ import dataclasses
 import functools
 import importlib.util
 import logging
-import math
 import os
 import warnings
 
@@ -137,6 +136,16 @@ AUDIO_PRESETS = {
     "vggsound": SpectrogramConfig(
         sample_rate=16000, num_samples=80000, n_fft=256, hop_length=128
     ),
+    # The embedded AV digits (`keras_olm.embedded.av_digits`): the whole
+    # 1.5 s clip, 64 mel bands, z-scored: 64 x 94.
+    "digits": SpectrogramConfig(
+        sample_rate=22050,
+        num_samples=33075,
+        n_fft=512,
+        hop_length=353,
+        num_mel_bins=64,
+        zscore=True,
+    ),
 }
 
 
@@ -145,8 +154,9 @@ def get_audio_preset(name):
 
     Args:
         name: str or `SpectrogramConfig`. One of `"cremad"` (257 x 188),
-            `"pmr_10s"` (257 x 1004) or `"vggsound"` (129 x 626); a config
-            is returned unchanged.
+            `"pmr_10s"` (257 x 1004), `"vggsound"` (129 x 626) or
+            `"digits"` (64 x 94, the embedded AV digits); a config is
+            returned unchanged.
 
     Returns:
         A `SpectrogramConfig`.
@@ -227,15 +237,9 @@ def _resample_np(wave, rate_in, rate_out):
     rate_in, rate_out = int(rate_in), int(rate_out)
     if rate_in == rate_out or wave.size == 0:
         return wave.astype(np.float32)
-    if importlib.util.find_spec("soxr") is not None:
-        import soxr
+    import soxr
 
-        out = soxr.resample(wave, rate_in, rate_out, quality="HQ")
-    else:
-        from scipy import signal
-
-        g = math.gcd(rate_in, rate_out)
-        out = signal.resample_poly(wave, rate_out // g, rate_in // g)
+    out = soxr.resample(wave, rate_in, rate_out, quality="HQ")
     size = int(np.ceil(wave.shape[-1] * (float(rate_out) / rate_in)))
     if out.shape[-1] < size:
         out = np.pad(out, (0, size - out.shape[-1]))
@@ -246,7 +250,7 @@ def resample(wave, rate_in, rate_out):
     """Resamples a mono waveform inside a tf graph.
 
     Uses tensorflow-io where it works, else `soxr` ("HQ", as
-    `librosa.load`) or `scipy.signal.resample_poly` via `tf.numpy_function`.
+    `librosa.load`) via `tf.numpy_function`.
 
     Args:
         wave: float32 tensor of shape `(samples,)`.

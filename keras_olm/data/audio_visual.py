@@ -23,6 +23,7 @@ from keras_olm.data.audio import get_audio_preset
 from keras_olm.data.audio import load_clip
 from keras_olm.data.audio import spectrogram
 from keras_olm.data.errors import DataError
+from keras_olm.data.image import image_size_pair
 from keras_olm.data.image import load_frames
 
 CREMAD_CLASSES = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
@@ -35,7 +36,8 @@ class AudioVisualReader(Reader):
         root: str or path. The dataset root.
         audio: str or `SpectrogramConfig`. The spectrogram convention.
         num_frames: int. Frames sampled per clip.
-        image_size: tuple `(height, width)`. Defaults to `(224, 224)`.
+        image_size: int or tuple `(height, width)`; an int is a square.
+            Defaults to `(224, 224)`.
         normalize: str or None. Frame normalization (`"imagenet"`,
             `"unit"` or None). Defaults to `"imagenet"`.
         random_crop: bool. In training, crop the audio at a random offset
@@ -65,7 +67,7 @@ class AudioVisualReader(Reader):
         super().__init__(root, held_out_fraction, seed, on_error)
         self.audio_config = get_audio_preset(audio)
         self.num_frames = int(num_frames)
-        self.image_size = tuple(image_size)
+        self.image_size = image_size_pair(image_size)
         self.normalize = normalize
         self.random_crop = bool(random_crop)
 

@@ -25,6 +25,34 @@ _IMAGENET_OFFSET = -np.array(IMAGENET_MEAN, np.float32) / np.array(
 SUNRGBD_MAX_DEPTH = 8.0
 
 
+def image_size_pair(size, where="image_size"):
+    """`(height, width)` from an int (a square) or a pair of ints.
+
+    Args:
+        size: int or a pair of ints, each >= 1.
+        where: str. The argument's name, for the error message.
+
+    Returns:
+        A tuple `(height, width)` of ints.
+    """
+    if isinstance(size, (int, np.integer)):
+        pair = (size, size)
+    else:
+        try:
+            pair = tuple(size)
+        except TypeError:
+            pair = ()
+    if len(pair) != 2 or not all(
+        isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1
+        for s in pair
+    ):
+        raise ValueError(
+            f"{where} must be an int or a (height, width) pair of ints "
+            f">= 1; got {size!r}."
+        )
+    return tuple(int(s) for s in pair)
+
+
 def _check_normalize(normalize):
     if normalize not in NORMALIZATIONS:
         raise ValueError(

@@ -9,6 +9,7 @@ from keras_olm.data._base import log_kept
 from keras_olm.data._base import require_file
 from keras_olm.data.errors import DataError
 from keras_olm.data.image import SUNRGBD_MAX_DEPTH
+from keras_olm.data.image import image_size_pair
 from keras_olm.data.image import load_image
 from keras_olm.data.image import load_sunrgbd_depth
 
@@ -112,7 +113,8 @@ class SunRGBD(Reader):
     Args:
         root: str or path. The SUNRGBD folder.
         split_file: str, dict or None. Defaults to `None` (see above).
-        image_size: tuple `(height, width)`. Defaults to `(224, 224)`.
+        image_size: int or tuple `(height, width)`; an int is a square.
+            Defaults to `(224, 224)`.
         normalize: str or None. RGB normalization (`"imagenet"`, `"unit"`,
             None). Defaults to `"imagenet"`.
         depth_normalize: str or None. `"max"` (metres / 8 m), `"standard"`
@@ -159,7 +161,7 @@ class SunRGBD(Reader):
             raise ValueError("`unknown_scene` must be 'drop' or 'error'.")
         if depth_channels not in (1, 3):
             raise ValueError("`depth_channels` must be 1 or 3.")
-        self.image_size = tuple(image_size)
+        self.image_size = image_size_pair(image_size)
         self.normalize = normalize
         self.depth_normalize = depth_normalize
         self.depth_channels = depth_channels

@@ -20,6 +20,7 @@ from keras_olm.balancers.base import JointTraining
 from keras_olm.layers.base import FUSED
 from keras_olm.layers.fusion import LateFusion
 from keras_olm.trainers import StepMixin
+from keras_olm.trainers.step import LogOrder
 from keras_olm.trainers.step import NonFiniteGuard
 
 
@@ -52,6 +53,24 @@ def _resolve_regression_targets(targets):
             )
         out[name] = int(width)
     return out
+
+
+class _HeadLogits(keras.Model):
+    """`model.head_logits` as a model, for Keras' `predict` loop."""
+
+    def __init__(self, model):
+        super().__init__(name=f"{model.name}_head_logits")
+        self.model = model
+        self.built = True
+
+    def call(self, inputs, training=False):
+        return self.model.head_logits(inputs, training=training)
+
+
+def _tf_dataset_type():
+    import tensorflow as tf
+
+    return tf.data.Dataset
 
 
 def _resolve_balancer(balancer):
@@ -146,6 +165,8 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
     out = model.predict(x)  # {"label": (n, 6), "valence": (n, 1)}
     ```
     """
+
+    _head_logits_model = None
 
     def __init__(
         self,
@@ -295,34 +316,37 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         """
         return self._forward(inputs, training=training)
 
-    def predict_heads(self, x, batch_size=256):
-        """Raw logits of every head for arrays or a dataset, as numpy.
+    def predict_heads(
+        self, x, batch_size=None, verbose="auto", steps=None, callbacks=None
+    ):
+        """Raw logits of every head, as numpy; `predict`'s arguments.
 
         Args:
-            x: dict of arrays, or a `tf.data.Dataset` of `(inputs, ...)`
-                batches.
-            batch_size: int. Batch size for array inputs. Defaults to 256.
+            x: inputs in any form `predict` takes (a dict of arrays, a list
+                of arrays in the encoders' order, a dataset, a `PyDataset`,
+                a generator, a torch `DataLoader`); labels in the batches
+                are ignored.
+            batch_size: int or `None`. For array inputs. Defaults to 32.
+            verbose: `"auto"`, 0, 1 or 2, as in `predict`.
+            steps: int or `None`. Number of batches, as in `predict`.
+            callbacks: list of `keras.callbacks.Callback`, as in `predict`.
 
         Returns:
             A dict from head name to a numpy array `(n, num_classes)`.
         """
-        if isinstance(x, dict):
-            n = len(next(iter(x.values())))
-            batches = (
-                {m: np.asarray(v[i : i + batch_size]) for m, v in x.items()}
-                for i in range(0, n, batch_size)
-            )
-        else:
-            batches = (
-                e[0] if isinstance(e, tuple) else e
-                for e in x.as_numpy_iterator()
-            )
-        out = {h: [] for h in self.head_names}
-        for batch in batches:
-            logits = self.head_logits(batch)
-            for h in self.head_names:
-                out[h].append(ops.convert_to_numpy(logits[h]))
-        return {h: np.concatenate(v) for h, v in out.items()}
+        if self._head_logits_model is None:
+            # Kept out of Keras' layer tracking: the wrapper holds this
+            # model, not the other way round.
+            self.__dict__["_head_logits_model"] = _HeadLogits(self)
+        x = self._prediction_inputs(x, "predict_heads")
+        logits = self._head_logits_model.predict(
+            x,
+            batch_size=batch_size,
+            verbose=verbose,
+            steps=steps,
+            callbacks=callbacks,
+        )
+        return {h: logits[h] for h in self.head_names}
 
     # --- training ---------------------------------------------------------
 
@@ -350,42 +374,55 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         y=None,
         batch_size=None,
         epochs=1,
+        verbose="auto",
         callbacks=None,
+        validation_split=0.0,
         validation_data=None,
         shuffle=True,
+        class_weight=None,
         sample_weight=None,
+        initial_epoch=0,
+        steps_per_epoch=None,
+        validation_steps=None,
+        validation_batch_size=None,
+        validation_freq=1,
         held_out_data=None,
         held_out_split=0.1,
         held_out_seed=0,
-        **kwargs,
     ):
-        """Trains the model; see `keras.Model.fit` for the common arguments.
+        """Trains the model; the arguments are `keras.Model.fit`'s, plus
+        the held-out data of balancers that read held-out losses (OLM).
 
-        Inputs are checked before any step runs: input keys must match the
-        encoders', every modality must have the labels' batch size, and
-        labels must lie in `[0, num_classes)`.
+        `x` takes what Keras' `fit` takes: a dict of arrays keyed like the
+        encoders (or a list of arrays in the encoders' order) with labels
+        `y`, a `tf.data.Dataset`, a `keras.utils.PyDataset`, a generator
+        or (torch backend) a torch `DataLoader` of `(inputs, labels[,
+        sample_weight])` batches. `validation_split` (arrays only: the last
+        fraction, before shuffling, as Keras), `validation_data`,
+        `class_weight`, `sample_weight`, `initial_epoch` and
+        `steps_per_epoch` work as in Keras.
+
+        Arrays and datasets are checked before any step runs: input keys
+        must match the encoders', every modality must have the labels'
+        batch size, and labels must lie in `[0, num_classes)`.
 
         Args:
-            x: dict of arrays, or a `tf.data.Dataset` of
-                `(inputs, labels[, sample_weight])` batches.
             y: labels for array inputs; with regression heads a dict
                 `{"label": class ids, <target>: values}` (datasets then
                 yield such dicts too).
-            batch_size: int. For array inputs. Defaults to 32.
-            held_out_data: held-out data for balancers that measure held-out
-                losses (OLM): a batched `tf.data.Dataset` or an
-                `(inputs, labels)` tuple of arrays. It must be split from
+            held_out_data: held-out data for balancers that measure
+                held-out losses (OLM, G-Blend), in any form `x` takes (with
+                arrays: an `(inputs, labels)` tuple). It must be split from
                 the training data, never the test set (and by default not
                 the validation set that picks checkpoints).
                 `keras_olm.split_held_out` makes one from a dataset.
             held_out_split: float. With array inputs and no
-                `held_out_data`, this fraction of the training arrays is held
-                out (by a seeded permutation) for the held-out losses.
-                Defaults to `0.1`.
+                `held_out_data`, this fraction of the training arrays (after
+                `validation_split`) is held out by a seeded permutation for
+                the held-out losses, and not trained on; `fit` says so in
+                one line. Defaults to `0.1`.
             held_out_seed: int. Seed of that split. Defaults to `0`.
-            validation_data: as in Keras: `(inputs, labels)` arrays or a
-                dataset; evaluated with `val_` logs, never used by OLM.
-            **kwargs: passed to `keras.Model.fit`.
+            **others: as in `keras.Model.fit`.
 
         Returns:
             The `History` object.
@@ -393,79 +430,108 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         import tensorflow as tf
 
         needs_held_out = self.balancer.needs_held_out
-        arrays = isinstance(x, dict)
-        batch_size = batch_size or 32
-        if arrays:
+        x = inputs_lib.inputs_as_dict(x, self.modalities, "fit")
+        if inputs_lib.is_arrays(x):
             if y is None:
                 raise ValueError("fit: labels `y` are required with arrays.")
-            inputs_lib.check_arrays(
-                x,
-                y,
-                self.modalities,
-                self.num_classes,
-                "fit",
-                self.regression_targets,
-            )
+            self._check_arrays(x, y, "fit")
             y = inputs_lib.normalize_targets(y, self.regression_targets, "fit")
+            if validation_split and validation_data is None:
+                from keras.src.trainers.data_adapters import array_slicing
+
+                (x, y, sample_weight), validation_data = (
+                    array_slicing.train_validation_split(
+                        (x, y, sample_weight),
+                        validation_split=validation_split,
+                    )
+                )
+            validation_split = 0.0
             if needs_held_out and held_out_data is None:
                 (x, y, sample_weight), held_out_data = (
                     held_out_lib.split_arrays(
                         x, y, sample_weight, held_out_split, held_out_seed
                     )
                 )
-            train = inputs_lib.arrays_to_dataset(
-                x, y, sample_weight, batch_size, shuffle, held_out_seed
-            )
+                if verbose != 0:
+                    n = len(held_out_data[1])
+                    total = n + len(next(iter(x.values())))
+                    print(
+                        f"{type(self.balancer).__name__}: held out {n} of "
+                        f"the {total} training samples (held_out_split="
+                        f"{held_out_split}, seed {held_out_seed}) for its "
+                        "held-out losses; they are not trained on. Pass "
+                        "held_out_data= to choose them."
+                    )
         elif isinstance(x, tf.data.Dataset):
             if y is not None or sample_weight is not None:
                 raise ValueError(
                     "fit: with a dataset, labels and sample weights come "
                     "from the dataset; do not pass `y` or `sample_weight`."
                 )
-            train = inputs_lib.check_dataset(
+            x = inputs_lib.check_dataset(
                 x,
                 self.modalities,
                 self.num_classes,
                 "fit",
                 self.regression_targets,
             )
-        else:
-            raise TypeError(
-                "fit: x must be a dict of arrays or a tf.data.Dataset; got "
-                f"{type(x).__name__}."
+        if needs_held_out and held_out_data is None:
+            raise ValueError(
+                f"{type(self.balancer).__name__} measures losses on "
+                "held-out training data: pass fit(..., held_out_data=...), "
+                "e.g. from `keras_olm.split_held_out(unbatched_ds, 0.1)` "
+                "(a split of the training data, never the test set)."
             )
+        batch = batch_size or 32
         if needs_held_out:
-            if held_out_data is None:
-                raise ValueError(
-                    f"{type(self.balancer).__name__} measures losses on "
-                    "held-out training data: pass fit(..., held_out_data=...), "
-                    "e.g. from `keras_olm.split_held_out(unbatched_ds, 0.1)` "
-                    "(a split of the training data, never the test set)."
-                )
-            held_out = self._as_dataset(
-                held_out_data, batch_size, "held_out_data"
+            held_out = held_out_lib.as_dataset(
+                held_out_data,
+                self.modalities,
+                self.num_classes,
+                batch,
+                self.regression_targets,
             )
         if validation_data is not None:
-            validation_data = self._as_dataset(
-                validation_data, batch_size, "validation_data"
-            )
-        if needs_held_out:
-            train = self._attach_held_out(
-                train, held_out, self.balancer.held_out_period
-            )
+            validation_data = self._check_validation_data(validation_data)
         if not self.built:
-            spec = train.element_spec[0]
-            self.build({m: (None, *spec[m].shape[1:]) for m in spec})
-        callbacks = list(callbacks or [])
-        callbacks.append(NonFiniteGuard(self.head_names))
+            self._build_from(x)
+        if not inputs_lib.is_arrays(x) and not isinstance(
+            x, keras.utils.PyDataset
+        ):
+            # Keras ignores `shuffle` for datasets, generators and
+            # DataLoaders (they come shuffled or not) and warns when it is
+            # on, as it is by default.
+            shuffle = False
+        fit_inputs = held_out_lib.FitInputs(
+            x, y, sample_weight, batch_size, shuffle, class_weight
+        )
+        if needs_held_out:
+            fit_inputs = self._attach_held_out(
+                fit_inputs, held_out, self.balancer.held_out_period
+            )
+        callbacks = [
+            LogOrder(self.modalities, self.regression_targets),
+            *(callbacks or []),
+            NonFiniteGuard(self.head_names),
+        ]
         try:
             return super().fit(
-                train,
+                fit_inputs.x,
+                fit_inputs.y,
+                batch_size=fit_inputs.batch_size,
                 epochs=epochs,
+                verbose=verbose,
                 callbacks=callbacks,
+                validation_split=validation_split,
                 validation_data=validation_data,
-                shuffle=False,  # array inputs were shuffled by the pipeline
-                **kwargs,
+                shuffle=fit_inputs.shuffle,
+                class_weight=fit_inputs.class_weight,
+                sample_weight=fit_inputs.sample_weight,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=steps_per_epoch,
+                validation_steps=validation_steps,
+                validation_batch_size=validation_batch_size,
+                validation_freq=validation_freq,
             )
         except BaseException:
             # Keep what the finished steps trained (JAX holds it apart
@@ -475,15 +541,71 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         finally:
             self._held_out_feed = None
 
-    def _as_dataset(self, data, batch_size, where):
-        return inputs_lib.as_dataset(
-            data,
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.evaluate`; inputs also as a list of arrays in the
+        encoders' order. Returns the metrics in `metrics_names` order."""
+        if not kwargs.get("_use_cached_eval_dataset"):
+            # (fit's validation passes were checked when fit began)
+            x, y = self._standard_inputs(x, y, "evaluate")
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        """`keras.Model.predict`; inputs also as a list of arrays in the
+        encoders' order."""
+        x = self._prediction_inputs(x, "predict")
+        return super().predict(x, *args, **kwargs)
+
+    def _prediction_inputs(self, x, where):
+        """Inputs to predict from, with array inputs checked."""
+        x = inputs_lib.inputs_as_dict(x, self.modalities, where)
+        if isinstance(x, dict) and inputs_lib.is_arrays(x):
+            self._check_inputs(x)
+        return x
+
+    def _standard_inputs(self, x, y, where):
+        """Array inputs as a checked dict with normalised targets."""
+        x = inputs_lib.inputs_as_dict(x, self.modalities, where)
+        if inputs_lib.is_arrays(x) and y is not None:
+            self._check_arrays(x, y, where)
+            y = inputs_lib.normalize_targets(y, self.regression_targets, where)
+        elif isinstance(x, _tf_dataset_type()):
+            x = inputs_lib.check_dataset(
+                x,
+                self.modalities,
+                self.num_classes,
+                where,
+                self.regression_targets,
+            )
+        return x, y
+
+    def _check_arrays(self, x, y, where):
+        inputs_lib.check_arrays(
+            x,
+            y,
             self.modalities,
             self.num_classes,
-            batch_size,
             where,
             self.regression_targets,
         )
+
+    def _check_validation_data(self, data):
+        """`validation_data` with array inputs checked (a list of arrays
+        becomes a dict); datasets get in-pipeline checks; other forms go
+        to Keras as they are."""
+        if isinstance(data, (tuple, list)) and len(data) in (2, 3):
+            x, y = self._standard_inputs(data[0], data[1], "validation_data")
+            return (x, y, *data[2:])
+        return self._standard_inputs(data, None, "validation_data")[0]
+
+    def _build_from(self, x):
+        """Builds the model from array or dataset inputs; other forms are
+        built by Keras from their first batch."""
+        if isinstance(x, dict) and inputs_lib.is_arrays(x):
+            inputs_lib.check_modalities(x.keys(), self.modalities, "fit")
+            self.build({m: (None, *np.shape(x[m])[1:]) for m in x})
+        elif isinstance(x, _tf_dataset_type()):
+            spec = x.element_spec[0]
+            self.build({m: (None, *spec[m].shape[1:]) for m in spec})
 
     # --- serialization -----------------------------------------------------
 

@@ -37,9 +37,9 @@ class StepMixin(TrainingStep):
 
         def train_function(state, iterator):
             feed = self._held_out_feed
-            if feed is None:
-                return step(state, iterator)
-            return step(state, feed.wrap(iterator))
+            if feed is not None:
+                iterator = feed.wrap(iterator)
+            return step(state, iterator)
 
         self.train_function = train_function
         return train_function

@@ -95,13 +95,21 @@ class TrainingStep:
         takes its inputs; numpy here (the jitted JAX step moves them)."""
         return dataset.repeat().as_numpy_iterator()
 
-    def _attach_held_out(self, train, dataset, period):
-        """Feeds held-out batches from the host (`HeldOutFeed`); returns
-        the training dataset to fit on."""
+    def _attach_held_out(self, fit_inputs, dataset, period):
+        """Feeds held-out batches from the host (`HeldOutFeed`).
+
+        Args:
+            fit_inputs: the training inputs, a `held_out.FitInputs`.
+            dataset: the held-out `tf.data.Dataset`.
+            period: int. A held-out batch every `period` steps.
+
+        Returns:
+            The `FitInputs` to hand to Keras' `fit`.
+        """
         self._held_out_feed = held_out_lib.HeldOutFeed(
             self._held_out_batches(dataset), period
         )
-        return train
+        return fit_inputs
 
     def _sync_training_state(self):
         """Writes the state of the last finished step into the variables;
@@ -277,7 +285,7 @@ class TrainingStep:
                 finite,
                 features,
             )
-        return self._update_metrics(
+        logs = self._update_metrics(
             batch.y,
             batch.sample_weight,
             ops.stop_gradient(total),
@@ -285,6 +293,8 @@ class TrainingStep:
             head_losses,
             predictions,
         )
+        logs.update(self.balancer.step_logs())
+        return logs
 
     def _balancer_update_fn(
         self, y, logits, held_out_losses, held_out_flag, finite, features
@@ -331,7 +341,6 @@ class TrainingStep:
                 logs.update(result)
             else:
                 logs[metric.name] = result
-        logs.update(self.balancer.step_logs())
         return logs
 
 
@@ -354,6 +363,72 @@ def _detached(aux):
         {m: ops.stop_gradient(v) for m, v in features.items()},
         {n: ops.stop_gradient(v) for n, v in predictions.items()},
     )
+
+
+def ordered_logs(logs, modalities, regression_targets=()):
+    """`logs` in the order the progress bar shows them.
+
+    The loss, the compiled metrics, the fused head's loss and accuracy,
+    regression errors, each modality's loss and accuracy, the balancer's
+    logs (e.g. OLM's coefficients) in head order; then the same for the
+    `val_` logs.
+    """
+    heads = [FUSED, *modalities]
+    prefixes = tuple(f"{h}_" for h in heads)
+    per_head = [f"{h}_{k}" for h in heads for k in ("loss", "acc")]
+    regression = [
+        f"{n}_{k}" for n in regression_targets for k in ("mse", "mae")
+    ]
+
+    def order(keys):
+        compiled = [
+            k
+            for k in keys
+            if k != "loss"
+            and k not in regression
+            and not k.startswith(prefixes)
+        ]
+        first = ["loss", *compiled, *per_head[:2], *regression, *per_head[2:]]
+        rest = [
+            k
+            for h in [*modalities, FUSED]
+            for k in keys
+            if k.startswith(f"{h}_") and k not in first
+        ]
+        known = [k for k in first + rest if k in keys]
+        return known + [k for k in keys if k not in known]
+
+    train = [k for k in logs if not k.startswith("val_")]
+    val = [k[len("val_") :] for k in logs if k.startswith("val_")]
+    keys = order(train) + ["val_" + k for k in order(val)]
+    return {k: logs[k] for k in dict.fromkeys(keys)}
+
+
+class LogOrder(keras.callbacks.Callback):
+    """Puts the logs every later callback sees (the progress bar, History)
+    in `ordered_logs`' order; Keras hands them over sorted by name."""
+
+    def __init__(self, modalities, regression_targets=()):
+        super().__init__()
+        self.modalities = list(modalities)
+        self.regression_targets = list(regression_targets)
+
+    def _reorder(self, logs):
+        if logs:
+            ordered = ordered_logs(
+                logs, self.modalities, self.regression_targets
+            )
+            logs.clear()
+            logs.update(ordered)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._reorder(logs)
+
+    def on_test_batch_end(self, batch, logs=None):
+        self._reorder(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._reorder(logs)
 
 
 class NonFiniteGuard(keras.callbacks.Callback):

@@ -36,12 +36,28 @@ class StepMixin(TrainingStep):
             )
         self._xla_update(*measurements)
 
-    def _attach_held_out(self, train, dataset, period):
-        """Held-out batches from the host; zipped in with several steps
-        per execution (one compiled call then runs several steps)."""
-        if self.steps_per_execution > 1:
-            return held_out_lib.with_held_out_slots(train, dataset, period)
-        return super()._attach_held_out(train, dataset, period)
+    def _attach_held_out(self, fit_inputs, dataset, period):
+        """Held-out batches from the host; zipped into the training
+        pipeline with several steps per execution (one compiled call then
+        runs several steps)."""
+        if self.steps_per_execution == 1:
+            return super()._attach_held_out(fit_inputs, dataset, period)
+        from keras.src.trainers.data_adapters import get_data_adapter
+
+        x, y, sample_weight, batch_size, shuffle, class_weight = fit_inputs
+        arrays = not isinstance(x, tf.data.Dataset) and y is not None
+        train = get_data_adapter(
+            x,
+            y,
+            sample_weight,
+            batch_size=batch_size or (32 if arrays else None),
+            shuffle=shuffle,
+            class_weight=class_weight,
+        ).get_tf_dataset()
+        return held_out_lib.FitInputs(
+            held_out_lib.with_held_out_slots(train, dataset, period),
+            shuffle=False,
+        )
 
     def _held_out_batches(self, dataset):
         """TensorFlow tensors straight from tf.data, as Keras' step gets."""

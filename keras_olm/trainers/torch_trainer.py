@@ -32,9 +32,9 @@ class StepMixin(TrainingStep):
 
         def train_function(data):
             feed = self._held_out_feed
-            if feed is None:
-                return step(data)
-            return step([feed.merge(batch) for batch in data])
+            if feed is not None:
+                data = [feed.merge(batch) for batch in data]
+            return step(data)
 
         self.train_function = train_function
         return train_function

@@ -184,6 +184,25 @@ def test_sunrgbd_depth_options(sunrgbd_root):
     assert b["depth"][0, 5, 5, 1] == pytest.approx(2.0, abs=1e-3)
 
 
+def test_readers_take_an_int_image_size(sunrgbd_root, cremad_root):
+    x, _ = collect(SunRGBD(sunrgbd_root, image_size=20).as_dataset("test", 8))
+    assert x["rgb"].shape[1:] == (20, 20, 3)
+    assert x["depth"].shape[1:] == (20, 20, 1)
+    assert CremaD(cremad_root, image_size=12).image_size == (12, 12)
+    for bad in (0, (16,), (16, 16, 3), 16.0, "16", (True, 16)):
+        with pytest.raises(ValueError, match="image_size"):
+            SunRGBD(sunrgbd_root, image_size=bad)
+
+
+def test_the_digits_preset_is_a_named_preset():
+    from keras_olm.data import AUDIO_PRESETS
+    from keras_olm.data import get_audio_preset
+
+    preset = get_audio_preset("digits")
+    assert preset is AUDIO_PRESETS["digits"]
+    assert preset.output_shape == (64, 94)
+
+
 def test_sunrgbd_allsplit_mat(sunrgbd_root, tmp_path):
     from scipy import io as sio
 
