@@ -30,7 +30,8 @@ def test_preset_shapes():
     assert get_audio_preset("cremad").output_shape == (257, 188)
     assert get_audio_preset("pmr_10s").output_shape == (257, 1004)
     assert get_audio_preset("vggsound").output_shape == (129, 626)
-    assert set(AUDIO_PRESETS) == {"cremad", "pmr_10s", "vggsound"}
+    assert get_audio_preset("digits").output_shape == (64, 94)
+    assert set(AUDIO_PRESETS) == {"cremad", "pmr_10s", "vggsound", "digits"}
     with pytest.raises(ValueError, match="Unknown audio preset"):
         get_audio_preset("nope")
 

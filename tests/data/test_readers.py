@@ -194,15 +194,6 @@ def test_readers_take_an_int_image_size(sunrgbd_root, cremad_root):
             SunRGBD(sunrgbd_root, image_size=bad)
 
 
-def test_the_digits_preset_is_a_named_preset():
-    from keras_olm.data import AUDIO_PRESETS
-    from keras_olm.data import get_audio_preset
-
-    preset = get_audio_preset("digits")
-    assert preset is AUDIO_PRESETS["digits"]
-    assert preset.output_shape == (64, 94)
-
-
 def test_sunrgbd_allsplit_mat(sunrgbd_root, tmp_path):
     from scipy import io as sio
 
