@@ -468,13 +468,7 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
                     "fit: with a dataset, labels and sample weights come "
                     "from the dataset; do not pass `y` or `sample_weight`."
                 )
-            x = inputs_lib.check_dataset(
-                x,
-                self.modalities,
-                self.num_classes,
-                "fit",
-                self.regression_targets,
-            )
+            x = self._standard_inputs(x, None, "fit")[0]
         if needs_held_out and held_out_data is None:
             raise ValueError(
                 f"{type(self.balancer).__name__} measures losses on "
