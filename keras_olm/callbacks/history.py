@@ -262,16 +262,19 @@ class LogitNormHistory(keras.callbacks.Callback):
         if self._arrays is not None:
             x, y = self._arrays
             y = _class_labels(y)
-            return model.predict_heads(x, batch_size=self.batch_size), y
+            logits = model.predict_heads(
+                x, batch_size=self.batch_size, verbose=0
+            )
+            return logits, y
         # One pass, batch by batch, so that labels stay aligned with the
         # logits even when the dataset reshuffles on every pass.
         outs = {h: [] for h in model.head_names}
         labels = []
         for element in self._dataset.as_numpy_iterator():
             x, y = element[0], _class_labels(element[1])
-            logits = model.predict_heads(x, batch_size=max(len(y), 1))
+            logits = model.head_logits(x)
             for h in model.head_names:
-                outs[h].append(logits[h])
+                outs[h].append(keras.ops.convert_to_numpy(logits[h]))
             labels.append(np.reshape(y, (-1,)))
         if not labels:
             raise ValueError(f"{_WHERE}: the dataset yielded no batches.")
