@@ -412,14 +412,26 @@ class LogOrder(keras.callbacks.Callback):
         super().__init__()
         self.modalities = list(modalities)
         self.regression_targets = list(regression_targets)
+        self._orders = {}
 
     def _reorder(self, logs):
-        if logs:
-            ordered = ordered_logs(
-                logs, self.modalities, self.regression_targets
+        if not logs:
+            return
+        # The keys repeat from step to step: their order is worked out once.
+        keys = tuple(logs)
+        order = self._orders.get(keys)
+        if order is None:
+            order = tuple(
+                ordered_logs(
+                    dict.fromkeys(keys),
+                    self.modalities,
+                    self.regression_targets,
+                )
             )
-            logs.clear()
-            logs.update(ordered)
+            self._orders[keys] = order
+        values = dict(logs)
+        logs.clear()
+        logs.update((k, values[k]) for k in order)
 
     def on_train_batch_end(self, batch, logs=None):
         self._reorder(logs)
