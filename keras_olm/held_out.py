@@ -3,9 +3,12 @@
 Balancers that read held-out losses (OLM, G-Blend: `needs_held_out`) see
 a held-out batch on every k-th training step, k being the balancer's
 `held_out_period` (1 for the `"step"` schedule, `held_out_every` for
-`"periodic"`), counted from the start of each `fit` call. The held-out
-batches are taken in order and cycle through the held-out set, across
-epochs, so the same steps see the same held-out batches on every backend.
+`"periodic"`): on the steps whose global step (counted over every `fit`
+call, saved with the model) is a multiple of k. The held-out batches are
+taken in order and cycle through the held-out set, so the global step
+alone says which held-out batch a step reads: the same on every backend,
+and the same after a resume as in an uninterrupted run
+(`start_position`).
 
 A held-out batch does not travel in the training input pipeline: the
 `HeldOutFeed` adds it to the training batch on the host, and only on the
@@ -98,22 +101,76 @@ class FitInputs(NamedTuple):
     class_weight: Any = None
 
 
+def num_batches(dataset):
+    """The number of batches of a finite `dataset` (read once if tf.data
+    does not know it); a clear error if there are none."""
+    n = int(dataset.cardinality())
+    if n == tf.data.INFINITE_CARDINALITY:
+        raise ValueError(
+            "held_out_data must be finite; got an endlessly repeating dataset."
+        )
+    if n < 0:
+        n = int(dataset.reduce(np.int64(0), lambda count, _: count + 1))
+    if n == 0:
+        raise ValueError("held_out_data is empty: it has no batches.")
+    return n
+
+
+def start_position(global_step, period, num_held_out_batches):
+    """Where a `fit` that starts at `global_step` stands in the schedule.
+
+    Returns:
+        `(count, skip)`: the step count the feed starts from, and how many
+        held-out batches of a pass were read already (batches are read on
+        steps 0, k, 2k, ...: `ceil(global_step / k)` of them).
+    """
+    read = -(-int(global_step) // int(period))
+    return int(global_step), read % int(num_held_out_batches)
+
+
+def rotated(dataset, skip):
+    """`dataset` starting at batch `skip` and wrapping round, endlessly."""
+    if skip:
+        dataset = dataset.skip(skip).concatenate(dataset.take(skip))
+    return dataset.repeat()
+
+
 class HeldOutFeed:
     """Adds a held-out batch to every k-th training batch, on the host.
 
+    The feed finds its place when the first step asks for it (after the
+    callbacks' `on_train_begin`, where `BackupAndRestore` restores a
+    model): the global step then says which step is due and which held-out
+    batch comes next (`start_position`).
+
     Args:
-        batches: an endless iterator of held-out `(inputs, labels[, ...])`
-            batches, in the form the backend's step takes its inputs.
-        period: int. A held-out batch on steps 0, k, 2k, ... of the fit.
+        make_batches: a callable that takes the number of held-out batches
+            to skip and returns an endless iterator of held-out `(inputs,
+            labels[, ...])` batches from there on, in the form the
+            backend's step takes its inputs.
+        period: int. A held-out batch on global steps 0, k, 2k, ...
+        global_step: a callable that returns the global step.
+        num_held_out_batches: int. Batches in one pass of the held-out set.
     """
 
-    def __init__(self, batches, period):
+    def __init__(self, make_batches, period, global_step, num_held_out_batches):
         self.period = int(period)
-        self.count = 0
-        self.batches = batches
+        self.make_batches = make_batches
+        self.global_step = global_step
+        self.num_held_out_batches = int(num_held_out_batches)
+        self.count = None
+        self.batches = None
+
+    def _start(self):
+        self.count, skip = start_position(
+            self.global_step(), self.period, self.num_held_out_batches
+        )
+        self.batches = self.make_batches(skip)
 
     def due(self):
         """Counts one step; whether it is a step that reads held-out data."""
+        if self.count is None:
+            self._start()
         due = self.count % self.period == 0
         self.count += 1
         return due
@@ -133,15 +190,23 @@ class HeldOutFeed:
             yield self.merge(data)
 
 
-def with_held_out_slots(train, held_out, period):
+def with_held_out_slots(train, held_out, period, global_step):
     """Zips training batches with held-out slots (in the pipeline).
 
     Every element becomes `(x, y[, sample_weight], HeldOutBatch)`. With
-    `period` k > 1 only every k-th slot carries a real held-out batch; the
-    others carry empty (0-sample) batches and flag 0, and the training
-    step skips the held-out forward pass for them. The schedule restarts
-    with each epoch.
+    `period` k > 1 only the slots of global steps 0, k, 2k, ... carry a
+    real held-out batch; the others carry empty (0-sample) batches and
+    flag 0, and the training step skips the held-out forward pass for
+    them. Each pass over the zipped dataset (each epoch) starts at the
+    slot of `global_step`, read when the pass starts.
+
+    Args:
+        train: the batched training dataset.
+        held_out: the batched held-out dataset (finite).
+        period: int. Steps between two held-out batches.
+        global_step: a scalar int variable, the global step.
     """
+    cycle = num_batches(held_out) * period
     held_out = held_out.map(lambda *e: (e[0], e[1], tf.constant(1.0)))
     if period > 1:
         # The slots between two held-out batches carry empty (0-sample)
@@ -162,7 +227,12 @@ def with_held_out_slots(train, held_out, period):
         slots = held_out.flat_map(expand)
     else:
         slots = held_out
-    slots = slots.repeat()
+
+    def from_global_step(_):
+        start = tf.cast(global_step, tf.int64) % cycle
+        return slots.repeat().skip(start)
+
+    slots = tf.data.Dataset.from_tensors(0).flat_map(from_global_step)
 
     def join(batch, slot):
         return (*batch, HeldOutBatch(*slot))

@@ -26,9 +26,10 @@ The hooks, in the order a training step calls them:
    (OLM's coefficients, G-Blend's weights).
 7. `step_logs()`: scalars shown in the progress bar and `History`.
 
-The step calls 5 and 6 through `apply_transform_gradients` and
-`apply_update`, which assign the new state only where the step was
-finite.
+The training step runs 5 and 6 before the optimizer step, checks their
+new state with the loss and the gradients, and assigns it only if all of
+it is finite (`assign_if_finite`); `apply_transform_gradients` and
+`apply_update` do the same for one hook on its own.
 """
 
 import dataclasses
@@ -56,8 +57,11 @@ class StepRecord:
         y: int tensor `(batch,)`. The batch labels.
         logits: dict from head name to the raw (unmodulated) logits
             `(batch, num_classes)`.
-        finite: bool scalar tensor. False when any loss of the step was
-            NaN or infinite; the state a hook returns is then dropped.
+        finite: bool scalar (tensor). Read by `apply_update` and
+            `apply_transform_gradients`, which drop the new state where it
+            is False. Defaults to `True`: the training step checks the
+            loss, the gradients and the new state itself, after the hooks,
+            and assigns nothing of a step that was not finite.
         head_losses: tensor `(num_heads,)` or `None`. Every head's
             cross-entropy on its raw logits, in `head_names` order.
             Measured after the optimizer step, for `update`; `None` in
@@ -74,7 +78,7 @@ class StepRecord:
 
     y: Any
     logits: dict
-    finite: Any
+    finite: Any = True
     head_losses: Any = None
     held_out_losses: Any = None
     held_out_flag: Any = None
@@ -229,7 +233,8 @@ class Balancer(keras.layers.Layer):
         """The balancer's new state after a step; none here.
 
         Args:
-            step: `StepRecord` of the step, after the optimizer step.
+            step: `StepRecord` of the step's forward pass (the optimizer
+                step has not been applied yet).
 
         Returns:
             A list of `(variable, new value)` pairs.

@@ -22,6 +22,7 @@ from keras_olm.layers.fusion import LateFusion
 from keras_olm.trainers import StepMixin
 from keras_olm.trainers.step import LogOrder
 from keras_olm.trainers.step import NonFiniteGuard
+from keras_olm.trainers.step import TrainingState
 
 
 def _resolve_regression_targets(targets):
@@ -207,6 +208,9 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             h: self.balancer.make_head(h, self.num_classes)
             for h in self.head_names
         }
+        self.training_state = TrainingState(
+            len(self.fault_names()), name="training_state"
+        )
         self.head_loss_trackers = [
             keras.metrics.Mean(name=f"{h}_loss") for h in self.head_names
         ]
@@ -504,10 +508,11 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
                 fit_inputs, held_out, self.balancer.held_out_period
             )
         callbacks = [
+            NonFiniteGuard(self.fault_names()),
             LogOrder(self.modalities, self.regression_targets),
             *(callbacks or []),
-            NonFiniteGuard(self.head_names),
         ]
+        self.training_state.reset_faults()
         try:
             return super().fit(
                 fit_inputs.x,

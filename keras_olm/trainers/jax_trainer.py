@@ -106,7 +106,7 @@ class StepMixin(TrainingStep):
 
     def _apply_if_finite(self, finite, grads):
         """The optimizer step on the state values, skipped (both taken as
-        they were) on a step with a non-finite loss."""
+        they were) on a step that was not finite."""
         c = self._carried
         # Both branches give lists (the state may come as tuples).
         c.trainable, c.optimizer = keras.ops.cond(

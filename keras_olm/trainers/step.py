@@ -5,9 +5,14 @@
 1. unpacks the batch (`held_out.unpack`) and, on steps that carry a
    held-out batch, measures every head's held-out loss;
 2. computes the loss and its gradients (`_loss_and_gradients`);
-3. lets the balancer transform the gradients;
-4. applies them, unless the loss was not finite (`_apply_if_finite`);
-5. lets the balancer update its state and updates the metrics.
+3. lets the balancer transform the gradients and compute its new state
+   (`_balancer_step`), nothing assigned yet;
+4. checks the loss, every head's loss, the gradients, the held-out losses
+   and the balancer's new state for NaN and infinity (`TrainingState`);
+5. if all are finite, applies the gradients (`_apply_if_finite`) and
+   assigns the balancer's new state, and counts the step;
+6. updates the metrics. `NonFiniteGuard` raises after a step that was
+   not finite.
 
 Each backend's trainer (`keras_olm/trainers/{tensorflow,jax,torch}_trainer
 .py`) derives from it and provides the two things that differ between
@@ -20,14 +25,13 @@ backends, as Keras' own `keras/src/backend/*/trainer.py` do:
   JAX: the step's state tuple, mapped onto the variables).
 
 and overrides, where its backend needs it, `_apply_if_finite`,
-`_update_balancer`, `_held_out_batches`, `_attach_held_out` and
+`_balancer_update`, `_held_out_batches`, `_attach_held_out` and
 `_sync_training_state`. It also wires the `HeldOutFeed` into its
 `make_train_function`.
 """
 
-import math
-
 import keras
+import numpy as np
 from keras import ops
 
 from keras_olm import held_out as held_out_lib
@@ -37,7 +41,9 @@ from keras_olm.layers.base import FUSED
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Raised when a training step produced a NaN or infinite loss."""
+    """Raised when a training step produced a NaN or an infinity: in its
+    loss, a head's loss, the gradients, the held-out losses or the
+    balancer's new state."""
 
 
 class TrainingStep:
@@ -73,7 +79,7 @@ class TrainingStep:
     # --- defaults a backend may override -----------------------------
 
     def _apply_if_finite(self, finite, grads):
-        """`optimizer.apply`, skipped on a step with a non-finite loss.
+        """`optimizer.apply`, skipped on a step that was not finite.
 
         A branch, as Keras' `LossScaleOptimizer` does: a skipped step
         moves no weight and no optimizer moment.
@@ -86,14 +92,11 @@ class TrainingStep:
         with self._state_scope():
             ops.cond(finite, apply, lambda: None)
 
-    def _update_balancer(self, *measurements):
-        """Runs the balancer update in the step as it is."""
-        self._balancer_update_fn(*measurements)
-
     def _held_out_batches(self, dataset):
-        """The held-out batches, endlessly, in the form the backend's step
-        takes its inputs; numpy here (the jitted JAX step moves them)."""
-        return dataset.repeat().as_numpy_iterator()
+        """The batches of the endless held-out `dataset`, in the form the
+        backend's step takes its inputs; numpy here (the jitted JAX step
+        moves them)."""
+        return dataset.as_numpy_iterator()
 
     def _attach_held_out(self, fit_inputs, dataset, period):
         """Feeds held-out batches from the host (`HeldOutFeed`).
@@ -106,10 +109,21 @@ class TrainingStep:
         Returns:
             The `FitInputs` to hand to Keras' `fit`.
         """
+
+        def make_batches(skip):
+            return self._held_out_batches(held_out_lib.rotated(dataset, skip))
+
         self._held_out_feed = held_out_lib.HeldOutFeed(
-            self._held_out_batches(dataset), period
+            make_batches,
+            period,
+            self._global_step,
+            held_out_lib.num_batches(dataset),
         )
         return fit_inputs
+
+    def _global_step(self):
+        """Training steps applied so far, over every `fit` call."""
+        return int(ops.convert_to_numpy(self.training_state.steps.value))
 
     def _sync_training_state(self):
         """Writes the state of the last finished step into the variables;
@@ -124,12 +138,19 @@ class TrainingStep:
             held_out = self._held_out_losses(batch.held_out)
         total, aux, grads = self._loss_and_gradients(batch)
         with self._state_scope():
-            grads, finite, aux = self._transform_gradients(
-                grads, total, batch.y, aux
+            grads, aux, new_state = self._balancer_step(
+                grads, batch, aux, held_out
             )
-        self._apply_if_finite(finite, grads)
+            faults, ok = self.training_state.record(
+                self._non_finite_flags(total, aux, grads, held_out, new_state)
+            )
+        self._apply_if_finite(ok, grads)
         with self._state_scope():
-            return self._after_train_step(batch, total, aux, held_out, finite)
+            self.balancer.assign_if_finite(new_state, ok)
+            self.training_state.count_step(ok)
+            logs = self._step_logs(batch, total, aux)
+            logs[FAULTS_LOG] = faults
+            return logs
 
     def _test_step(self, data):
         """One test step; returns the logs."""
@@ -236,55 +257,98 @@ class TrainingStep:
             }
         return self._gradient_groups
 
-    def _transform_gradients(self, grads, total, y, aux):
-        """The balancer's gradient hook.
+    def _balancer_step(self, grads, batch, aux, held_out):
+        """The balancer's gradient hook and its state update, not assigned.
+
+        Both run before the optimizer step, on what the forward pass
+        measured, so that their new state can be checked with the loss
+        and the gradients before anything is applied.
 
         Returns:
-            `(grads, finite, aux)`: the gradients to apply, whether the
-            step's loss was finite and the step's `aux`, detached.
+            `(grads, aux, new_state)`: the gradients to apply, the step's
+            `aux`, detached, and the balancer's new state as a list of
+            `(variable, value)` pairs.
         """
         aux = _detached(aux)
         logits, _, features, _ = aux
-        finite = ops.all(ops.isfinite(total))
-        step = StepRecord(
-            y=self._labels(y), logits=logits, finite=finite, features=features
-        )
-        grads = self.balancer.apply_transform_gradients(
+        y = self._labels(batch.y)
+        step = StepRecord(y=y, logits=logits, features=features)
+        grads, new_state = self.balancer.transform_gradients(
             grads,
             self.trainable_variables,
             self._gradient_groups_by_modality(),
             step,
         )
-        return grads, finite, aux
-
-    def _after_train_step(self, batch, total, aux, held_out, finite):
-        """Balancer update and metrics after the optimizer step.
-
-        Args:
-            batch: the step's `StepBatch`.
-            aux: the step's detached `aux`, from `_transform_gradients`.
-            held_out: `(losses, flag)` from `_held_out_losses`.
-            finite: whether the total loss was finite.
-        """
-        logits, head_losses, features, predictions = aux
-        held_out_losses, held_out_flag = held_out
+        new_state = list(new_state)
         if self.balancer.measures_steps:
-            # A non-finite head or held-out loss must not enter the
-            # balancer either.
-            measured = ops.concatenate([head_losses, held_out_losses])
-            finite = ops.logical_and(finite, ops.all(ops.isfinite(measured)))
+            held_out_losses, held_out_flag = held_out
             if not self.balancer.update_reads_features:
                 # Not passed: on TensorFlow the update is a separate XLA
                 # cluster and its inputs are copied into it.
                 features = None
-            self._update_balancer(
-                self._labels(batch.y),
-                logits,
-                held_out_losses,
-                held_out_flag,
-                finite,
-                features,
+            new_state += self._balancer_update(
+                y, logits, held_out_losses, held_out_flag, features
             )
+        return grads, aux, new_state
+
+    def _balancer_update(
+        self, y, logits, held_out_losses, held_out_flag, features
+    ):
+        """The balancer's `update` from one step's measurements, as
+        `(variable, value)` pairs (not assigned)."""
+        return self.balancer.update(
+            StepRecord(
+                y=y,
+                logits=logits,
+                head_losses=self._raw_head_losses(y, logits),
+                held_out_losses=held_out_losses,
+                held_out_flag=held_out_flag,
+                features=features,
+            )
+        )
+
+    def _non_finite_flags(self, total, aux, grads, held_out, new_state):
+        """Whether each checked part of the step holds a NaN or an
+        infinity: bool scalars in `fault_names` order."""
+        _, head_losses, _, _ = aux
+        held_out_losses, held_out_flag = held_out
+        flags = [_any_non_finite([total])]
+        flags += [
+            ops.logical_not(ops.isfinite(head_losses[i]))
+            for i in range(len(self.head_names))
+        ]
+        groups = self._gradient_groups_by_modality()
+        grouped = set()
+        for m in self.modalities:
+            flags.append(_any_non_finite([grads[i] for i in groups[m]]))
+            grouped.update(groups[m])
+        flags.append(
+            _any_non_finite(
+                [g for i, g in enumerate(grads) if i not in grouped]
+            )
+        )
+        flags.append(
+            ops.logical_and(
+                held_out_flag > 0, _any_non_finite([held_out_losses])
+            )
+        )
+        flags.append(_any_non_finite([v for _, v in new_state if _is_float(v)]))
+        return flags
+
+    def fault_names(self):
+        """What each entry of the step's fault vector checks, in order."""
+        return (
+            ["the total loss"]
+            + [f"the loss of head '{h}'" for h in self.head_names]
+            + [f"the gradients of the {m} encoder" for m in self.modalities]
+            + ["the gradients of the fusion layer and the heads"]
+            + ["the held-out losses (from held_out_data)"]
+            + [f"the balancer's new state ({type(self.balancer).__name__})"]
+        )
+
+    def _step_logs(self, batch, total, aux):
+        """Metrics and balancer logs after the step."""
+        logits, head_losses, _, predictions = aux
         logs = self._update_metrics(
             batch.y,
             batch.sample_weight,
@@ -295,23 +359,6 @@ class TrainingStep:
         )
         logs.update(self.balancer.step_logs())
         return logs
-
-    def _balancer_update_fn(
-        self, y, logits, held_out_losses, held_out_flag, finite, features
-    ):
-        """The balancer's state update from one step's measurements."""
-        self.balancer.apply_update(
-            StepRecord(
-                y=y,
-                logits=logits,
-                finite=finite,
-                head_losses=self._raw_head_losses(y, logits),
-                held_out_losses=held_out_losses,
-                held_out_flag=held_out_flag,
-                features=features,
-            )
-        )
-        return ops.zeros(())
 
     def _update_metrics(
         self, y, sample_weight, total, logits, head_losses, predictions
@@ -352,6 +399,107 @@ def squared_error(target, prediction, sample_weight=None):
             ops.reshape(sample_weight, (-1,)), per_sample.dtype
         )
     return ops.mean(per_sample)
+
+
+def _is_float(value):
+    return "float" in str(getattr(value, "dtype", ""))
+
+
+def _any_non_finite(tensors):
+    """Whether any of `tensors` holds a NaN or an infinity (a bool scalar).
+
+    One sum per tensor: a sum is NaN or infinite when an element is, and
+    it reads each tensor once without writing a tensor of its size. A
+    finite tensor whose sum overflows float32 counts as non-finite too.
+    """
+    sums = [ops.sum(ops.cast(t, "float32")) for t in tensors if t is not None]
+    if not sums:
+        return ops.zeros((), "bool")
+    return ops.logical_not(ops.isfinite(ops.sum(ops.stack(sums))))
+
+
+#: The log key under which a training step reports its non-finite checks;
+#: `NonFiniteGuard` removes it before any other callback sees the logs.
+FAULTS_LOG = "non_finite"
+
+
+@keras.saving.register_keras_serializable(package="keras_olm")
+class TrainingState(keras.layers.Layer):
+    """The training step's own state, saved with the model's weights.
+
+    `steps` counts the training steps applied over every `fit` call (the
+    global step): the held-out schedule and the position in the held-out
+    set derive from it, so a resumed run reads the held-out batches an
+    uninterrupted one would. `faults` holds the first non-finite step of
+    the current `fit`: one flag per checked part (see
+    `BalancedMultimodalModel.fault_names`) and that step's global step;
+    all zeros while every step was finite. Once a step is not finite,
+    every later step of the same compiled call is skipped as well.
+
+    Args:
+        num_checks: int. Number of checked parts of a step.
+        **kwargs: passed to `keras.layers.Layer`.
+    """
+
+    def __init__(self, num_checks, **kwargs):
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        self.num_checks = int(num_checks)
+        self.steps = self.add_weight(
+            name="steps",
+            shape=(),
+            dtype="int32",
+            initializer="zeros",
+            trainable=False,
+        )
+        self.faults = self.add_weight(
+            name="faults",
+            shape=(self.num_checks + 1,),
+            dtype="int32",
+            initializer="zeros",
+            trainable=False,
+        )
+        self.built = True
+
+    def record(self, flags):
+        """Records a step's checks.
+
+        Args:
+            flags: list of `num_checks` bool scalars, True where a part of
+                the step is not finite.
+
+        Returns:
+            `(faults, ok)`: the fault vector after this step and whether
+            the step may be applied.
+        """
+        if len(flags) != self.num_checks:
+            raise ValueError(
+                f"Expected {self.num_checks} checks; got {len(flags)}."
+            )
+        earlier = self.faults.value
+        current = ops.concatenate(
+            [
+                ops.cast(ops.stack(flags), "int32"),
+                ops.reshape(self.steps.value, (1,)),
+            ]
+        )
+        faults = ops.where(ops.any(earlier[:-1] > 0), earlier, current)
+        self.faults.assign(faults)
+        return faults, ops.logical_not(ops.any(faults[:-1] > 0))
+
+    def count_step(self, ok):
+        """Counts a step that was applied."""
+        self.steps.assign(self.steps.value + ops.cast(ok, "int32"))
+
+    def reset_faults(self):
+        """Clears the faults; `fit` calls it before its first step."""
+        self.faults.assign(ops.zeros_like(self.faults.value))
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("trainable", None)
+        config["num_checks"] = self.num_checks
+        return config
 
 
 def _detached(aux):
@@ -444,29 +592,49 @@ class LogOrder(keras.callbacks.Callback):
 
 
 class NonFiniteGuard(keras.callbacks.Callback):
-    """Stops training at the first step whose loss is NaN or infinite."""
+    """Stops training at the first step with a NaN or an infinity.
 
-    def __init__(self, head_names):
+    The step checks its loss, every head's loss, the gradients, the
+    held-out losses and the balancer's new state, and applies nothing when
+    one of them is not finite. This callback reads those checks from the
+    logs (and removes them, so that no later callback sees them) and
+    raises `NonFiniteLossError` naming what was not finite, the epoch and
+    the step. It must come first among the callbacks.
+
+    Args:
+        fault_names: list of str. What each check covers, in order.
+    """
+
+    def __init__(self, fault_names):
         super().__init__()
-        self.head_names = head_names
+        self.fault_names = list(fault_names)
         self.epoch = 0
+        self.first_step = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
+        self.first_step = int(
+            keras.ops.convert_to_numpy(self.model.training_state.steps.value)
+        )
 
     def on_train_batch_end(self, batch, logs=None):
-        logs = logs or {}
-        for h in [f"{h}_loss" for h in self.head_names] + ["loss"]:
-            value = logs.get(h)
-            if value is None:
-                continue
-            value = float(value)
-            if not math.isfinite(value):
-                head = h[: -len("_loss")] if h != "loss" else "total"
-                self.model.stop_training = True
-                raise NonFiniteLossError(
-                    f"Non-finite loss ({value}) in head '{head}' at epoch "
-                    f"{self.epoch + 1}, step {batch + 1}. Training stopped; "
-                    "that step's gradients were dropped and the balancer "
-                    "state was left as it was before the step."
-                )
+        faults = logs.pop(FAULTS_LOG, None) if logs else None
+        if faults is None:
+            return
+        faults = np.asarray(faults).reshape(-1)
+        if not faults[:-1].any():
+            return
+        parts = [n for n, f in zip(self.fault_names, faults[:-1]) if f]
+        step = int(faults[-1]) - self.first_step + 1
+        self.model.stop_training = True
+        raise NonFiniteLossError(
+            f"Non-finite values at epoch {self.epoch + 1}, step {step} "
+            f"(global step {int(faults[-1])}) in: {'; '.join(parts)}. "
+            "Training stopped; nothing of that step was applied: the "
+            "weights, the optimizer state and the balancer state are as "
+            "after the last finite step."
+        )
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs:
+            logs.pop(FAULTS_LOG, None)

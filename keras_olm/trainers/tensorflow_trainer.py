@@ -20,7 +20,7 @@ class StepMixin(TrainingStep):
     def _state_scope(self):
         return contextlib.nullcontext()
 
-    def _update_balancer(self, *measurements):
+    def _balancer_update(self, *measurements):
         """Runs the balancer update as one XLA cluster.
 
         The update is a few hundred tiny ops; the graph executor dispatches
@@ -28,13 +28,22 @@ class StepMixin(TrainingStep):
         `jit_compile` as the user chose.
         """
         if self.jit_compile:
-            self._balancer_update_fn(*measurements)
-            return
+            return super()._balancer_update(*measurements)
         if self._xla_update is None:
-            self._xla_update = tf.function(
-                self._balancer_update_fn, jit_compile=True
+            variables = []
+
+            def values(*measurements):
+                pairs = TrainingStep._balancer_update(self, *measurements)
+                variables[:] = [v for v, _ in pairs]
+                return [value for _, value in pairs]
+
+            self._xla_update = (
+                tf.function(values, jit_compile=True),
+                variables,
             )
-        self._xla_update(*measurements)
+        update, variables = self._xla_update
+        values = update(*measurements)
+        return list(zip(variables, values))
 
     def _attach_held_out(self, fit_inputs, dataset, period):
         """Held-out batches from the host; zipped into the training
@@ -55,13 +64,15 @@ class StepMixin(TrainingStep):
             class_weight=class_weight,
         ).get_tf_dataset()
         return held_out_lib.FitInputs(
-            held_out_lib.with_held_out_slots(train, dataset, period),
+            held_out_lib.with_held_out_slots(
+                train, dataset, period, self.training_state.steps.value
+            ),
             shuffle=False,
         )
 
     def _held_out_batches(self, dataset):
         """TensorFlow tensors straight from tf.data, as Keras' step gets."""
-        return iter(dataset.repeat())
+        return iter(dataset)
 
     def make_train_function(self, force=False):
         """Keras' step, plus a second one for batches with held-out data.
