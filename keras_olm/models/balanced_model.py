@@ -554,6 +554,24 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         x = self._prediction_inputs(x, "predict")
         return super().predict(x, *args, **kwargs)
 
+    def load_weights(self, filepath, skip_mismatch=False, **kwargs):
+        """`keras.Model.load_weights`, with the optimizer's state.
+
+        A weights file saved from a compiled model (`save_weights`,
+        `ModelCheckpoint(save_weights_only=True)`) holds the optimizer's
+        variables as well; Keras restores them only into an optimizer that
+        was built before, and otherwise drops them with a warning. Here a
+        compiled, built model builds its optimizer first, so a weights-only
+        checkpoint resumes training where it stopped: compile the fresh
+        model, build it, then load.
+        """
+        optimizer = getattr(self, "optimizer", None)
+        if self.built and optimizer is not None and not optimizer.built:
+            optimizer.build(self.trainable_variables)
+        return super().load_weights(
+            filepath, skip_mismatch=skip_mismatch, **kwargs
+        )
+
     def _prediction_inputs(self, x, where):
         """Inputs to predict from, with array inputs checked."""
         x = inputs_lib.inputs_as_dict(x, self.modalities, where)
