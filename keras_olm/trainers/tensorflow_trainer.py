@@ -1,11 +1,60 @@
-"""TensorFlow steps: gradients from a `tf.GradientTape`."""
+"""TensorFlow steps: gradients from a `tf.GradientTape`.
+
+Under a `tf.distribute` strategy with more than one replica (e.g.
+`MirroredStrategy`), the step runs once per replica on that replica's
+share of the global batch, as Keras' own step does:
+
+- each replica differentiates its loss divided by the number of replicas
+  (`keras.losses.loss.scale_loss_for_distribution`), and the optimizer
+  sums the gradients over the replicas;
+- whether the step was finite is agreed over the replicas, and the
+  optimizer step is skipped or applied in a cross-replica context, as
+  Keras' `LossScaleOptimizer` does (a `cond` in a replica context cannot
+  hold the optimizer's `merge_call`);
+- the balancer update reads the measurements of the whole global batch
+  (labels, logits and features gathered from every replica, held-out
+  losses averaged over them), so every replica computes the same new
+  state, the one a single device would.
+"""
 
 import contextlib
 
+import keras
 import tensorflow as tf
 
 from keras_olm import held_out as held_out_lib
+from keras_olm.balancers.base import Balancer
+from keras_olm.trainers import step as step_lib
 from keras_olm.trainers.step import TrainingStep
+
+
+def replica_context():
+    """The replica context of a strategy with several replicas, or `None`
+    (no strategy, one replica, or a cross-replica context)."""
+    if not tf.distribute.has_strategy():
+        return None
+    if tf.distribute.in_cross_replica_context():
+        return None
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context
+
+
+def _all_finite(context, finite):
+    """`finite` and-ed over every replica."""
+    # `ReduceOp` has no minimum: count the replicas that were not finite.
+    failed = tf.cast(tf.logical_not(finite), tf.float32)
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, failed) == 0
+
+
+def _gather(context, tensors):
+    """Every tensor of the structure, concatenated over the replicas along
+    the batch axis."""
+    return tf.nest.map_structure(
+        lambda t: None if t is None else context.all_gather(t, axis=0),
+        tensors,
+    )
 
 
 class StepMixin(TrainingStep):
@@ -14,11 +63,61 @@ class StepMixin(TrainingStep):
     def _loss_and_gradients(self, batch):
         with tf.GradientTape() as tape:
             total, aux = self._compute_loss(batch, training=True)
-        grads = tape.gradient(total, self.trainable_variables)
+            # Divided by the number of replicas (none: as it is): the
+            # optimizer sums the replicas' gradients.
+            scaled = keras.src.losses.loss.scale_loss_for_distribution(total)
+        grads = tape.gradient(scaled, self.trainable_variables)
         return total, aux, grads
 
     def _state_scope(self):
         return contextlib.nullcontext()
+
+    def _transform_gradients(self, grads, total, y, aux):
+        """The shared step's gradient hook; under a strategy with several
+        replicas, a balancer that transforms gradients (OGM-GE) reads the
+        labels and logits of the whole global batch, so every replica
+        keeps the same state and scales its gradients alike."""
+        context = replica_context()
+        if context is None or (
+            type(self.balancer).transform_gradients
+            is Balancer.transform_gradients
+        ):
+            return super()._transform_gradients(grads, total, y, aux)
+        logits, head_losses, features, predictions = aux
+        y, logits, features = _gather(context, (y, logits, features))
+        # Finite on every replica iff the sum is (the sum only decides
+        # that).
+        total = context.all_reduce(tf.distribute.ReduceOp.SUM, total)
+        grads, finite, _ = super()._transform_gradients(
+            grads, total, y, (logits, head_losses, features, predictions)
+        )
+        # The rest of the step (metrics) reads this replica's batch.
+        return grads, finite, step_lib._detached(aux)
+
+    def _apply_if_finite(self, finite, grads):
+        """The shared step's branch; under a strategy with several
+        replicas, the branch in a cross-replica context."""
+        context = replica_context()
+        if context is None:
+            return super()._apply_if_finite(finite, grads)
+        finite = _all_finite(context, finite)
+        variables = self.trainable_variables
+        optimizer = self.optimizer
+
+        def cross_replica(strategy, finite, grads):
+            # Every replica holds the same `finite`.
+            finite = strategy.experimental_local_results(finite)[0]
+
+            def apply():
+                strategy.extended.call_for_each_replica(
+                    optimizer.apply, args=(grads, variables)
+                )
+
+            # As Keras' `LossScaleOptimizer`: the `cond` in a cross-replica
+            # context, where the optimizer's `merge_call` is allowed.
+            keras.ops.cond(finite, apply, lambda: None)
+
+        context.merge_call(cross_replica, args=(finite, list(grads)))
 
     def _update_balancer(self, *measurements):
         """Runs the balancer update as one XLA cluster.
@@ -26,7 +125,23 @@ class StepMixin(TrainingStep):
         The update is a few hundred tiny ops; the graph executor dispatches
         each one, XLA fuses them. The rest of the step is left to
         `jit_compile` as the user chose.
+
+        Under a strategy with several replicas the update reads the whole
+        global batch and runs as it is (its assignments synchronize the
+        replicas' variables, which an XLA cluster cannot hold).
         """
+        context = replica_context()
+        if context is not None:
+            y, logits, held_out_losses, flag, finite, features = measurements
+            y, logits, features = _gather(context, (y, logits, features))
+            held_out_losses = context.all_reduce(
+                tf.distribute.ReduceOp.MEAN, held_out_losses
+            )
+            finite = _all_finite(context, finite)
+            self._balancer_update_fn(
+                y, logits, held_out_losses, flag, finite, features
+            )
+            return
         if self.jit_compile:
             self._balancer_update_fn(*measurements)
             return
@@ -42,6 +157,15 @@ class StepMixin(TrainingStep):
         runs several steps)."""
         if self.steps_per_execution == 1:
             return super()._attach_held_out(fit_inputs, dataset, period)
+        if self.distribute_strategy.num_replicas_in_sync > 1:
+            # A strategy splits every element of the pipeline over the
+            # replicas, and cannot split the slots' scalar flags.
+            raise ValueError(
+                f"{type(self.balancer).__name__} reads held-out batches, "
+                "which a tf.distribute strategy with several replicas "
+                "takes with steps_per_execution=1 only; got "
+                f"steps_per_execution={self.steps_per_execution}."
+            )
         from keras.src.trainers.data_adapters import get_data_adapter
 
         x, y, sample_weight, batch_size, shuffle, class_weight = fit_inputs

@@ -1,0 +1,235 @@
+"""Runs of `tests/test_distributed.py` (not a test module).
+
+Each run trains the same tiny OLM model from the same weights on the same
+global batches, on one device or on several, and prints its final state
+as one JSON line: OLM's `state` rows and counters, and every trainable
+weight. The distributed runs set device counts before their backend is
+imported, so each is started as its own process:
+
+    python tests/distributed_runs.py single
+    python tests/distributed_runs.py jax_data_parallel
+    python tests/distributed_runs.py tf_mirrored
+    python tests/distributed_runs.py torch_ddp
+
+(`KERAS_BACKEND` picks the backend; `single` runs on any backend.)
+"""
+
+import json
+import os
+import sys
+
+STEPS = 6
+GLOBAL_BATCH = 16
+DEVICES = 2
+
+
+def make_data():
+    import keras_olm
+
+    x, y = keras_olm.synthetic.make_imbalanced(
+        STEPS * GLOBAL_BATCH, num_classes=3, seed=0
+    )
+    held_out = keras_olm.synthetic.make_imbalanced(
+        2 * GLOBAL_BATCH, num_classes=3, seed=1
+    )
+    return x, y, held_out
+
+
+def make_model(activation="relu"):
+    """The tiny OLM model, built, with fixed weights, compiled (Adam)."""
+    import keras
+    import numpy as np
+
+    import keras_olm
+
+    def encoder():
+        return keras.Sequential([keras.layers.Dense(8, activation=activation)])
+
+    model = keras_olm.BalancedMultimodalModel(
+        {"fast": encoder(), "slow": encoder()},
+        num_classes=3,
+        balancer=keras_olm.OLM(
+            held_out_schedule="periodic",
+            held_out_every=2,
+            optimizer="adam",
+            learning_rate=0.05,
+        ),
+    )
+    model.build({"fast": (None, 16), "slow": (None, 64)})
+    rng = np.random.default_rng(0)
+    for v in model.trainable_variables:
+        v.assign(rng.normal(scale=0.3, size=v.shape).astype("float32"))
+    model.compile(optimizer=keras.optimizers.Adam(0.01))
+    return model
+
+
+def final_state(model):
+    """OLM's state and counters and the trainable weights, as lists."""
+    import keras
+
+    from keras_olm.balancers.olm import COUNTERS
+    from keras_olm.balancers.olm import STATE_ROWS
+
+    def numpy(v):
+        return keras.ops.convert_to_numpy(v)
+
+    state = numpy(model.balancer.state.value)
+    counters = numpy(model.balancer.counters.value)
+    out = {name: state[i].tolist() for i, name in enumerate(STATE_ROWS)}
+    out.update({name: int(counters[i]) for i, name in enumerate(COUNTERS)})
+    out["weights"] = [
+        numpy(v).ravel().tolist() for v in model.trainable_variables
+    ]
+    return out
+
+
+def fit(model):
+    x, y, held_out = make_data()
+    model.fit(
+        x,
+        y,
+        batch_size=GLOBAL_BATCH,
+        epochs=1,
+        shuffle=False,
+        held_out_data=held_out,
+        verbose=0,
+    )
+    return final_state(model)
+
+
+def single():
+    return fit(make_model())
+
+
+def jax_data_parallel():
+    """`keras.distribution.DataParallel` over two host CPU devices."""
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + f" --xla_force_host_platform_device_count={DEVICES}"
+    )
+    import keras
+
+    devices = keras.distribution.list_devices("cpu")
+    assert len(devices) == DEVICES, devices
+    keras.distribution.set_distribution(
+        keras.distribution.DataParallel(devices=devices)
+    )
+    return fit(make_model())
+
+
+def _mirrored_strategy():
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * DEVICES
+    )
+    devices = [f"/cpu:{i}" for i in range(DEVICES)]
+    return tf.distribute.MirroredStrategy(devices)
+
+
+def _replica_spread(model):
+    """Largest difference between the replicas' copies of any variable of
+    the model, its optimizer or its balancer."""
+    import numpy as np
+
+    spread = 0.0
+    for v in model.variables + model.optimizer.variables:
+        copies = [np.asarray(c) for c in v.value.values]
+        assert len(copies) == DEVICES, v.path
+        for c in copies[1:]:
+            spread = max(spread, float(np.max(np.abs(c - copies[0]))))
+    return spread
+
+
+def tf_mirrored():
+    """`tf.distribute.MirroredStrategy` over two logical CPU devices."""
+    strategy = _mirrored_strategy()
+    with strategy.scope():
+        model = make_model()
+    out = fit(model)
+    out["replicas"] = strategy.num_replicas_in_sync
+    out["replica_spread"] = _replica_spread(model)
+    return out
+
+
+def _values(model):
+    """Every weight, balancer and optimizer variable, as numpy."""
+    import keras
+
+    variables = (
+        model.trainable_variables
+        + model.non_trainable_variables
+        + model.optimizer.variables
+    )
+    return {v.path: keras.ops.convert_to_numpy(v.value) for v in variables}
+
+
+def tf_mirrored_non_finite():
+    """An inf input on the second replica's share of the second step: the
+    step must move no variable on either replica."""
+    strategy = _mirrored_strategy()
+    with strategy.scope():
+        model = make_model(activation=None)
+    out = fit_non_finite(model)
+    out["replica_spread"] = _replica_spread(model)
+    return out
+
+
+def single_non_finite():
+    return fit_non_finite(make_model(activation=None))
+
+
+def fit_non_finite(model):
+    """Fits with an inf in sample 3 of the second half of the second
+    batch; returns the error raised and how far any variable moved in
+    that step. (Linear encoders carry the inf into NaN logits; a ReLU
+    may zero it and leave the loss finite.)"""
+    import keras
+    import numpy as np
+
+    import keras_olm
+
+    x, y, held_out = make_data()
+    x = {m: v.copy() for m, v in x.items()}
+    x["fast"][GLOBAL_BATCH + GLOBAL_BATCH // 2 + 3] = np.inf
+    after_first = {}
+
+    class AfterFirstStep(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 0:
+                after_first.update(_values(model))
+
+    error = None
+    try:
+        model.fit(
+            x,
+            y,
+            batch_size=GLOBAL_BATCH,
+            epochs=1,
+            shuffle=False,
+            held_out_data=held_out,
+            callbacks=[AfterFirstStep()],
+            verbose=0,
+        )
+    except keras_olm.NonFiniteLossError as e:
+        error = str(e)
+    moved = {
+        path: float(np.max(np.abs(value - after_first[path])))
+        for path, value in _values(model).items()
+    }
+    return {
+        "error": error,
+        "moved": max(moved.values()),
+        "compared": len(moved),
+    }
+
+
+def main(mode):
+    out = globals()[mode]()
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    main(sys.argv[1])
