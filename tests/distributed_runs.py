@@ -180,7 +180,7 @@ def single_non_finite():
     return fit_non_finite(make_model(activation=None))
 
 
-def fit_non_finite(model):
+def fit_non_finite(model, rank=0, count=1):
     """Fits with an inf in sample 3 of the second half of the second
     batch; returns the error raised and how far any variable moved in
     that step. (Linear encoders carry the inf into NaN logits; a ReLU
@@ -193,6 +193,8 @@ def fit_non_finite(model):
     x, y, held_out = make_data()
     x = {m: v.copy() for m, v in x.items()}
     x["fast"][GLOBAL_BATCH + GLOBAL_BATCH // 2 + 3] = np.inf
+    if count > 1:
+        x, y, held_out = _shards(rank, count, (x, y, held_out))
     after_first = {}
 
     class AfterFirstStep(keras.callbacks.Callback):
@@ -205,7 +207,7 @@ def fit_non_finite(model):
         model.fit(
             x,
             y,
-            batch_size=GLOBAL_BATCH,
+            batch_size=GLOBAL_BATCH // count,
             epochs=1,
             shuffle=False,
             held_out_data=held_out,
@@ -225,9 +227,135 @@ def fit_non_finite(model):
     }
 
 
+def shard(array, rank, count):
+    """Process `rank`'s share of every global batch of `array`: the
+    `rank`-th of `count` equal slices, as a strategy splits a batch."""
+    per = GLOBAL_BATCH // count
+    shape = array.shape[1:]
+    return array.reshape(-1, count, per, *shape)[:, rank].reshape(-1, *shape)
+
+
+def _shards(rank, count, data=None):
+    """The training and held-out data (`make_data()`'s by default) of
+    process `rank`."""
+    x, y, (held_out_x, held_out_y) = data or make_data()
+    x = {m: shard(v, rank, count) for m, v in x.items()}
+    held_out_x = {m: shard(v, rank, count) for m, v in held_out_x.items()}
+    return (
+        x,
+        shard(y, rank, count),
+        (held_out_x, shard(held_out_y, rank, count)),
+    )
+
+
+def _torch_process_group():
+    import torch
+
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo")
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def torch_ddp_non_finite():
+    """`fit_non_finite` in each process of a gloo group, on its shard: the
+    inf lands in the last process's shard of the second step."""
+    import torch
+
+    rank, count = _torch_process_group()
+    try:
+        out = fit_non_finite(make_model(activation=None), rank, count)
+    finally:
+        torch.distributed.destroy_process_group()
+    # Every process reports its own.
+    out["rank"] = rank
+    return out
+
+
+def torch_ddp():
+    """One of the processes of a `torch.distributed` gloo group: `fit` on
+    this process's half of every global batch (`RANK`, `WORLD_SIZE`,
+    `MASTER_ADDR` and `MASTER_PORT` from the environment)."""
+    import numpy as np
+    import torch
+
+    rank, count = _torch_process_group()
+    try:
+        x, y, held_out = _shards(rank, count)
+        model = make_model()
+        model.fit(
+            x,
+            y,
+            batch_size=GLOBAL_BATCH // count,
+            epochs=1,
+            shuffle=False,
+            held_out_data=held_out,
+            verbose=0,
+        )
+        out = final_state(model)
+        out["processes"] = count
+        mine = torch.as_tensor(
+            np.concatenate(
+                [np.ravel(v) for v in _values(model).values()]
+            ).astype("float32")
+        )
+        copies = [torch.empty_like(mine) for _ in range(count)]
+        torch.distributed.all_gather(copies, mine)
+        out["process_spread"] = max(
+            float((c - copies[0]).abs().max()) for c in copies
+        )
+    finally:
+        torch.distributed.destroy_process_group()
+    return out if rank == 0 else None
+
+
+def launch(mode, count=DEVICES, backend=None, timeout=120):
+    """Runs `mode` in `count` processes on localhost; returns what each
+    printed (`None` where nothing), in process order."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    if backend:
+        env["KERAS_BACKEND"] = backend
+    env.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(count),
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), mode],
+            env=dict(env, RANK=str(rank)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(count)
+    ]
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=timeout))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for proc, (out, err) in zip(procs, outputs):
+        if proc.returncode != 0:
+            raise RuntimeError(f"{mode} failed:\n{out}\n{err[-3000:]}")
+    return [
+        json.loads(out.strip().splitlines()[-1]) if out.strip() else None
+        for out, _ in outputs
+    ]
+
+
 def main(mode):
     out = globals()[mode]()
-    print(json.dumps(out))
+    if out is not None:
+        print(json.dumps(out))
 
 
 if __name__ == "__main__":
