@@ -248,6 +248,46 @@ def _shards(rank, count, data=None):
     )
 
 
+def jax_processes():
+    """One of the processes of a two-process JAX run on localhost
+    (`jax.distributed` with CPU collectives), `DataParallel` over one CPU
+    device per process; `fit` on this process's half of every global
+    batch."""
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    import keras
+
+    rank, count = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    keras.distribution.initialize(
+        f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}",
+        num_processes=count,
+        process_id=rank,
+    )
+    devices = keras.distribution.list_devices("cpu")
+    assert len(devices) == count, devices
+    # Each process passes its own shard (arrays: Keras cannot shard them).
+    keras.distribution.set_distribution(
+        keras.distribution.DataParallel(
+            devices=devices, auto_shard_dataset=False
+        )
+    )
+    x, y, held_out = _shards(rank, count)
+    model = make_model()
+    model.fit(
+        x,
+        y,
+        batch_size=GLOBAL_BATCH // count,
+        epochs=1,
+        shuffle=False,
+        held_out_data=held_out,
+        verbose=0,
+    )
+    out = final_state(model)
+    out["processes"] = jax.process_count()
+    return out if rank == 0 else None
+
+
 def _torch_process_group():
     import torch
 
@@ -346,10 +386,13 @@ def launch(mode, count=DEVICES, backend=None, timeout=120):
     for proc, (out, err) in zip(procs, outputs):
         if proc.returncode != 0:
             raise RuntimeError(f"{mode} failed:\n{out}\n{err[-3000:]}")
-    return [
-        json.loads(out.strip().splitlines()[-1]) if out.strip() else None
+    # Gloo prints to stdout too: the JSON line is the last one that
+    # starts with "{".
+    lines = [
+        [line for line in out.splitlines() if line.startswith("{")]
         for out, _ in outputs
     ]
+    return [json.loads(found[-1]) if found else None for found in lines]
 
 
 def main(mode):
