@@ -101,8 +101,8 @@ def single():
     return fit(make_model())
 
 
-def jax_data_parallel():
-    """`keras.distribution.DataParallel` over two host CPU devices."""
+def _jax_data_parallel():
+    """Sets `keras.distribution.DataParallel` over two host CPU devices."""
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "")
         + f" --xla_force_host_platform_device_count={DEVICES}"
@@ -114,6 +114,17 @@ def jax_data_parallel():
     keras.distribution.set_distribution(
         keras.distribution.DataParallel(devices=devices)
     )
+
+
+def jax_data_parallel_non_finite():
+    """`fit_non_finite` under `DataParallel` on two host devices."""
+    _jax_data_parallel()
+    return fit_non_finite(make_model(activation=None))
+
+
+def jax_data_parallel():
+    """`keras.distribution.DataParallel` over two host CPU devices."""
+    _jax_data_parallel()
     model = make_model()
     out = fit(model)
     # The weights are replicated over both devices.
@@ -205,7 +216,8 @@ def fit_non_finite(model, rank=0, count=1):
     class AfterFirstStep(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
             if batch == 0:
-                after_first.update(_values(model))
+                # `self.model`: under JAX it syncs the state first.
+                after_first.update(_values(self.model))
 
     error = None
     try:

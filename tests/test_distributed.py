@@ -70,6 +70,14 @@ def test_jax_data_parallel_on_two_host_devices(reference):
 
 
 @backend_is("jax")
+def test_jax_data_parallel_skips_a_non_finite_step():
+    # The inf is in the second device's half of the second batch.
+    (there,) = launch("jax_data_parallel_non_finite", count=1)
+    assert "step 2" in there["error"]
+    assert there["moved"] == 0.0 and there["compared"] > 0
+
+
+@backend_is("jax")
 def test_jax_two_processes(reference):
     there = launch("jax_processes")[0]
     assert there["processes"] == DEVICES
