@@ -6,6 +6,7 @@ its training and test steps are `keras_olm.trainers`' (the shared step in
 batches for the balancer are `keras_olm.held_out`'s.
 """
 
+import contextlib
 import math
 
 import keras
@@ -619,10 +620,18 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         built by Keras from their first batch."""
         if isinstance(x, dict) and inputs_lib.is_arrays(x):
             inputs_lib.check_modalities(x.keys(), self.modalities, "fit")
-            self.build({m: (None, *np.shape(x[m])[1:]) for m in x})
+            shapes = {m: (None, *np.shape(x[m])[1:]) for m in x}
         elif isinstance(x, _tf_dataset_type()):
             spec = x.element_spec[0]
-            self.build({m: (None, *spec[m].shape[1:]) for m in spec})
+            shapes = {m: (None, *spec[m].shape[1:]) for m in spec}
+        else:
+            return
+        # TensorFlow: the variables of a model made in a `tf.distribute`
+        # strategy's scope are made in that scope too (mirrored), as
+        # Keras' own `fit` builds a model.
+        strategy = getattr(self, "distribute_strategy", None)
+        with strategy.scope() if strategy else contextlib.nullcontext():
+            self.build(shapes)
 
     # --- serialization -----------------------------------------------------
 

@@ -44,6 +44,18 @@ class StepMixin(TrainingStep):
         self.train_function = train_function
         return train_function
 
+    def _held_out_batches(self, dataset):
+        """Under a `keras.distribution` (e.g. `DataParallel`), each held-out
+        batch is laid out over the devices as Keras lays out a training
+        batch (with several processes: this process's share of a global
+        batch)."""
+        batches = super()._held_out_batches(dataset)
+        if keras.distribution.distribution() is None:
+            return batches
+        from keras.src.backend.jax.trainer import _distribute_data
+
+        return (_distribute_data(batch) for batch in batches)
+
     def _purge_model_variables(self, *args, **kwargs):
         """Keeps variable values attached during an epoch.
 

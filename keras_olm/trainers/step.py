@@ -35,6 +35,7 @@ import numpy as np
 from keras import ops
 
 from keras_olm import held_out as held_out_lib
+from keras_olm.balancers.base import Balancer
 from keras_olm.balancers.base import StepRecord
 from keras_olm.inputs import LABEL
 from keras_olm.layers.base import FUSED
@@ -125,6 +126,21 @@ class TrainingStep:
         """Training steps applied so far, over every `fit` call."""
         return int(ops.convert_to_numpy(self.training_state.steps.value))
 
+    def _global_batch(self, y, logits, features, held_out_losses):
+        """The measurements of the whole global batch, for the balancer.
+
+        On one device, the batch's own. A backend that trains on several
+        replicas or processes at once gathers labels, logits and features
+        from all of them and averages the held-out losses, so that every
+        replica computes the balancer state one device would.
+        """
+        return y, logits, features, held_out_losses
+
+    def _any_replica(self, flags):
+        """The int32 fault flags summed over every replica or process (as
+        they are on one device), so that all of them skip alike."""
+        return flags
+
     def _sync_training_state(self):
         """Writes the state of the last finished step into the variables;
         nothing to do where the variables are always current."""
@@ -141,8 +157,11 @@ class TrainingStep:
             grads, aux, new_state = self._balancer_step(
                 grads, batch, aux, held_out
             )
+            flags = self._non_finite_flags(
+                total, aux, grads, held_out, new_state
+            )
             faults, ok = self.training_state.record(
-                self._non_finite_flags(total, aux, grads, held_out, new_state)
+                self._any_replica(ops.cast(ops.stack(flags), "int32")) > 0
             )
         self._apply_if_finite(ok, grads)
         with self._state_scope():
@@ -272,6 +291,14 @@ class TrainingStep:
         aux = _detached(aux)
         logits, _, features, _ = aux
         y = self._labels(batch.y)
+        held_out_losses, held_out_flag = held_out
+        if self.balancer.measures_steps or (
+            type(self.balancer).transform_gradients
+            is not Balancer.transform_gradients
+        ):
+            y, logits, features, held_out_losses = self._global_batch(
+                y, logits, features, held_out_losses
+            )
         step = StepRecord(y=y, logits=logits, features=features)
         grads, new_state = self.balancer.transform_gradients(
             grads,
@@ -281,7 +308,6 @@ class TrainingStep:
         )
         new_state = list(new_state)
         if self.balancer.measures_steps:
-            held_out_losses, held_out_flag = held_out
             if not self.balancer.update_reads_features:
                 # Not passed: on TensorFlow the update is a separate XLA
                 # cluster and its inputs are copied into it.
@@ -465,21 +491,21 @@ class TrainingState(keras.layers.Layer):
         """Records a step's checks.
 
         Args:
-            flags: list of `num_checks` bool scalars, True where a part of
-                the step is not finite.
+            flags: bool tensor `(num_checks,)`, True where a part of the
+                step is not finite.
 
         Returns:
             `(faults, ok)`: the fault vector after this step and whether
             the step may be applied.
         """
-        if len(flags) != self.num_checks:
+        if flags.shape[0] != self.num_checks:
             raise ValueError(
-                f"Expected {self.num_checks} checks; got {len(flags)}."
+                f"Expected {self.num_checks} checks; got {flags.shape[0]}."
             )
         earlier = self.faults.value
         current = ops.concatenate(
             [
-                ops.cast(ops.stack(flags), "int32"),
+                ops.cast(flags, "int32"),
                 ops.reshape(self.steps.value, (1,)),
             ]
         )

@@ -1,11 +1,51 @@
-"""TensorFlow steps: gradients from a `tf.GradientTape`."""
+"""TensorFlow steps: gradients from a `tf.GradientTape`.
+
+Under a `tf.distribute` strategy with more than one replica (e.g.
+`MirroredStrategy`), the step runs once per replica on that replica's
+share of the global batch, as Keras' own step does:
+
+- each replica differentiates its loss divided by the number of replicas
+  (`keras.losses.loss.scale_loss_for_distribution`), and the optimizer
+  sums the gradients over the replicas;
+- the replicas agree on whether the step was finite (`_any_replica`), and
+  the optimizer step is skipped or applied in a cross-replica context, as
+  Keras' `LossScaleOptimizer` does (a `cond` in a replica context cannot
+  hold the optimizer's `merge_call`);
+- the balancer reads the measurements of the whole global batch (labels,
+  logits and features gathered from every replica, held-out losses
+  averaged over them: `_global_batch`), so every replica computes the
+  same new state, the one a single device would.
+"""
 
 import contextlib
 
+import keras
 import tensorflow as tf
 
 from keras_olm import held_out as held_out_lib
 from keras_olm.trainers.step import TrainingStep
+
+
+def replica_context():
+    """The replica context of a strategy with several replicas, or `None`
+    (no strategy, one replica, or a cross-replica context)."""
+    if not tf.distribute.has_strategy():
+        return None
+    if tf.distribute.in_cross_replica_context():
+        return None
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context
+
+
+def _gather(context, tensors):
+    """Every tensor of the structure, concatenated over the replicas along
+    the batch axis."""
+    return tf.nest.map_structure(
+        lambda t: None if t is None else context.all_gather(t, axis=0),
+        tensors,
+    )
 
 
 class StepMixin(TrainingStep):
@@ -14,20 +54,67 @@ class StepMixin(TrainingStep):
     def _loss_and_gradients(self, batch):
         with tf.GradientTape() as tape:
             total, aux = self._compute_loss(batch, training=True)
-        grads = tape.gradient(total, self.trainable_variables)
+            # Divided by the number of replicas (none: as it is): the
+            # optimizer sums the replicas' gradients.
+            scaled = keras.src.losses.loss.scale_loss_for_distribution(total)
+        grads = tape.gradient(scaled, self.trainable_variables)
         return total, aux, grads
 
     def _state_scope(self):
         return contextlib.nullcontext()
+
+    def _global_batch(self, y, logits, features, held_out_losses):
+        """Under a strategy with several replicas: labels, logits and
+        features gathered from every replica, held-out losses averaged."""
+        context = replica_context()
+        if context is None:
+            return y, logits, features, held_out_losses
+        y, logits, features = _gather(context, (y, logits, features))
+        held_out_losses = context.all_reduce(
+            tf.distribute.ReduceOp.MEAN, held_out_losses
+        )
+        return y, logits, features, held_out_losses
+
+    def _any_replica(self, flags):
+        context = replica_context()
+        if context is None:
+            return flags
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, flags)
+
+    def _apply_if_finite(self, finite, grads):
+        """The shared step's branch; under a strategy with several
+        replicas (which agree on `finite`, see `_any_replica`), the branch
+        in a cross-replica context."""
+        context = replica_context()
+        if context is None:
+            return super()._apply_if_finite(finite, grads)
+        variables = self.trainable_variables
+        optimizer = self.optimizer
+
+        def cross_replica(strategy, finite, grads):
+            # Every replica holds the same `finite`.
+            finite = strategy.experimental_local_results(finite)[0]
+
+            def apply():
+                strategy.extended.call_for_each_replica(
+                    optimizer.apply, args=(grads, variables)
+                )
+
+            # As Keras' `LossScaleOptimizer`: the `cond` in a cross-replica
+            # context, where the optimizer's `merge_call` is allowed.
+            keras.ops.cond(finite, apply, lambda: None)
+
+        context.merge_call(cross_replica, args=(finite, list(grads)))
 
     def _balancer_update(self, *measurements):
         """Runs the balancer update as one XLA cluster.
 
         The update is a few hundred tiny ops; the graph executor dispatches
         each one, XLA fuses them. The rest of the step is left to
-        `jit_compile` as the user chose.
+        `jit_compile` as the user chose, and under a strategy with several
+        replicas the update runs as it is.
         """
-        if self.jit_compile:
+        if self.jit_compile or replica_context() is not None:
             return super()._balancer_update(*measurements)
         if self._xla_update is None:
             variables = []
@@ -51,6 +138,15 @@ class StepMixin(TrainingStep):
         runs several steps)."""
         if self.steps_per_execution == 1:
             return super()._attach_held_out(fit_inputs, dataset, period)
+        if self.distribute_strategy.num_replicas_in_sync > 1:
+            # A strategy splits every element of the pipeline over the
+            # replicas, and cannot split the slots' scalar flags.
+            raise ValueError(
+                f"{type(self.balancer).__name__} reads held-out batches, "
+                "which a tf.distribute strategy with several replicas "
+                "takes with steps_per_execution=1 only; got "
+                f"steps_per_execution={self.steps_per_execution}."
+            )
         from keras.src.trainers.data_adapters import get_data_adapter
 
         x, y, sample_weight, batch_size, shuffle, class_weight = fit_inputs

@@ -1,9 +1,75 @@
-"""PyTorch steps: gradients from `loss.backward()`."""
+"""PyTorch steps: gradients from `loss.backward()`.
+
+With a `torch.distributed` process group of several processes (e.g. the
+gloo backend, one process per device), every process runs `fit` on its
+own shard of each global batch, and the step keeps the processes in
+lockstep, as `DistributedDataParallel` does:
+
+- the gradients are averaged over the processes after `backward()`;
+- a step is skipped on every process when any part of it was not finite
+  on any of them, and `fit` then stops on every process
+  (`NonFiniteGuard`);
+- the balancer reads the measurements of the whole global batch (labels,
+  logits and features gathered from every process, held-out losses
+  averaged over them), so every process computes the same new state, the
+  one a single device would.
+
+The shards must have the same number of samples on every process.
+"""
 
 import keras
 import torch
 
 from keras_olm.trainers.step import TrainingStep
+
+
+def process_count():
+    """The processes of the default `torch.distributed` group; 1 when
+    there is none."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size()
+
+
+def _mean(tensor):
+    """`tensor` averaged over every process."""
+    tensor = tensor.detach().clone()
+    torch.distributed.all_reduce(tensor)
+    return tensor / process_count()
+
+
+def _gather(tensors):
+    """Every tensor of the structure, concatenated over the processes along
+    the batch axis (process order)."""
+
+    def gather(t):
+        if t is None:
+            return None
+        t = t.detach().contiguous()
+        parts = [torch.empty_like(t) for _ in range(process_count())]
+        torch.distributed.all_gather(parts, t)
+        return torch.cat(parts)
+
+    return keras.tree.map_structure(gather, tensors, none_is_leaf=True)
+
+
+def _average_gradients(grads):
+    """The gradients averaged over every process, in one all-reduce."""
+    present = [g for g in grads if g is not None]
+    if not present:
+        return grads
+    flat = torch.cat([g.reshape(-1) for g in present])
+    torch.distributed.all_reduce(flat)
+    flat /= process_count()
+    out, offset = [], 0
+    for g in grads:
+        if g is None:
+            out.append(None)
+            continue
+        out.append(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+    return out
 
 
 class StepMixin(TrainingStep):
@@ -12,10 +78,31 @@ class StepMixin(TrainingStep):
         total, aux = self._compute_loss(batch, training=True)
         total.backward()
         grads = [v.value.grad for v in self.trainable_variables]
+        if process_count() > 1:
+            grads = _average_gradients(grads)
         return total, aux, grads
 
     def _state_scope(self):
         return torch.no_grad()
+
+    def _global_batch(self, y, logits, features, held_out_losses):
+        """With several processes: labels, logits and features gathered
+        from every process, held-out losses averaged."""
+        if process_count() == 1:
+            return y, logits, features, held_out_losses
+        y, logits, features = _gather((y, logits, features))
+        return y, logits, features, _mean(held_out_losses)
+
+    def _any_replica(self, flags):
+        """With several processes, the fault flags summed over all of
+        them: every process skips the step and `NonFiniteGuard` stops
+        `fit` on every one (a process that went on alone would wait for
+        the others forever)."""
+        if process_count() == 1:
+            return flags
+        flags = flags.detach().clone()
+        torch.distributed.all_reduce(flags)
+        return flags
 
     def _held_out_batches(self, dataset):
         """Torch tensors: `torch.compile` (`jit_compile=True`) cannot trace
