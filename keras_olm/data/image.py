@@ -418,6 +418,51 @@ def diagnose_image(path):
     return None
 
 
+_JPEG_START = b"\xff\xd8\xff"
+
+
+def _looks_whole(path):
+    """Whether an image file starts and ends as a whole JPEG or PNG does."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - 32))
+        tail = f.read()
+    if head.startswith(_JPEG_START):
+        return b"\xff\xd9" in tail  # EOI
+    if head.startswith(_PNG_SIGNATURE):
+        return b"IEND" in tail
+    return False
+
+
+def first_bad_image(paths):
+    """The first of some image files that does not decode, and why.
+
+    Each file is checked by its first and last bytes (the start and end
+    markers of a JPEG or PNG: a truncated or garbage file fails), and
+    only one that fails that is decoded with Pillow (`diagnose_image`), so
+    that an image that decodes in spite of odd bytes passes. Corruption
+    inside an otherwise whole file is left to the decoder that reads it.
+
+    Args:
+        paths: iterable of str. The files.
+
+    Returns:
+        A tuple `(file, reason)`, or `None` when every file passes.
+    """
+    for path in paths:
+        try:
+            whole = _looks_whole(path)
+        except OSError:
+            whole = False
+        if not whole:
+            reason = diagnose_image(path)
+            if reason is not None:
+                return path, reason
+    return None
+
+
 def diagnose_files(paths):
     """Finds the first bad file among newline-joined paths.
 
