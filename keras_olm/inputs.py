@@ -75,8 +75,20 @@ def check_target_keys(keys, regression_targets, where):
         )
 
 
+def _flat_labels(y):
+    """Labels of shape `(n, 1)` (or `(n, 1, 1)`...) as `(n,)`; any other
+    shape as it is (`check_label_values` rejects it)."""
+    y = np.asarray(y)
+    if y.ndim > 1 and y.size == len(y):
+        return y.reshape(len(y))
+    return y
+
+
 def split_target_arrays(y, regression_targets, where):
-    """`(labels, {name: float32 (n, width)})` from array targets, checked."""
+    """`(labels, {name: float32 (n, width)})` from array targets, checked.
+
+    Labels of shape `(n, 1)` come back as `(n,)`.
+    """
     if not regression_targets:
         if isinstance(y, dict):
             raise ValueError(
@@ -84,7 +96,7 @@ def split_target_arrays(y, regression_targets, where):
                 "labels must be an array of class ids, not a dict with keys "
                 f"{sorted(y)}."
             )
-        return np.asarray(y), {}
+        return _flat_labels(y), {}
     if not isinstance(y, dict):
         raise ValueError(
             f"{where}: this model has regression heads "
@@ -121,11 +133,12 @@ def split_target_arrays(y, regression_targets, where):
                 "non-finite samples in all)."
             )
         targets[name] = values
-    return np.asarray(y[LABEL]), targets
+    return _flat_labels(y[LABEL]), targets
 
 
 def normalize_targets(y, regression_targets, where):
-    """Array targets as fit feeds them: labels, or a dict with `(n, w)`."""
+    """Array targets as fit feeds them: labels `(n,)`, or a dict with them
+    and the regression targets `(n, w)`."""
     labels, targets = split_target_arrays(y, regression_targets, where)
     if not regression_targets:
         return labels
@@ -186,13 +199,49 @@ def check_dataset_spec(spec, modalities, where, regression_targets=None):
         )
 
 
+def _label_rank(spec, where):
+    """The rank of a dataset's labels; raises unless they are class ids of
+    shape `(batch,)` or `(batch, 1)`."""
+    rank = spec.shape.rank
+    if rank is not None and rank > 1:
+        if rank > 2 or spec.shape[-1] not in (1, None):
+            raise ValueError(
+                f"{where}: labels must be integer class ids of shape "
+                f"(batch,) or (batch, 1); the dataset yields labels of "
+                f"shape {tuple(spec.shape)}."
+            )
+    return rank
+
+
 def check_dataset(ds, modalities, num_classes, where, regression_targets=None):
-    """Adds in-pipeline checks to a dataset of `(x, y[, sw])` batches."""
+    """Adds in-pipeline checks to a dataset of `(x, y[, sw])` batches.
+
+    Labels of shape `(batch, 1)` come out as `(batch,)`.
+    """
     check_dataset_spec(ds.element_spec, modalities, where, regression_targets)
+    label_spec = ds.element_spec[1]
+    if regression_targets:
+        label_spec = label_spec[LABEL]
+    label_rank = _label_rank(label_spec, where)
 
     def check(*element):
         x, targets = element[0], element[1]
         y = targets[LABEL] if regression_targets else targets
+        if label_rank == 2:
+            one = tf.debugging.assert_equal(
+                tf.shape(y)[1],
+                1,
+                message=(
+                    f"{where}: labels must be integer class ids of shape "
+                    "(batch,) or (batch, 1)"
+                ),
+            )
+            with tf.control_dependencies([one]):
+                y = tf.reshape(y, [-1])
+            if regression_targets:
+                targets = {**targets, LABEL: y}
+            else:
+                targets = y
         n = tf.shape(y)[0]
         deps = []
         for m in modalities:
