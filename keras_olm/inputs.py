@@ -54,8 +54,89 @@ def check_arrays(x, y, modalities, num_classes, where, regression_targets=None):
             f"{where}: every modality (and the labels) must have the same "
             f"number of samples; got {lengths}."
         )
+    if not lengths[modalities[0]]:
+        raise ValueError(
+            f"{where}: the inputs hold no samples (arrays of length 0)."
+        )
     if y is not None:
         check_label_values(y, num_classes, where)
+
+
+def check_finite_arrays(x, where):
+    """Raises a clear error when a floating-point input array holds NaN or
+    inf, naming the modality and the first such sample.
+
+    Args:
+        x: dict from modality name to array.
+        where: str. The argument's name, for the error message.
+    """
+    for m, values in x.items():
+        values = np.asarray(values)
+        if not np.issubdtype(values.dtype, np.inexact) or not values.size:
+            continue
+        finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if not finite.all():
+            index = int(np.argmin(finite))
+            raise ValueError(
+                f"{where}: modality '{m}' must be finite; sample {index} "
+                f"holds NaN or inf ({int((~finite).sum())} such samples in "
+                "all)."
+            )
+
+
+def check_sample_weight(sample_weight, num_samples, where):
+    """Raises a clear error unless `sample_weight` is `None` or holds one
+    weight per sample.
+
+    Args:
+        sample_weight: array-like or `None`.
+        num_samples: int. The number of samples of the inputs.
+        where: str. The call, for the error message.
+    """
+    if sample_weight is None:
+        return
+    shape = np.shape(sample_weight)
+    if not shape or shape[0] != num_samples:
+        raise ValueError(
+            f"{where}: `sample_weight` must hold one weight per sample "
+            f"({num_samples} samples); got shape {shape}."
+        )
+
+
+def check_not_empty(data, where, what):
+    """Raises a clear error when a dataset, a `PyDataset` or a
+    `DataLoader` has no batches.
+
+    A `tf.data.Dataset` of unknown cardinality is asked for its first
+    batch (one batch is read); forms without a length (generators,
+    iterable loaders) are left to Keras.
+
+    Args:
+        data: the input data.
+        where: str. The call, for the error message.
+        what: str. The argument's name, for the error message.
+    """
+    if isinstance(data, tf.data.Dataset):
+        cardinality = int(data.cardinality())
+        if cardinality == tf.data.UNKNOWN_CARDINALITY:
+            empty = not any(True for _ in data.take(1))
+        else:
+            empty = cardinality == 0
+    else:
+        import keras
+
+        if isinstance(data, keras.utils.PyDataset):
+            batches = data.num_batches
+        elif type(data).__name__ == "DataLoader":
+            try:
+                batches = len(data)
+            except TypeError:  # A loader of an iterable dataset.
+                batches = None
+        else:
+            return
+        empty = batches == 0
+    if empty:
+        raise ValueError(f"{where}: `{what}` yields no batches.")
 
 
 def check_target_keys(keys, regression_targets, where):
