@@ -124,10 +124,11 @@ def check_not_empty(data, where, what):
             empty = cardinality == 0
     else:
         import keras
+        from keras.src.trainers.data_adapters import is_torch_dataloader
 
         if isinstance(data, keras.utils.PyDataset):
             batches = data.num_batches
-        elif type(data).__name__ == "DataLoader":
+        elif is_torch_dataloader(data):
             try:
                 batches = len(data)
             except TypeError:  # A loader of an iterable dataset.

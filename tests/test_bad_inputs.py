@@ -234,21 +234,37 @@ def test_sample_weight_of_the_wrong_length(data, balancer):
     assert_no_step(model, before)
 
 
+def empty_data_loader():
+    import torch
+
+    class Empty(torch.utils.data.Dataset):
+        def __len__(self):
+            return 0
+
+        def __getitem__(self, i):
+            raise IndexError(i)
+
+    return torch.utils.data.DataLoader(Empty(), batch_size=8)
+
+
 @pytest.mark.parametrize(
-    "form", ["arrays", "dataset", "filtered_dataset", "py_dataset"]
+    "form",
+    ["arrays", "dataset", "filtered_dataset", "py_dataset", "data_loader"],
 )
 def test_empty_training_data_stop_fit(data, form):
     x, y, held_x, held_y = data
     empty_x = {m: v[:0] for m, v in x.items()}
     inputs = {
-        "arrays": (empty_x, y[:0]),
-        "dataset": (dataset(x, y).take(0), None),
-        "filtered_dataset": (
+        "arrays": lambda: (empty_x, y[:0]),
+        "dataset": lambda: (dataset(x, y).take(0), None),
+        "filtered_dataset": lambda: (
             dataset(x, y).filter(lambda x, y: False),
             None,
         ),
-        "py_dataset": (Batches(empty_x, y[:0]), None),
-    }[form]
+        "py_dataset": lambda: (Batches(empty_x, y[:0]), None),
+        # Checked before Keras reads it, so on every backend.
+        "data_loader": lambda: (empty_data_loader(), None),
+    }[form]()
     model = built_model()
     before = state(model)
     match = (
