@@ -54,8 +54,90 @@ def check_arrays(x, y, modalities, num_classes, where, regression_targets=None):
             f"{where}: every modality (and the labels) must have the same "
             f"number of samples; got {lengths}."
         )
+    if not lengths[modalities[0]]:
+        raise ValueError(
+            f"{where}: the inputs hold no samples (arrays of length 0)."
+        )
     if y is not None:
         check_label_values(y, num_classes, where)
+
+
+def check_finite_arrays(x, where):
+    """Raises a clear error when a floating-point input array holds NaN or
+    inf, naming the modality and the first such sample.
+
+    Args:
+        x: dict from modality name to array.
+        where: str. The argument's name, for the error message.
+    """
+    for m, values in x.items():
+        values = np.asarray(values)
+        if not np.issubdtype(values.dtype, np.inexact) or not values.size:
+            continue
+        finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if not finite.all():
+            index = int(np.argmin(finite))
+            raise ValueError(
+                f"{where}: modality '{m}' must be finite; sample {index} "
+                f"holds NaN or inf ({int((~finite).sum())} such samples in "
+                "all)."
+            )
+
+
+def check_sample_weight(sample_weight, num_samples, where):
+    """Raises a clear error unless `sample_weight` is `None` or holds one
+    weight per sample.
+
+    Args:
+        sample_weight: array-like or `None`.
+        num_samples: int. The number of samples of the inputs.
+        where: str. The call, for the error message.
+    """
+    if sample_weight is None:
+        return
+    shape = np.shape(sample_weight)
+    if not shape or shape[0] != num_samples:
+        raise ValueError(
+            f"{where}: `sample_weight` must hold one weight per sample "
+            f"({num_samples} samples); got shape {shape}."
+        )
+
+
+def check_not_empty(data, where, what):
+    """Raises a clear error when a dataset, a `PyDataset` or a
+    `DataLoader` has no batches.
+
+    A `tf.data.Dataset` of unknown cardinality is asked for its first
+    batch (one batch is read); forms without a length (generators,
+    iterable loaders) are left to Keras.
+
+    Args:
+        data: the input data.
+        where: str. The call, for the error message.
+        what: str. The argument's name, for the error message.
+    """
+    if isinstance(data, tf.data.Dataset):
+        cardinality = int(data.cardinality())
+        if cardinality == tf.data.UNKNOWN_CARDINALITY:
+            empty = not any(True for _ in data.take(1))
+        else:
+            empty = cardinality == 0
+    else:
+        import keras
+        from keras.src.trainers.data_adapters import is_torch_dataloader
+
+        if isinstance(data, keras.utils.PyDataset):
+            batches = data.num_batches
+        elif is_torch_dataloader(data):
+            try:
+                batches = len(data)
+            except TypeError:  # A loader of an iterable dataset.
+                batches = None
+        else:
+            return
+        empty = batches == 0
+    if empty:
+        raise ValueError(f"{where}: `{what}` yields no batches.")
 
 
 def check_target_keys(keys, regression_targets, where):
@@ -75,8 +157,20 @@ def check_target_keys(keys, regression_targets, where):
         )
 
 
+def _flat_labels(y):
+    """Labels of shape `(n, 1)` (or `(n, 1, 1)`...) as `(n,)`; any other
+    shape as it is (`check_label_values` rejects it)."""
+    y = np.asarray(y)
+    if y.ndim > 1 and y.size == len(y):
+        return y.reshape(len(y))
+    return y
+
+
 def split_target_arrays(y, regression_targets, where):
-    """`(labels, {name: float32 (n, width)})` from array targets, checked."""
+    """`(labels, {name: float32 (n, width)})` from array targets, checked.
+
+    Labels of shape `(n, 1)` come back as `(n,)`.
+    """
     if not regression_targets:
         if isinstance(y, dict):
             raise ValueError(
@@ -84,7 +178,7 @@ def split_target_arrays(y, regression_targets, where):
                 "labels must be an array of class ids, not a dict with keys "
                 f"{sorted(y)}."
             )
-        return np.asarray(y), {}
+        return _flat_labels(y), {}
     if not isinstance(y, dict):
         raise ValueError(
             f"{where}: this model has regression heads "
@@ -121,11 +215,12 @@ def split_target_arrays(y, regression_targets, where):
                 "non-finite samples in all)."
             )
         targets[name] = values
-    return np.asarray(y[LABEL]), targets
+    return _flat_labels(y[LABEL]), targets
 
 
 def normalize_targets(y, regression_targets, where):
-    """Array targets as fit feeds them: labels, or a dict with `(n, w)`."""
+    """Array targets as fit feeds them: labels `(n,)`, or a dict with them
+    and the regression targets `(n, w)`."""
     labels, targets = split_target_arrays(y, regression_targets, where)
     if not regression_targets:
         return labels
@@ -186,13 +281,49 @@ def check_dataset_spec(spec, modalities, where, regression_targets=None):
         )
 
 
+def _label_rank(spec, where):
+    """The rank of a dataset's labels; raises unless they are class ids of
+    shape `(batch,)` or `(batch, 1)`."""
+    rank = spec.shape.rank
+    if rank is not None and rank > 1:
+        if rank > 2 or spec.shape[-1] not in (1, None):
+            raise ValueError(
+                f"{where}: labels must be integer class ids of shape "
+                f"(batch,) or (batch, 1); the dataset yields labels of "
+                f"shape {tuple(spec.shape)}."
+            )
+    return rank
+
+
 def check_dataset(ds, modalities, num_classes, where, regression_targets=None):
-    """Adds in-pipeline checks to a dataset of `(x, y[, sw])` batches."""
+    """Adds in-pipeline checks to a dataset of `(x, y[, sw])` batches.
+
+    Labels of shape `(batch, 1)` come out as `(batch,)`.
+    """
     check_dataset_spec(ds.element_spec, modalities, where, regression_targets)
+    label_spec = ds.element_spec[1]
+    if regression_targets:
+        label_spec = label_spec[LABEL]
+    label_rank = _label_rank(label_spec, where)
 
     def check(*element):
         x, targets = element[0], element[1]
         y = targets[LABEL] if regression_targets else targets
+        if label_rank == 2:
+            one = tf.debugging.assert_equal(
+                tf.shape(y)[1],
+                1,
+                message=(
+                    f"{where}: labels must be integer class ids of shape "
+                    "(batch,) or (batch, 1)"
+                ),
+            )
+            with tf.control_dependencies([one]):
+                y = tf.reshape(y, [-1])
+            if regression_targets:
+                targets = {**targets, LABEL: y}
+            else:
+                targets = y
         n = tf.shape(y)[0]
         deps = []
         for m in modalities:

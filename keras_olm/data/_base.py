@@ -192,6 +192,19 @@ class Reader:
     def _decode(self, record, training, seed):
         raise NotImplementedError
 
+    def _diagnose(self, paths):
+        """Which of a record's files failed to load, and why (called in
+        Python after a failure; see `decode_records`).
+
+        Args:
+            paths: str. The record's files (`file_keys`), joined by
+                newlines.
+
+        Returns:
+            A tuple `(file, reason)`.
+        """
+        return diagnose_files(paths)
+
     def _post_batch(self, inputs):
         """Transforms decoded inputs after batching (or per sample)."""
         return inputs
@@ -284,7 +297,7 @@ class Reader:
             columns,
             decode,
             paths,
-            diagnose_files,
+            self._diagnose,
             self.on_error,
             self.skip_report(split),
             shuffle=shuffle,

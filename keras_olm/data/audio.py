@@ -221,6 +221,8 @@ def _soundfile_read(path, target_rate):
     except Exception as e:
         raise DataError(f"Could not decode audio file {path}: {e}") from e
     wave = data.mean(axis=1).astype(np.float32)
+    if not np.all(np.isfinite(wave)):
+        raise DataError(f"{path}: {_non_finite_reason(wave)}")
     if target_rate and rate != target_rate:
         wave = _resample_np(wave, rate, target_rate)
     return wave
@@ -529,6 +531,48 @@ def audio_to_spectrogram(path, config="cremad", start=None, channel_axis=True):
     return spec
 
 
+def _non_finite_reason(wave):
+    bad = int(np.sum(~np.isfinite(wave)))
+    return f"audio holds NaN or inf ({bad} of {wave.size} samples)"
+
+
+def wav_truncation(path):
+    """Why a RIFF WAV file is shorter than its header says, if it is.
+
+    Args:
+        path: str. The file.
+
+    Returns:
+        str or None. The reason, or `None` where the file is not a RIFF
+        WAV or holds all the audio data its header declares.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
+            return None
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk = f.read(8)
+            name, length = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if name == b"data":
+                held = size - pos - 8
+                # 0 and 0xFFFFFFFF: the size of a stream, left unwritten.
+                if 0 < length < 0xFFFFFFFF and held < length:
+                    return (
+                        "truncated WAV file: its header declares "
+                        f"{length} bytes of audio data, the file holds "
+                        f"{held} ({size} bytes in all)"
+                    )
+                return None
+            pos += 8 + length + (length & 1)
+    return (
+        f"truncated WAV file: it ends ({size} bytes) before its audio data "
+        "begins"
+    )
+
+
 def diagnose_audio(path):
     """Explains, in Python, why an audio file fails to load.
 
@@ -542,6 +586,9 @@ def diagnose_audio(path):
         return "file not found"
     if os.path.getsize(path) == 0:
         return "empty file (0 bytes)"
+    truncated = wav_truncation(path)
+    if truncated:
+        return truncated
     import soundfile
 
     try:
@@ -551,7 +598,9 @@ def diagnose_audio(path):
     if info.frames == 0:
         return "zero-length clip (0 samples)"
     try:
-        soundfile.read(path, dtype="float32")
+        wave, _ = soundfile.read(path, dtype="float32")
     except Exception as e:
         return f"corrupt audio data ({e})"
+    if not np.all(np.isfinite(wave)):
+        return _non_finite_reason(wave)
     return None

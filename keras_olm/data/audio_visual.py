@@ -12,6 +12,7 @@ training and evenly spaced in evaluation. Audio and frames are produced by
 import csv
 import os
 
+import numpy as np
 import tensorflow as tf
 
 from keras_olm.data._base import SEPARATOR
@@ -23,6 +24,8 @@ from keras_olm.data.audio import get_audio_preset
 from keras_olm.data.audio import load_clip
 from keras_olm.data.audio import spectrogram
 from keras_olm.data.errors import DataError
+from keras_olm.data.errors import as_str
+from keras_olm.data.image import first_bad_image
 from keras_olm.data.image import image_size_pair
 from keras_olm.data.image import load_frames
 
@@ -31,6 +34,12 @@ CREMAD_CLASSES = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
 
 class AudioVisualReader(Reader):
     """Base of the audio-visual readers (see the subclasses' layouts).
+
+    The first time a clip is read, every one of its frame files is
+    checked, not only the frames sampled: a frame file that is not a whole
+    JPEG or PNG (truncated, or not an image) and that Pillow cannot decode
+    is an error naming the file (or a counted skip of the clip with
+    `on_error="skip"`).
 
     Args:
         root: str or path. The dataset root.
@@ -70,6 +79,9 @@ class AudioVisualReader(Reader):
         self.image_size = image_size_pair(image_size)
         self.normalize = normalize
         self.random_crop = bool(random_crop)
+        # Hashes of the frame lists of the clips whose frames all passed
+        # `_check_frames`.
+        self._checked_clips = set()
 
     def _clip_record(self, split, clip, audio_path, frames_dir, label, source):
         """Validates one clip's files; returns a record or None (skipped)."""
@@ -101,7 +113,11 @@ class AudioVisualReader(Reader):
                 [], seed=seed[::-1], maxval=2**30, dtype=tf.int32
             ) % (self.audio_config.num_samples + 1)
         wave = load_clip(record["audio"], self.audio_config, start)
-        frame_paths = tf.strings.split(record["frames"], SEPARATOR)
+        checked = tf.numpy_function(
+            self._check_frames, [record["frames"]], tf.bool, stateful=True
+        )
+        with tf.control_dependencies([checked]):
+            frame_paths = tf.strings.split(record["frames"], SEPARATOR)
         visual = load_frames(
             frame_paths,
             k=self.num_frames,
@@ -111,6 +127,18 @@ class AudioVisualReader(Reader):
             normalize=self.normalize,
         )
         return {"audio": wave, "visual": visual}
+
+    def _check_frames(self, frames):
+        """Checks every frame file of a clip the first time the clip is
+        read, not only the frames sampled (`image.first_bad_image`);
+        raises `DataError` naming a bad one."""
+        key = hash(frames.item() if isinstance(frames, np.ndarray) else frames)
+        if key not in self._checked_clips:
+            bad = first_bad_image(as_str(frames).split(SEPARATOR))
+            if bad is not None:
+                raise DataError(f"{bad[0]}: {bad[1]}")
+            self._checked_clips.add(key)
+        return np.bool_(True)
 
     def _post_batch(self, inputs):
         # Spectrograms of a whole batch at once: one STFT call, not many.

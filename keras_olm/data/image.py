@@ -266,13 +266,71 @@ def encode_sunrgbd_depth(depth_m):
     return encode_depth_bits(np.clip(mm, 0, 65535).astype(np.uint16))
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOURS = {
+    0: "greyscale",
+    2: "RGB",
+    3: "palette",
+    4: "greyscale-alpha",
+    6: "RGBA",
+}
+_DEPTH_FORMAT = (
+    "SUN RGB-D depth maps are 16-bit single-channel (greyscale) PNGs"
+)
+
+
+def _check_depth_png(contents):
+    """`contents`, after an assertion that they are a 16-bit greyscale
+    PNG (its IHDR header: bit depth 16, colour type 0)."""
+    head = tf.strings.substr(contents, 0, 26) + b"\0" * 26
+    head = tf.io.decode_raw(tf.strings.substr(head, 0, 26), tf.uint8)
+    expected = list(_PNG_SIGNATURE) + [0] * 4 + list(b"IHDR")
+    ok = tf.reduce_all(tf.equal(head[:8], expected[:8]))
+    ok = tf.logical_and(ok, tf.reduce_all(tf.equal(head[12:16], expected[12:])))
+    ok = tf.logical_and(ok, tf.equal(head[24], 16))
+    ok = tf.logical_and(ok, tf.equal(head[25], 0))
+    check = tf.debugging.Assert(
+        ok, [f"Not a depth map: {_DEPTH_FORMAT}. Header:", head]
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(contents)
+
+
+def diagnose_depth_png(path):
+    """Explains, in Python, why a SUN RGB-D depth PNG fails to load.
+
+    Args:
+        path: str. The file.
+
+    Returns:
+        str or None. The reason, or `None` if it is a 16-bit greyscale PNG
+        that Pillow reads.
+    """
+    if not os.path.exists(path):
+        return "file not found"
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if not head:
+        return "empty file (0 bytes)"
+    if len(head) < 26 or not head.startswith(_PNG_SIGNATURE):
+        return f"not a PNG file; {_DEPTH_FORMAT}"
+    bits, colour = head[24], head[25]
+    if bits != 16 or colour != 0:
+        kind = _PNG_COLOURS.get(colour, f"colour type {colour}")
+        article = "an" if bits == 8 else "a"
+        return f"{article} {bits}-bit {kind} PNG; {_DEPTH_FORMAT}"
+    return diagnose_image(path)
+
+
 def decode_sunrgbd_depth(
     contents, size=None, max_depth=SUNRGBD_MAX_DEPTH, normalize=None
 ):
     """Decodes a SUN RGB-D depth PNG to metres.
 
     `d = (raw >> 3) | (raw << 13)` (16-bit), millimetres / 1000, then
-    clamped to `max_depth` as the toolbox does.
+    clamped to `max_depth` as the toolbox does. Anything but a 16-bit
+    greyscale PNG fails with an `InvalidArgumentError` (an 8-bit or RGB
+    image would decode to plausible-looking but wrong depths).
 
     Args:
         contents: scalar string tensor. The uint16 PNG.
@@ -291,6 +349,7 @@ def decode_sunrgbd_depth(
             "`normalize` must be None, 'max' or 'standard'; "
             f"received normalize={normalize!r}."
         )
+    contents = _check_depth_png(contents)
     raw = tf.io.decode_png(contents, channels=1, dtype=tf.uint16)
     depth = tf.cast(rotate_depth_bits(raw), tf.float32) / 1000.0
     if max_depth is not None:
@@ -356,6 +415,51 @@ def diagnose_image(path):
             im.load()
     except Exception as e:
         return f"corrupt or unsupported image ({e})"
+    return None
+
+
+_JPEG_START = b"\xff\xd8\xff"
+
+
+def _looks_whole(path):
+    """Whether an image file starts and ends as a whole JPEG or PNG does."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - 32))
+        tail = f.read()
+    if head.startswith(_JPEG_START):
+        return b"\xff\xd9" in tail  # EOI
+    if head.startswith(_PNG_SIGNATURE):
+        return b"IEND" in tail
+    return False
+
+
+def first_bad_image(paths):
+    """The first of some image files that does not decode, and why.
+
+    Each file is checked by its first and last bytes (the start and end
+    markers of a JPEG or PNG: a truncated or garbage file fails), and
+    only one that fails that is decoded with Pillow (`diagnose_image`), so
+    that an image that decodes in spite of odd bytes passes. Corruption
+    inside an otherwise whole file is left to the decoder that reads it.
+
+    Args:
+        paths: iterable of str. The files.
+
+    Returns:
+        A tuple `(file, reason)`, or `None` when every file passes.
+    """
+    for path in paths:
+        try:
+            whole = _looks_whole(path)
+        except OSError:
+            whole = False
+        if not whole:
+            reason = diagnose_image(path)
+            if reason is not None:
+                return path, reason
     return None
 
 

@@ -4,11 +4,15 @@ import os
 
 import tensorflow as tf
 
+from keras_olm.data._base import SEPARATOR
 from keras_olm.data._base import Reader
 from keras_olm.data._base import log_kept
 from keras_olm.data._base import require_file
 from keras_olm.data.errors import DataError
 from keras_olm.data.image import SUNRGBD_MAX_DEPTH
+from keras_olm.data.image import diagnose_depth_png
+from keras_olm.data.image import diagnose_files
+from keras_olm.data.image import diagnose_image
 from keras_olm.data.image import image_size_pair
 from keras_olm.data.image import load_image
 from keras_olm.data.image import load_sunrgbd_depth
@@ -106,7 +110,9 @@ class SunRGBD(Reader):
     a counted skip with `on_error="skip"`). Samples whose scene is not one
     of the 19 classes are dropped, as the benchmark protocol does; the
     count is logged (INFO) and kept in `reader.dropped_scenes[split]`, and
-    `unknown_scene="error"` makes them errors instead.
+    `unknown_scene="error"` makes them errors instead. A depth map that is
+    not a 16-bit single-channel PNG (e.g. an 8-bit or RGB image) is an
+    error naming the file.
 
     Yields `({"rgb": (h, w, 3), "depth": (h, w, depth_channels)}, label)`.
 
@@ -292,3 +298,14 @@ class SunRGBD(Reader):
         if self.depth_channels == 3:
             depth = tf.repeat(depth, 3, axis=-1)
         return {"rgb": rgb, "depth": depth}
+
+    def _diagnose(self, paths):
+        rgb, depth = paths.split(SEPARATOR)[:2]
+        for path, diagnose in (
+            (rgb, diagnose_image),
+            (depth, diagnose_depth_png),
+        ):
+            reason = diagnose(path)
+            if reason is not None:
+                return path, reason
+        return diagnose_files(paths)

@@ -69,6 +69,29 @@ class _HeadLogits(keras.Model):
         return self.model.head_logits(inputs, training=training)
 
 
+def _dtype_name(array):
+    dtype = getattr(array, "dtype", None)
+    try:
+        return keras.backend.standardize_dtype(dtype)
+    except Exception:
+        return None
+
+
+def _trace(layer, shape, dtype):
+    """Runs `layer` on a traced (not symbolic) tensor of this shape, as a
+    step would call it; raises where the layer does not take it.
+
+    (A symbolic call checks more than a step does: a `Sequential` built
+    for one sequence length rejects another there, and takes it in a
+    step.)
+    """
+    from keras.src.backend import compute_output_spec
+
+    compute_output_spec(
+        lambda t: layer(t, training=False), keras.KerasTensor(shape, dtype)
+    )
+
+
 def _tf_dataset_type():
     import tensorflow as tf
 
@@ -187,6 +210,12 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
                 f"Keras layer; got {type(encoders).__name__}."
             )
         for name, encoder in encoders.items():
+            if not isinstance(name, str) or not name:
+                raise TypeError(
+                    "The modality names (the keys of `encoders`) must be "
+                    f"non-empty strings; got {name!r} "
+                    f"({type(name).__name__})."
+                )
             if name == FUSED:
                 raise ValueError(
                     f"'{FUSED}' is the fused head's name; rename that modality."
@@ -409,7 +438,13 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
 
         Arrays and datasets are checked before any step runs: input keys
         must match the encoders', every modality must have the labels'
-        batch size, and labels must lie in `[0, num_classes)`.
+        batch size, labels must lie in `[0, num_classes)` (labels of shape
+        `(n, 1)` are taken as `(n,)`), `sample_weight` must hold one
+        weight per sample, and a built model's encoders must take each
+        modality's input shape. There must be at least one batch (a
+        dataset of unknown length is asked for its first batch). Held-out
+        data are checked the same way, and must besides be finite: all of
+        them, by one pass over them before the first step.
 
         Args:
             y: labels for array inputs; with regression heads a dict
@@ -435,11 +470,12 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         import tensorflow as tf
 
         needs_held_out = self.balancer.needs_held_out
+        held_out_where = "held_out_data"
         x = inputs_lib.inputs_as_dict(x, self.modalities, "fit")
         if inputs_lib.is_arrays(x):
             if y is None:
                 raise ValueError("fit: labels `y` are required with arrays.")
-            self._check_arrays(x, y, "fit")
+            self._check_arrays(x, y, "fit", sample_weight)
             y = inputs_lib.normalize_targets(y, self.regression_targets, "fit")
             if validation_split and validation_data is None:
                 from keras.src.trainers.data_adapters import array_slicing
@@ -452,6 +488,10 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
                 )
             validation_split = 0.0
             if needs_held_out and held_out_data is None:
+                held_out_where = (
+                    f"the held-out part of `x` (held_out_split="
+                    f"{held_out_split})"
+                )
                 (x, y, sample_weight), held_out_data = (
                     held_out_lib.split_arrays(
                         x, y, sample_weight, held_out_split, held_out_seed
@@ -474,6 +514,9 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
                     "from the dataset; do not pass `y` or `sample_weight`."
                 )
             x = self._standard_inputs(x, None, "fit")[0]
+        inputs_lib.check_not_empty(x, "fit", "x")
+        if not self.built:
+            self._build_from(x)
         if needs_held_out and held_out_data is None:
             raise ValueError(
                 f"{type(self.balancer).__name__} measures losses on "
@@ -489,11 +532,11 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
                 self.num_classes,
                 batch,
                 self.regression_targets,
+                where=held_out_where,
             )
+            self._check_dataset_shapes(held_out, held_out_where)
         if validation_data is not None:
             validation_data = self._check_validation_data(validation_data)
-        if not self.built:
-            self._build_from(x)
         if not inputs_lib.is_arrays(x) and not isinstance(
             x, keras.utils.PyDataset
         ):
@@ -578,6 +621,10 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         x = inputs_lib.inputs_as_dict(x, self.modalities, where)
         if isinstance(x, dict) and inputs_lib.is_arrays(x):
             self._check_inputs(x)
+            self._check_input_shapes(
+                {m: (np.shape(v), _dtype_name(v)) for m, v in x.items()},
+                where,
+            )
         return x
 
     def _standard_inputs(self, x, y, where):
@@ -594,9 +641,10 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
                 where,
                 self.regression_targets,
             )
+            self._check_dataset_shapes(x, where)
         return x, y
 
-    def _check_arrays(self, x, y, where):
+    def _check_arrays(self, x, y, where, sample_weight=None):
         inputs_lib.check_arrays(
             x,
             y,
@@ -605,6 +653,70 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             where,
             self.regression_targets,
         )
+        inputs_lib.check_sample_weight(
+            sample_weight, len(x[self.modalities[0]]), where
+        )
+        self._check_input_shapes(
+            {m: (np.shape(v), _dtype_name(v)) for m, v in x.items()}, where
+        )
+
+    def _check_input_shapes(self, specs, where):
+        """Raises a clear error naming the modality when an input's shape
+        does not fit the built model.
+
+        An input whose shape (past the batch axis) matches the shape the
+        model was built with passes, a dimension that is unknown on either
+        side matching any. Another shape passes where the modality's
+        encoder takes it (a traced call, e.g. another sequence length for
+        a sequence encoder) and raises `ValueError` where it does not.
+
+        Args:
+            specs: dict from modality name to `(shape, dtype)`; `shape`
+                includes the batch axis, with `None` for unknown
+                dimensions, or is `None` for an unknown rank.
+            where: str. The call or argument, for the error message.
+        """
+        config = self.get_build_config() if self.built else None
+        built = (config or {}).get("input_shape")
+        if not isinstance(built, dict):
+            return
+        for m in self.modalities:
+            shape, dtype = specs.get(m, (None, None))
+            if shape is None or m not in built:
+                continue
+            expected = tuple(built[m])[1:]
+            got = tuple(shape)[1:]
+            if len(got) == len(expected) and all(
+                a is None or b is None or a == b for a, b in zip(got, expected)
+            ):
+                continue
+            if len(got) == len(expected):
+                probe = [e if g is None else g for g, e in zip(got, expected)]
+            else:
+                probe = [1 if g is None else g for g in got]
+            try:
+                _trace(self.encoders[m], (2, *probe), dtype or "float32")
+            except Exception as error:
+                raise ValueError(
+                    f"{where}: modality '{m}' has inputs of shape "
+                    f"{tuple(shape)}, but the model was built for "
+                    f"{(None, *expected)} and the encoder of '{m}' does not "
+                    f"take them: {error}"
+                ) from error
+
+    def _check_dataset_shapes(self, dataset, where):
+        """`_check_input_shapes` on a dataset's element spec."""
+        spec = dataset.element_spec[0]
+        self._check_input_shapes(
+            {
+                m: (
+                    None if s.shape.rank is None else tuple(s.shape),
+                    s.dtype.name,
+                )
+                for m, s in spec.items()
+            },
+            where,
+        )
 
     def _check_validation_data(self, data):
         """`validation_data` with array inputs checked (a list of arrays
@@ -612,6 +724,10 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         to Keras as they are."""
         if isinstance(data, (tuple, list)) and len(data) in (2, 3):
             x, y = self._standard_inputs(data[0], data[1], "validation_data")
+            if len(data) == 3 and isinstance(x, dict):
+                inputs_lib.check_sample_weight(
+                    data[2], len(x[self.modalities[0]]), "validation_data"
+                )
             return (x, y, *data[2:])
         return self._standard_inputs(data, None, "validation_data")[0]
 
