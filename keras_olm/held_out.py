@@ -310,14 +310,19 @@ def as_dataset(
     dataset = inputs_lib.check_dataset(
         dataset, modalities, num_classes, where, regression_targets
     )
-    _check_batches(dataset, where)
+    batches = _check_batches(dataset, where)
+    if dataset.cardinality() < 0:
+        # Counted now: the schedule needs the count (`num_batches`).
+        dataset = dataset.apply(
+            tf.data.experimental.assert_cardinality(batches)
+        )
     return dataset
 
 
 def _check_batches(dataset, where):
     """Reads every batch of a checked held-out dataset once: its
     in-pipeline checks run, floating-point inputs must be finite, and
-    there must be at least one batch."""
+    there must be at least one batch. Returns the number of batches."""
     if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
         raise ValueError(
             f"{where}: the dataset repeats forever; pass a finite held-out "
@@ -341,6 +346,7 @@ def _check_batches(dataset, where):
             f"{where}: the held-out data yield no batches; OLM needs at "
             "least one held-out sample."
         )
+    return batches
 
 
 def _num_samples(y):
