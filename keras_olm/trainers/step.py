@@ -431,6 +431,11 @@ def _is_float(value):
     return "float" in str(getattr(value, "dtype", ""))
 
 
+#: Dtypes summed as they are by `_any_non_finite`; others are cast to
+#: float32 first (a float16 sum overflows sooner).
+WIDE_FLOATS = ("float32", "float64")
+
+
 def _any_non_finite(tensors):
     """Whether any of `tensors` holds a NaN or an infinity (a bool scalar).
 
@@ -438,10 +443,18 @@ def _any_non_finite(tensors):
     it reads each tensor once without writing a tensor of its size. A
     finite tensor whose sum overflows float32 counts as non-finite too.
     """
-    sums = [ops.sum(ops.cast(t, "float32")) for t in tensors if t is not None]
+    sums = [
+        ops.sum(
+            t
+            if keras.backend.standardize_dtype(t.dtype) in WIDE_FLOATS
+            else ops.cast(t, "float32")
+        )
+        for t in tensors
+        if t is not None
+    ]
     if not sums:
         return ops.zeros((), "bool")
-    return ops.logical_not(ops.isfinite(ops.sum(ops.stack(sums))))
+    return ops.logical_not(ops.isfinite(sum(sums[1:], sums[0])))
 
 
 #: The log key under which a training step reports its non-finite checks;
