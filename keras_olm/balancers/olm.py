@@ -29,6 +29,7 @@ from keras_olm.balancers.common import check_choice
 from keras_olm.balancers.common import cross_entropy
 
 OPTIMIZERS = ("sgd", "adam")
+COEFFICIENT_UPDATES = ("closed_form", "optimizer")
 TARGETS = ("preserve", "faithful")
 RATE_FORMS = ("code", "paper")
 
@@ -142,6 +143,29 @@ def logit_targets(norms, lambdas, mode="preserve"):
     else:
         raise ValueError(f"targets must be one of {TARGETS}; got {mode!r}")
     return ops.stop_gradient(lambdas * total)
+
+
+def closed_form_coefficients(lambdas, strength=1.0):
+    """Coefficients set from λ directly: w_h = (H · λ_h)^strength.
+
+    H is the number of heads, so w ≡ 1 when λ is uniform; a head with a
+    larger share of the target magnitude of Eq. 9 gets a larger
+    coefficient. Nothing is integrated: w follows λ and stops moving when
+    λ does, and the network cannot push w by rescaling its logits (w does
+    not read the logit norms). With the default λ temperature of 1 and
+    three heads, H · λ_h lies in [0.64, 1.73].
+
+    Args:
+        lambdas: tensor `(num_heads,)`. Rebalancing factors (Eq. 8).
+        strength: float. The exponent; 0 switches the modulation off.
+            Defaults to `1.0`.
+
+    Returns:
+        A tensor `(num_heads,)`.
+    """
+    lambdas = _tensors(lambdas)[0]
+    num_heads = ops.cast(ops.shape(lambdas)[0], "float32")
+    return ops.power(num_heads * lambdas, strength)
 
 
 def logit_loss(coefficients, mean_norms, targets):
@@ -301,6 +325,9 @@ class OLM(Balancer):
         loss_momentum=0.9,
         warmup_steps=0,
         mean_one=True,
+        coefficient_update="optimizer",
+        modulation_strength=1.0,
+        lambda_momentum=0.0,
         eps=1e-6,
         **kwargs,
     ):
@@ -309,6 +336,17 @@ class OLM(Balancer):
         check_choice("optimizer", optimizer, OPTIMIZERS)
         check_choice("targets", targets, TARGETS)
         check_choice("rate_form", rate_form, RATE_FORMS)
+        check_choice(
+            "coefficient_update", coefficient_update, COEFFICIENT_UPDATES
+        )
+        if not 0.0 <= float(lambda_momentum) < 1.0:
+            raise ValueError(
+                f"lambda_momentum must be in [0, 1); got {lambda_momentum}"
+            )
+        if float(modulation_strength) < 0:
+            raise ValueError(
+                f"modulation_strength must be >= 0; got {modulation_strength}"
+            )
         if not 0.0 <= float(loss_momentum) < 1.0:
             raise ValueError(
                 f"loss_momentum must be in [0, 1); got {loss_momentum}"
@@ -338,6 +376,9 @@ class OLM(Balancer):
         self.loss_momentum = float(loss_momentum)
         self.warmup_steps = int(warmup_steps)
         self.mean_one = bool(mean_one)
+        self.coefficient_update = coefficient_update
+        self.modulation_strength = float(modulation_strength)
+        self.lambda_momentum = float(lambda_momentum)
         self.eps = float(eps)
 
     @classmethod
@@ -367,6 +408,8 @@ class OLM(Balancer):
             loss_momentum=0.0,
             warmup_steps=int(steps_per_epoch),
             mean_one=False,
+            coefficient_update="optimizer",
+            lambda_momentum=0.0,
         )
         config.update(kwargs)
         return cls(**config)
@@ -468,12 +511,38 @@ class OLM(Balancer):
         lambdas = rebalancing_factors(g, c, self.lambda_temperature, self.eps)
         ready = ops.logical_and(ops.logical_not(warm), held_out_steps > 1)
         lambdas = ops.where(ready, lambdas, 1.0 / self.num_heads)
+        if self.lambda_momentum > 0:
+            # λ on a slower clock: an EMA, moved on held-out steps only.
+            k = self.lambda_momentum
+            smoothed = k * old["lambdas"] + (1 - k) * lambdas
+            lambdas = ops.where(
+                ops.logical_and(ready, has_held_out),
+                smoothed,
+                ops.where(ready, old["lambdas"], lambdas),
+            )
 
-        # Eq. 9 and one optimizer step of Algorithm 1.
         w = old["coefficients"]
         mean_norms = _mean_logit_norms(
             [step.logits[h] for h in self.head_names]
         )
+        if self.coefficient_update == "closed_form":
+            new_w = closed_form_coefficients(lambdas, self.modulation_strength)
+            if self.coefficient_range is not None:
+                new_w = ops.clip(new_w, *self.coefficient_range)
+            return self._new_state(
+                old,
+                steps,
+                held_out_steps,
+                coefficients=new_w,
+                lambdas=lambdas,
+                norms=new_w * mean_norms,
+                train_losses=train,
+                held_out_losses=held_out,
+                reference_train_losses=ref_train,
+                reference_held_out_losses=ref_held_out,
+            )
+
+        # Eq. 9 and one optimizer step of Algorithm 1.
         targets = logit_targets(w * mean_norms, lambdas, self.targets)
         grad = logit_loss_gradient(w, mean_norms, targets)
         if self.coefficient_ce_grad:
@@ -493,18 +562,26 @@ class OLM(Balancer):
         if self.coefficient_range is not None:
             new_w = ops.clip(new_w, *self.coefficient_range)
 
-        new = {
-            "coefficients": new_w,
-            "lambdas": lambdas,
-            "norms": new_w * mean_norms,
-            "train_losses": train,
-            "held_out_losses": held_out,
-            "reference_train_losses": ref_train,
-            "reference_held_out_losses": ref_held_out,
-            "adam_m": adam_m,
-            "adam_v": adam_v,
-        }
-        new_state = ops.stack([new[name] for name in STATE_ROWS])
+        return self._new_state(
+            old,
+            steps,
+            held_out_steps,
+            coefficients=new_w,
+            lambdas=lambdas,
+            norms=new_w * mean_norms,
+            train_losses=train,
+            held_out_losses=held_out,
+            reference_train_losses=ref_train,
+            reference_held_out_losses=ref_held_out,
+            adam_m=adam_m,
+            adam_v=adam_v,
+        )
+
+    def _new_state(self, old, steps, held_out_steps, **rows):
+        """The `(variable, value)` pairs; rows not given keep `old`."""
+        new_state = ops.stack(
+            [rows.get(name, old[name]) for name in STATE_ROWS]
+        )
         new_counters = ops.stack([steps, held_out_steps])
         return [(self.state, new_state), (self.counters, new_counters)]
 
@@ -543,6 +620,9 @@ class OLM(Balancer):
             loss_momentum=self.loss_momentum,
             warmup_steps=self.warmup_steps,
             mean_one=self.mean_one,
+            coefficient_update=self.coefficient_update,
+            modulation_strength=self.modulation_strength,
+            lambda_momentum=self.lambda_momentum,
             eps=self.eps,
         )
         return config
@@ -550,6 +630,7 @@ class OLM(Balancer):
 
 __all__ = [
     "OLM",
+    "closed_form_coefficients",
     "cross_entropy",
     "cross_entropy_gradient",
     "logit_loss",
