@@ -159,6 +159,7 @@ LOGITS = {
 
 def test_one_sgd_update_by_hand():
     olm = make_olm(
+        coefficient_update="optimizer",
         optimizer="sgd",
         learning_rate=0.1,
         mean_one=False,
@@ -196,6 +197,7 @@ def test_one_sgd_update_by_hand():
 
 def test_one_adam_update_moves_by_learning_rate():
     olm = make_olm(
+        coefficient_update="optimizer",
         optimizer="adam",
         learning_rate=0.01,
         mean_one=False,
@@ -210,6 +212,7 @@ def test_one_adam_update_moves_by_learning_rate():
 
 def test_mean_one_and_clipping():
     olm = make_olm(
+        coefficient_update="optimizer",
         optimizer="sgd",
         learning_rate=0.1,
         mean_one=True,
@@ -250,6 +253,8 @@ def test_authors_preset_and_config_round_trip():
     assert config["lambda_temperature"] is None
     assert config["coefficient_range"] is None
     assert config["warmup_steps"] == 50
+    assert config["coefficient_update"] == "optimizer"
+    assert config["lambda_momentum"] == 0.0
     clone = OLM.from_config(config)
     assert clone.get_config() == config
     restored = keras.saving.deserialize_keras_object(
@@ -269,7 +274,6 @@ def test_authors_preset_and_config_round_trip():
         ({"lambda_temperature": 0.0}, "lambda_temperature"),
         ({"coefficient_range": (2.0, 1.0)}, "coefficient_range"),
         ({"coefficient_update": "exact"}, "coefficient_update"),
-        ({"modulation_strength": -1.0}, "modulation_strength"),
         ({"lambda_momentum": 1.0}, "lambda_momentum"),
     ],
 )
@@ -330,6 +334,7 @@ def test_closed_form_update_by_hand():
 def test_lambda_momentum_moves_lambda_on_held_out_steps_only():
     olm = make_olm(
         coefficient_update="closed_form",
+        modulation_strength=1.0,
         loss_momentum=0.0,
         lambda_momentum=0.5,
     )
@@ -347,3 +352,27 @@ def test_lambda_momentum_moves_lambda_on_held_out_steps_only():
     measure(olm, LOGITS, [0.1, 0.1, 0.1], [0.0] * 3, held_out_flag=0.0)
     np.testing.assert_allclose(np_(olm.lambdas), smoothed, rtol=1e-4)
     np.testing.assert_allclose(np_(olm.coefficients), 3 * smoothed, rtol=1e-4)
+
+
+def test_default_closed_form_stays_inside_its_bounds():
+    # Negative strength: the head with the smallest λ gets the largest
+    # coefficient. With λ temperature 1 and three heads, H·λ lies in
+    # [3 / (e + 2), 3e / (e + 2)], so w = (H·λ)^-2 in [0.335, 2.47].
+    olm = make_olm(loss_momentum=0.0)
+    assert olm.coefficient_update == "closed_form"
+    assert olm.modulation_strength == -2.0
+    measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
+    # Head a: C ~ 0 (its held-out loss falls with its training loss), so
+    # its share is ~1 and λ = (e, 1, 1) / (e + 2).
+    measure(olm, LOGITS, [0.5, 0.9, 0.8], [0.5, 1.0, 1.0])
+    e = math.e
+    lam = np.array([e, 1.0, 1.0]) / (e + 2)
+    np.testing.assert_allclose(np_(olm.lambdas), lam, rtol=1e-4)
+    np.testing.assert_allclose(
+        np_(olm.coefficients), (3 * lam) ** -2.0, rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        np_(olm.coefficients),
+        [(3 * e / (e + 2)) ** -2, (3 / (e + 2)) ** -2, (3 / (e + 2)) ** -2],
+        rtol=1e-4,
+    )
