@@ -47,26 +47,45 @@ def methods():
         "heads": lambda: "heads",
         "pmr": lambda: "pmr",
         "olm": lambda: olm(),
-        "olm-optimizer": lambda: olm(coefficient_update="optimizer"),
+        "olm-lambda-every-step": lambda: olm(lambda_momentum=0.0),
+        "olm-optimizer": lambda: olm(
+            coefficient_update="optimizer", lambda_momentum=0.0
+        ),
         "olm-authors": lambda: olm.authors(26),
-        "closed-1": lambda: olm(coefficient_update="closed_form"),
+        "closed-1": lambda: olm(
+            coefficient_update="closed_form",
+            lambda_momentum=0.0,
+            modulation_strength=1.0,
+        ),
         "closed-0.5": lambda: olm(
-            coefficient_update="closed_form", modulation_strength=0.5
+            coefficient_update="closed_form",
+            lambda_momentum=0.0,
+            modulation_strength=0.5,
         ),
         "closed-1-slow": lambda: olm(
-            coefficient_update="closed_form", lambda_momentum=0.9
+            coefficient_update="closed_form",
+            lambda_momentum=0.9,
+            modulation_strength=1.0,
         ),
         "closed-2": lambda: olm(
-            coefficient_update="closed_form", modulation_strength=2.0
+            coefficient_update="closed_form",
+            lambda_momentum=0.0,
+            modulation_strength=2.0,
         ),
         "closed-neg1": lambda: olm(
-            coefficient_update="closed_form", modulation_strength=-1.0
+            coefficient_update="closed_form",
+            lambda_momentum=0.0,
+            modulation_strength=-1.0,
         ),
         "closed-neg2": lambda: olm(
-            coefficient_update="closed_form", modulation_strength=-2.0
+            coefficient_update="closed_form",
+            lambda_momentum=0.0,
+            modulation_strength=-2.0,
         ),
         "closed-neg3": lambda: olm(
-            coefficient_update="closed_form", modulation_strength=-3.0
+            coefficient_update="closed_form",
+            lambda_momentum=0.0,
+            modulation_strength=-3.0,
         ),
     }
 
@@ -249,6 +268,59 @@ def report(records, epoch_counts, references=("heads", "joint")):
     return "\n".join(lines)
 
 
+def summary(records, method, epoch_counts):
+    """One row per problem: `method`'s paired differences at every count.
+
+    Cells are "final / best val" differences in fused test accuracy, mean
+    ± std over the seeds both runs share; the last column gives the range
+    of the method's coefficients over all epochs and seeds.
+    """
+    runs = {(r["problem"], r["method"], r["seed"]): r for r in records}
+    lines = [
+        "| problem | n | "
+        + " | ".join(f"{e} ep: − heads | {e} ep: − joint" for e in epoch_counts)
+        + " | coefficients, min-max over all epochs |",
+        "|---|---|" + "---|---|" * len(epoch_counts) + "---|",
+    ]
+    for problem in PROBLEMS:
+        seeds = sorted(
+            s
+            for (p, m, s) in runs
+            if p == problem
+            and m == method
+            and (p, "heads", s) in runs
+            and (p, "joint", s) in runs
+        )
+        if not seeds:
+            continue
+        cells = []
+        for epochs in epoch_counts:
+            for ref in ("heads", "joint"):
+                diff = np.array(
+                    [
+                        np.subtract(
+                            at(runs[problem, method, s], epochs),
+                            at(runs[problem, ref, s], epochs),
+                        )
+                        for s in seeds
+                    ]
+                )
+                cells.append(f"{fmt(diff[:, 0])} / {fmt(diff[:, 1])}")
+        coef = [
+            c
+            for s in seeds
+            for row in runs[problem, method, s]["curves"]
+            for c in row.get("coef", [])
+        ]
+        span = f"{min(coef):.2f}-{max(coef):.2f}" if coef else "–"
+        lines.append(
+            f"| {problem} | {len(seeds)} | "
+            + " | ".join(cells)
+            + f" | {span} |"
+        )
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS))
@@ -257,9 +329,17 @@ def main():
     parser.add_argument("--epochs", type=int, nargs="+", default=[12, 40, 100])
     parser.add_argument("--out", default="benchmarks/results/study.jsonl")
     parser.add_argument("--report", help="only print the tables of this file")
+    parser.add_argument(
+        "--summary",
+        help="with --report: only the paired differences of this method",
+    )
     args = parser.parse_args()
     if args.report:
-        print(report(load(args.report), args.epochs))
+        records = load(args.report)
+        if args.summary:
+            print(summary(records, args.summary, args.epochs))
+        else:
+            print(report(records, args.epochs))
         return
     longest = max(args.epochs)
     done = {

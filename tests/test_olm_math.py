@@ -163,6 +163,7 @@ def test_one_sgd_update_by_hand():
         optimizer="sgd",
         learning_rate=0.1,
         mean_one=False,
+        lambda_momentum=0.0,
         coefficient_range=None,
         loss_momentum=0.0,
     )
@@ -311,6 +312,7 @@ def test_closed_form_update_by_hand():
         coefficient_update="closed_form",
         modulation_strength=1.0,
         loss_momentum=0.0,
+        lambda_momentum=0.0,
     )
     # First step: λ uniform, so w = 1; the logit norms do not enter.
     measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.2, 1.1, 1.0])
@@ -358,9 +360,10 @@ def test_default_closed_form_stays_inside_its_bounds():
     # Negative strength: the head with the smallest λ gets the largest
     # coefficient. With λ temperature 1 and three heads, H·λ lies in
     # [3 / (e + 2), 3e / (e + 2)], so w = (H·λ)^-2 in [0.335, 2.47].
-    olm = make_olm(loss_momentum=0.0)
+    olm = make_olm(loss_momentum=0.0, lambda_momentum=0.0)
     assert olm.coefficient_update == "closed_form"
     assert olm.modulation_strength == -2.0
+    assert OLM().lambda_momentum == 0.9
     measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
     # Head a: C ~ 0 (its held-out loss falls with its training loss), so
     # its share is ~1 and λ = (e, 1, 1) / (e + 2).
