@@ -159,9 +159,11 @@ LOGITS = {
 
 def test_one_sgd_update_by_hand():
     olm = make_olm(
+        coefficient_update="optimizer",
         optimizer="sgd",
         learning_rate=0.1,
         mean_one=False,
+        lambda_momentum=0.0,
         coefficient_range=None,
         loss_momentum=0.0,
     )
@@ -196,6 +198,7 @@ def test_one_sgd_update_by_hand():
 
 def test_one_adam_update_moves_by_learning_rate():
     olm = make_olm(
+        coefficient_update="optimizer",
         optimizer="adam",
         learning_rate=0.01,
         mean_one=False,
@@ -210,6 +213,7 @@ def test_one_adam_update_moves_by_learning_rate():
 
 def test_mean_one_and_clipping():
     olm = make_olm(
+        coefficient_update="optimizer",
         optimizer="sgd",
         learning_rate=0.1,
         mean_one=True,
@@ -250,6 +254,8 @@ def test_authors_preset_and_config_round_trip():
     assert config["lambda_temperature"] is None
     assert config["coefficient_range"] is None
     assert config["warmup_steps"] == 50
+    assert config["coefficient_update"] == "optimizer"
+    assert config["lambda_momentum"] == 0.0
     clone = OLM.from_config(config)
     assert clone.get_config() == config
     restored = keras.saving.deserialize_keras_object(
@@ -268,8 +274,108 @@ def test_authors_preset_and_config_round_trip():
         ({"loss_momentum": 1.0}, "loss_momentum"),
         ({"lambda_temperature": 0.0}, "lambda_temperature"),
         ({"coefficient_range": (2.0, 1.0)}, "coefficient_range"),
+        ({"coefficient_update": "exact"}, "coefficient_update"),
+        ({"lambda_momentum": 1.0}, "lambda_momentum"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, message):
     with pytest.raises(ValueError, match=message):
         OLM(**kwargs)
+
+
+def test_closed_form_coefficients_by_hand():
+    lam = np.array([0.5, 0.25, 0.25])
+    # H = 3: H·λ = (1.5, 0.75, 0.75).
+    np.testing.assert_allclose(
+        np_(olm_lib.closed_form_coefficients(lam, 1.0)),
+        [1.5, 0.75, 0.75],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        np_(olm_lib.closed_form_coefficients(lam, 0.5)),
+        [math.sqrt(1.5), math.sqrt(0.75), math.sqrt(0.75)],
+        rtol=1e-6,
+    )
+    # Uniform λ, or strength 0: no modulation.
+    np.testing.assert_allclose(
+        np_(olm_lib.closed_form_coefficients(np.full(4, 0.25), 2.0)),
+        [1.0] * 4,
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        np_(olm_lib.closed_form_coefficients(lam, 0.0)), [1.0] * 3
+    )
+
+
+def test_closed_form_update_by_hand():
+    olm = make_olm(
+        coefficient_update="closed_form",
+        modulation_strength=1.0,
+        loss_momentum=0.0,
+        lambda_momentum=0.0,
+    )
+    # First step: λ uniform, so w = 1; the logit norms do not enter.
+    measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.2, 1.1, 1.0])
+    np.testing.assert_allclose(np_(olm.coefficients), [1.0] * 3, rtol=1e-6)
+    np.testing.assert_allclose(np_(olm.norms), [5.0, 1.0, 3.0], rtol=1e-6)
+    # Second step: the λ of test_one_sgd_update_by_hand; w = 3 λ.
+    measure(olm, LOGITS, [0.4, 0.9, 0.6], [0.6, 1.0, 0.8])
+    g = np.array([0.6, 0.1, 0.2])
+    c = np.array([0.6, 0.1, 0.4]) - g
+    ratio = np.maximum(g, 1e-6) / np.maximum(c, 1e-6)
+    share = ratio / ratio.sum()
+    lam = np.exp(share) / np.exp(share).sum()
+    np.testing.assert_allclose(np_(olm.lambdas), lam, rtol=1e-4)
+    np.testing.assert_allclose(np_(olm.coefficients), 3 * lam, rtol=1e-4)
+    # Scaling every logit by 10 leaves the coefficients where they are.
+    big = {h: 10 * np.asarray(v) for h, v in LOGITS.items()}
+    measure(olm, big, [0.4, 0.9, 0.6], [0.6, 1.0, 0.8])
+    np.testing.assert_allclose(np_(olm.coefficients), 3 * lam, rtol=1e-4)
+
+
+def test_lambda_momentum_moves_lambda_on_held_out_steps_only():
+    olm = make_olm(
+        coefficient_update="closed_form",
+        modulation_strength=1.0,
+        loss_momentum=0.0,
+        lambda_momentum=0.5,
+    )
+    measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.2, 1.1, 1.0])
+    measure(olm, LOGITS, [0.4, 0.9, 0.6], [0.6, 1.0, 0.8])
+    g = np.array([0.6, 0.1, 0.2])
+    c = np.array([0.6, 0.1, 0.4]) - g
+    ratio = np.maximum(g, 1e-6) / np.maximum(c, 1e-6)
+    share = ratio / ratio.sum()
+    raw = np.exp(share) / np.exp(share).sum()
+    # One held-out step after the uniform start: half way to the raw λ.
+    smoothed = 0.5 * np.full(3, 1 / 3) + 0.5 * raw
+    np.testing.assert_allclose(np_(olm.lambdas), smoothed, rtol=1e-4)
+    # A step without a held-out batch keeps λ.
+    measure(olm, LOGITS, [0.1, 0.1, 0.1], [0.0] * 3, held_out_flag=0.0)
+    np.testing.assert_allclose(np_(olm.lambdas), smoothed, rtol=1e-4)
+    np.testing.assert_allclose(np_(olm.coefficients), 3 * smoothed, rtol=1e-4)
+
+
+def test_default_closed_form_stays_inside_its_bounds():
+    # Negative strength: the head with the smallest λ gets the largest
+    # coefficient. With λ temperature 1 and three heads, H·λ lies in
+    # [3 / (e + 2), 3e / (e + 2)], so w = (H·λ)^-2 in [0.335, 2.47].
+    olm = make_olm(loss_momentum=0.0, lambda_momentum=0.0)
+    assert olm.coefficient_update == "closed_form"
+    assert olm.modulation_strength == -2.0
+    assert OLM().lambda_momentum == 0.9
+    measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
+    # Head a: C ~ 0 (its held-out loss falls with its training loss), so
+    # its share is ~1 and λ = (e, 1, 1) / (e + 2).
+    measure(olm, LOGITS, [0.5, 0.9, 0.8], [0.5, 1.0, 1.0])
+    e = math.e
+    lam = np.array([e, 1.0, 1.0]) / (e + 2)
+    np.testing.assert_allclose(np_(olm.lambdas), lam, rtol=1e-4)
+    np.testing.assert_allclose(
+        np_(olm.coefficients), (3 * lam) ** -2.0, rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        np_(olm.coefficients),
+        [(3 * e / (e + 2)) ** -2, (3 / (e + 2)) ** -2, (3 / (e + 2)) ** -2],
+        rtol=1e-4,
+    )

@@ -13,7 +13,20 @@ training data, the paper's L_dev):
     λ   = softmax over heads of G_h / C_h                         (Eq. 8)
     L_logit = Σ_h | w_h ||s_h|| - λ_h s̄ |                        (Eq. 9)
 
-and w is moved down the gradient of L_logit (Algorithm 1).
+and w is moved down the gradient of L_logit (Algorithm 1;
+`coefficient_update="optimizer"`).
+
+Integrating L_logit has no fixed point once the network adapts: a head
+whose coefficient falls grows its raw logits ||s_h|| and keeps w_h ||s_h||
+where it was, so the gradient keeps pushing w_h the same way until a clip
+bound stops it. The default (`coefficient_update="closed_form"`) sets the
+coefficients from λ directly, w_h = (H λ_h)^strength, with a negative
+strength: under Adam a coefficient acts as the inverse temperature of its
+head's softmax, and a large w_h lets the head's loss saturate (the head
+stops fitting its training samples) while a small one keeps it fitting.
+Eq. 8 gives the small λ to the head that overfits, so the negative
+strength gives that head the large coefficient. `benchmarks/olm_study.py`
+measures both directions (tables in `benchmarks/README.md`).
 
 The paper leaves choices open; each is a constructor argument here, and
 `OLM.authors()` reproduces the authors' code. See the README section "OLM:
@@ -29,6 +42,7 @@ from keras_olm.balancers.common import check_choice
 from keras_olm.balancers.common import cross_entropy
 
 OPTIMIZERS = ("sgd", "adam")
+COEFFICIENT_UPDATES = ("closed_form", "optimizer")
 TARGETS = ("preserve", "faithful")
 RATE_FORMS = ("code", "paper")
 
@@ -144,6 +158,30 @@ def logit_targets(norms, lambdas, mode="preserve"):
     return ops.stop_gradient(lambdas * total)
 
 
+def closed_form_coefficients(lambdas, strength=1.0):
+    """Coefficients set from λ directly: w_h = (H · λ_h)^strength.
+
+    H is the number of heads, so w ≡ 1 when λ is uniform; a head with a
+    larger share of the target magnitude of Eq. 9 gets a larger
+    coefficient. Nothing is integrated: w follows λ and stops moving when
+    λ does, and the network cannot push w by rescaling its logits (w does
+    not read the logit norms). With the default λ temperature of 1 and
+    three heads, H · λ_h lies in [0.64, 1.73].
+
+    Args:
+        lambdas: tensor `(num_heads,)`. Rebalancing factors (Eq. 8).
+        strength: float. The exponent; 0 switches the modulation off,
+            and a negative value reverses its direction (the head with the
+            largest λ gets the smallest coefficient). Defaults to `1.0`.
+
+    Returns:
+        A tensor `(num_heads,)`.
+    """
+    lambdas = _tensors(lambdas)[0]
+    num_heads = ops.cast(ops.shape(lambdas)[0], "float32")
+    return ops.power(num_heads * lambdas, strength)
+
+
 def logit_loss(coefficients, mean_norms, targets):
     """L_logit = Σ_h |w_h · mean ||s_h|| - t_h| (Eq. 9)."""
     coefficients, mean_norms, targets = _tensors(
@@ -212,10 +250,14 @@ class OLM(Balancer):
     read-only attribute, e.g. `olm.coefficients`), and `counters`
     (`olm.steps`, `olm.held_out_steps`).
 
-    The defaults keep every coefficient in a sane range over long runs
-    (see `lambda_temperature`, `targets` and `coefficient_range`);
-    `OLM.authors()` reproduces the authors' code, including its collapse
-    (λ one-hot, coefficients to 0) on imbalanced problems.
+    By default the coefficients are a closed form of λ
+    (`coefficient_update="closed_form"`, `modulation_strength=-2`), so
+    they settle when λ does and stay inside
+    [(H e / (e + H - 1))^-2, (H / (e + H - 1))^-2] (λ temperature 1; for
+    three heads [0.33, 2.47]). `coefficient_update="optimizer"` integrates
+    L_logit as Algorithm 1 (the coefficients then run to the clip bounds
+    on long runs); `OLM.authors()` reproduces the authors' code, including
+    its collapse (λ one-hot, coefficients to 0) on imbalanced problems.
 
     Args:
         held_out_schedule: str. Where the held-out losses come from.
@@ -266,6 +308,25 @@ class OLM(Balancer):
             between heads. Without it the coefficients drift as a whole
             (the network rescales its logits to undo any coefficient, so
             L_logit never pins their overall scale). Defaults to `True`.
+        coefficient_update: str. `"closed_form"`: w_h = (H λ_h)^strength
+            after every step (`closed_form_coefficients`; nothing is
+            integrated, and `optimizer`, `learning_rate`,
+            `coefficient_ce_grad`, `targets` and `mean_one` are not used).
+            `"optimizer"`: one step of `optimizer` down L_logit (Eq. 9,
+            Algorithm 1). Defaults to `"closed_form"`.
+        modulation_strength: float. The exponent of the closed form; 0 is
+            no modulation, positive gives the head with the largest λ the
+            largest coefficient (the paper's direction), negative the
+            smallest. Defaults to `-2.0`: on the generated family
+            (`benchmarks/olm_study.py`) positive strengths lowered fused
+            accuracy after 40 epochs and negative ones raised it, -2 the
+            most of those that cost nothing at 12 epochs.
+        lambda_momentum: float in [0, 1). λ is an exponential moving
+            average with this momentum, moved on held-out steps only (λ on
+            a slower clock); 0 uses each step's λ. Defaults to `0.9`: on
+            the generated family the closed-form coefficients then moved
+            by a median 0.05 over the last 10 of 100 epochs (0.33 with
+            0), at the same accuracy.
         eps: float. Clamp of G and C in Eq. 8. Defaults to `1e-6`.
         **kwargs: passed to `keras.layers.Layer`.
 
@@ -301,6 +362,9 @@ class OLM(Balancer):
         loss_momentum=0.9,
         warmup_steps=0,
         mean_one=True,
+        coefficient_update="closed_form",
+        modulation_strength=-2.0,
+        lambda_momentum=0.9,
         eps=1e-6,
         **kwargs,
     ):
@@ -309,6 +373,13 @@ class OLM(Balancer):
         check_choice("optimizer", optimizer, OPTIMIZERS)
         check_choice("targets", targets, TARGETS)
         check_choice("rate_form", rate_form, RATE_FORMS)
+        check_choice(
+            "coefficient_update", coefficient_update, COEFFICIENT_UPDATES
+        )
+        if not 0.0 <= float(lambda_momentum) < 1.0:
+            raise ValueError(
+                f"lambda_momentum must be in [0, 1); got {lambda_momentum}"
+            )
         if not 0.0 <= float(loss_momentum) < 1.0:
             raise ValueError(
                 f"loss_momentum must be in [0, 1); got {loss_momentum}"
@@ -338,6 +409,9 @@ class OLM(Balancer):
         self.loss_momentum = float(loss_momentum)
         self.warmup_steps = int(warmup_steps)
         self.mean_one = bool(mean_one)
+        self.coefficient_update = coefficient_update
+        self.modulation_strength = float(modulation_strength)
+        self.lambda_momentum = float(lambda_momentum)
         self.eps = float(eps)
 
     @classmethod
@@ -367,6 +441,8 @@ class OLM(Balancer):
             loss_momentum=0.0,
             warmup_steps=int(steps_per_epoch),
             mean_one=False,
+            coefficient_update="optimizer",
+            lambda_momentum=0.0,
         )
         config.update(kwargs)
         return cls(**config)
@@ -468,12 +544,38 @@ class OLM(Balancer):
         lambdas = rebalancing_factors(g, c, self.lambda_temperature, self.eps)
         ready = ops.logical_and(ops.logical_not(warm), held_out_steps > 1)
         lambdas = ops.where(ready, lambdas, 1.0 / self.num_heads)
+        if self.lambda_momentum > 0:
+            # λ on a slower clock: an EMA, moved on held-out steps only.
+            k = self.lambda_momentum
+            smoothed = k * old["lambdas"] + (1 - k) * lambdas
+            lambdas = ops.where(
+                ops.logical_and(ready, has_held_out),
+                smoothed,
+                ops.where(ready, old["lambdas"], lambdas),
+            )
 
-        # Eq. 9 and one optimizer step of Algorithm 1.
         w = old["coefficients"]
         mean_norms = _mean_logit_norms(
             [step.logits[h] for h in self.head_names]
         )
+        if self.coefficient_update == "closed_form":
+            new_w = closed_form_coefficients(lambdas, self.modulation_strength)
+            if self.coefficient_range is not None:
+                new_w = ops.clip(new_w, *self.coefficient_range)
+            return self._new_state(
+                old,
+                steps,
+                held_out_steps,
+                coefficients=new_w,
+                lambdas=lambdas,
+                norms=new_w * mean_norms,
+                train_losses=train,
+                held_out_losses=held_out,
+                reference_train_losses=ref_train,
+                reference_held_out_losses=ref_held_out,
+            )
+
+        # Eq. 9 and one optimizer step of Algorithm 1.
         targets = logit_targets(w * mean_norms, lambdas, self.targets)
         grad = logit_loss_gradient(w, mean_norms, targets)
         if self.coefficient_ce_grad:
@@ -493,18 +595,26 @@ class OLM(Balancer):
         if self.coefficient_range is not None:
             new_w = ops.clip(new_w, *self.coefficient_range)
 
-        new = {
-            "coefficients": new_w,
-            "lambdas": lambdas,
-            "norms": new_w * mean_norms,
-            "train_losses": train,
-            "held_out_losses": held_out,
-            "reference_train_losses": ref_train,
-            "reference_held_out_losses": ref_held_out,
-            "adam_m": adam_m,
-            "adam_v": adam_v,
-        }
-        new_state = ops.stack([new[name] for name in STATE_ROWS])
+        return self._new_state(
+            old,
+            steps,
+            held_out_steps,
+            coefficients=new_w,
+            lambdas=lambdas,
+            norms=new_w * mean_norms,
+            train_losses=train,
+            held_out_losses=held_out,
+            reference_train_losses=ref_train,
+            reference_held_out_losses=ref_held_out,
+            adam_m=adam_m,
+            adam_v=adam_v,
+        )
+
+    def _new_state(self, old, steps, held_out_steps, **rows):
+        """The `(variable, value)` pairs; rows not given keep `old`."""
+        new_state = ops.stack(
+            [rows.get(name, old[name]) for name in STATE_ROWS]
+        )
         new_counters = ops.stack([steps, held_out_steps])
         return [(self.state, new_state), (self.counters, new_counters)]
 
@@ -543,6 +653,9 @@ class OLM(Balancer):
             loss_momentum=self.loss_momentum,
             warmup_steps=self.warmup_steps,
             mean_one=self.mean_one,
+            coefficient_update=self.coefficient_update,
+            modulation_strength=self.modulation_strength,
+            lambda_momentum=self.lambda_momentum,
             eps=self.eps,
         )
         return config
@@ -550,6 +663,7 @@ class OLM(Balancer):
 
 __all__ = [
     "OLM",
+    "closed_form_coefficients",
     "cross_entropy",
     "cross_entropy_gradient",
     "logit_loss",
