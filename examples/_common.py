@@ -1,8 +1,11 @@
 """What the examples share: splits, training both runs, tables, figures.
 
-`sunrgbd_depth.py` and `cremad.py` train the same late-fusion model twice,
-with the same seed, data and splits: plain joint training
-(`balancer=None`) and OLM. This module holds the parts they share:
+`sunrgbd_depth.py` and `cremad.py` train the same late-fusion model three
+times, with the same seed, data and splits: plain joint training
+(`balancer=None`), the same heads without modulation (`balancer="heads"`,
+the reference that tells what OLM's modulation adds) and OLM; with
+`--seeds`, for several weight seeds, with the paired differences. This
+module holds the parts they share:
 
 - `make_parser`, `add_training_args`: the common command-line options;
 - `validation_indices`, `batch_datasets`: the `val` split (picks the
@@ -31,7 +34,11 @@ from sklearn.metrics import confusion_matrix
 import keras_olm
 from keras_olm import callbacks as olm_callbacks
 
-RUN_TITLES = {"baseline": "joint training (no OLM)", "olm": "OLM"}
+RUN_TITLES = {
+    "baseline": "joint training (no OLM)",
+    "heads": "heads, no modulation",
+    "olm": "OLM",
+}
 
 
 # --- command line ------------------------------------------------------
@@ -51,8 +58,8 @@ def add_training_args(
     """Adds the options every example has to an `argparse` parser.
 
     `--epochs`, `--batch-size`, `--learning-rate`, `--held-out-fraction`,
-    `--val-fraction`, `--cache`, `--no-olm`, `--out-dir`, `--seed` and
-    `--verbose`.
+    `--val-fraction`, `--cache`, `--no-olm`, `--out-dir`, `--seed`,
+    `--seeds` and `--verbose`.
 
     Args:
         parser: `argparse.ArgumentParser`.
@@ -84,10 +91,22 @@ def add_training_args(
     parser.add_argument(
         "--cache", action="store_true", help="keep decoded inputs in memory"
     )
-    parser.add_argument("--no-olm", action="store_true", help="baseline only")
+    parser.add_argument(
+        "--no-olm",
+        action="store_true",
+        help="joint training only (no heads, no OLM run)",
+    )
     parser.add_argument("--out-dir", default=out_dir, help="figures, CSV")
     parser.add_argument(
         "--seed", type=int, default=0, help="weights, splits, shuffling"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="weight seeds to repeat every run with (the splits keep "
+        "--seed); prints paired differences. Default: --seed alone",
     )
     parser.add_argument(
         "--verbose", type=int, default=2, help="Keras fit verbosity"
@@ -349,15 +368,62 @@ def plot_confusion_grid(results, heads, class_names, path, head_titles):
     return path
 
 
+def paired_differences(per_seed, metric="acc", head="fused"):
+    """OLM minus each reference run, seed by seed.
+
+    Args:
+        per_seed: dict from run name to its list of `train_and_test`
+            results, one per seed, in the same seed order.
+        metric: str. Defaults to `"acc"`.
+        head: str. Defaults to `"fused"`.
+
+    Returns:
+        A dict from reference run name (`"heads"`, `"baseline"`) to the
+        per-seed differences `OLM - reference`, or `{}` without OLM.
+    """
+    if "olm" not in per_seed:
+        return {}
+    olm = np.array([r[metric][head] for r in per_seed["olm"]])
+    return {
+        name: (
+            olm - np.array([r[metric][head] for r in per_seed[name]])
+        ).tolist()
+        for name in ("heads", "baseline")
+        if name in per_seed
+    }
+
+
+def format_seed_table(per_seed, heads, head_titles, metric="acc"):
+    """The per-head test metric, mean ± std over the seeds."""
+    n = len(next(iter(per_seed.values())))
+    lines = [
+        f"| run ({n} seeds) | "
+        + " | ".join(head_titles.get(h, h) for h in heads)
+        + " |",
+        "|---" * (len(heads) + 1) + "|",
+    ]
+    for name, results in per_seed.items():
+        cells = []
+        for h in heads:
+            values = np.array([r[metric][h] for r in results])
+            cells.append(f"{values.mean():.3f} ± {values.std():.3f}")
+        lines.append(f"| {RUN_TITLES.get(name, name)} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def run_comparison(args, data, build_model, head_titles, start=None):
-    """Trains the baseline and (unless `--no-olm`) OLM; reports both.
+    """Trains joint training and (unless `--no-olm`) the heads without
+    modulation and OLM, for every seed of `--seeds`; reports them.
 
     Prints the per-head test accuracy and mean class accuracy of each run
-    as Markdown tables, and writes into `args.out_dir`:
-    `confusion_matrices.png` (rows: runs; columns: heads),
-    `logit_norms_comparison.png` (both runs' per-class logit norms, when
+    as Markdown tables (mean ± std with several seeds) and the per-seed
+    paired differences of fused test accuracy, OLM minus heads and OLM
+    minus joint training, and writes into `args.out_dir`:
+    `confusion_matrices.png` (rows: runs; columns: heads; first seed),
+    `logit_norms_comparison.png` (the runs' per-class logit norms, when
     OLM ran too), `results.json`, and per run the `LogitNormHistory` CSV
-    and figures (`baseline/`, `olm/`).
+    and figures (`baseline/`, `heads/`, `olm/`; with several seeds
+    `<run>/seed<k>/`).
 
     Args:
         args: the parsed command line (see `add_training_args`).
@@ -370,9 +436,10 @@ def run_comparison(args, data, build_model, head_titles, start=None):
             `None`: now.
 
     Returns:
-        A dict with `"runs"` (run -> result of `train_and_test`),
-        `"table"` (the accuracy table), `"sizes"` and `"figures"` (name ->
-        PNG path).
+        A dict with `"runs"` (run -> result of `train_and_test` for the
+        first seed), `"seeds"` (run -> one result per seed), `"paired"`
+        (see `paired_differences`), `"table"` (the accuracy table),
+        `"sizes"` and `"figures"` (name -> PNG path).
     """
     start = time.perf_counter() if start is None else start
     print(
@@ -381,24 +448,48 @@ def run_comparison(args, data, build_model, head_titles, start=None):
     )
     runs = [("baseline", None)]
     if not args.no_olm:
-        runs.append(("olm", "olm"))
-    results = {}
-    for name, balancer in runs:
-        print(f"--- {RUN_TITLES[name]} ---")
-        result = train_and_test(data, args, name, balancer, build_model)
-        results[name] = result
-        print(
-            f"checkpoint: epoch {result['best_epoch']} (validation fused "
-            f"accuracy {result['best_val_fused_acc']:.3f}); "
-            f"{result['seconds']:.0f} s"
-        )
+        runs += [("heads", "heads"), ("olm", "olm")]
+    seeds = list(args.seeds or [args.seed])
+    split_seed = args.seed
+    per_seed = {name: [] for name, _ in runs}
+    for seed in seeds:
+        args.seed = seed
+        for name, balancer in runs:
+            folder = name if len(seeds) == 1 else f"{name}/seed{seed}"
+            print(f"--- {RUN_TITLES[name]}, seed {seed} ---")
+            result = train_and_test(data, args, folder, balancer, build_model)
+            per_seed[name].append(result)
+            print(
+                f"checkpoint: epoch {result['best_epoch']} (validation "
+                f"fused accuracy {result['best_val_fused_acc']:.3f}); "
+                f"{result['seconds']:.0f} s"
+            )
+    args.seed = split_seed
+    results = {name: rs[0] for name, rs in per_seed.items()}
     heads = [*data["input_shapes"], "fused"]
-    table = format_table(results, heads, head_titles, "acc")
-    mean_table = format_table(results, heads, head_titles, "mean_class_acc")
+    if len(seeds) == 1:
+        table = format_table(results, heads, head_titles, "acc")
+        mean_table = format_table(results, heads, head_titles, "mean_class_acc")
+    else:
+        table = format_seed_table(per_seed, heads, head_titles, "acc")
+        mean_table = format_seed_table(
+            per_seed, heads, head_titles, "mean_class_acc"
+        )
     print("\nTest accuracy:")
     print(table)
     print("\nTest mean class accuracy:")
     print(mean_table)
+    paired = paired_differences(per_seed)
+    if paired:
+        print(
+            f"\nFused test accuracy, OLM minus the reference (seeds {seeds}):"
+        )
+        for name, diffs in paired.items():
+            values = ", ".join(f"{d:+.3f}" for d in diffs)
+            print(
+                f"- {RUN_TITLES[name]}: {np.mean(diffs):+.3f} ± "
+                f"{np.std(diffs):.3f} (per seed: {values})"
+            )
     figures = {
         "confusion": plot_confusion_grid(
             results,
@@ -424,6 +515,12 @@ def run_comparison(args, data, build_model, head_titles, start=None):
         "sizes": data["sizes"],
         "args": vars(args),
         "seconds": seconds,
+        "seeds": seeds,
+        "paired_fused_acc": paired,
+        "per_seed_fused_acc": {
+            name: [r["acc"]["fused"] for r in rs]
+            for name, rs in per_seed.items()
+        },
         "runs": {
             name: {
                 k: v
@@ -440,6 +537,8 @@ def run_comparison(args, data, build_model, head_titles, start=None):
     print(f"Total time: {seconds:.0f} s")
     return {
         "runs": results,
+        "seeds": per_seed,
+        "paired": paired,
         "table": table,
         "sizes": data["sizes"],
         "figures": figures,

@@ -84,14 +84,15 @@ def test_embedded_digits_baseline_and_olm(
     val = (out_dir / "splits/test.csv").read_text().split()
     assert not set(fit) & set(val)
     assert set(fit) | set(val) < set(rows["train"])
-    assert set(out["runs"]) == {"baseline", "olm"}
+    assert set(out["runs"]) == {"baseline", "heads", "olm"}
     for result in out["runs"].values():
         _check_run(result, 10, sizes["test"])
     printed = capsys.readouterr().out
     assert "inputs: {'audio': (64, 94, 1), 'visual': (32, 32, 3)}" in printed
     table = out["table"].splitlines()
     assert table[0] == "| run | Audio | Visual | AV (fused) |"
-    for line, name in zip(table[2:], ("baseline", "olm")):
+    assert len(table) == 5
+    for line, name in zip(table[2:], ("baseline", "heads", "olm")):
         acc = out["runs"][name]["acc"]
         cells = " | ".join(f"{acc[h]:.3f}" for h in HEADS)
         assert line.endswith(f"| {cells} |")
@@ -106,7 +107,7 @@ def test_embedded_digits_baseline_and_olm(
         path = out_dir / name
         assert path.read_bytes()[:4] == b"\x89PNG", name
     saved = json.loads((out_dir / "results.json").read_text())
-    assert set(saved["runs"]) == {"baseline", "olm"}
+    assert set(saved["runs"]) == {"baseline", "heads", "olm"}
     assert saved["runs"]["olm"]["acc"] == out["runs"]["olm"]["acc"]
 
 

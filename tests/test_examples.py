@@ -50,7 +50,7 @@ def test_embedded_rooms_baseline_and_olm(example, tmp_path, monkeypatch):
             "--verbose=0",
         ]
     )
-    assert set(out["runs"]) == {"baseline", "olm"}
+    assert set(out["runs"]) == {"baseline", "heads", "olm"}
     for result in out["runs"].values():
         _check_accuracies(result)
         for head in HEADS:
@@ -64,11 +64,13 @@ def test_embedded_rooms_baseline_and_olm(example, tmp_path, monkeypatch):
     lines = out["table"].splitlines()
     assert lines[0] == "| run | RGB | Depth | RGB-D (fused) |"
     assert lines[2].startswith("| joint training (no OLM) |")
-    assert lines[3].startswith("| OLM |")
+    assert lines[3].startswith("| heads, no modulation |")
+    assert lines[4].startswith("| OLM |")
     for name in (
         "confusion_matrices.png",
         "logit_norms_comparison.png",
         "baseline/logit_norms.png",
+        "heads/logit_norms.png",
         "olm/logit_norms.png",
         "olm/coefficients.png",
         "olm/olm_diagnostics.csv",
@@ -78,7 +80,50 @@ def test_embedded_rooms_baseline_and_olm(example, tmp_path, monkeypatch):
     png = (out_dir / "confusion_matrices.png").read_bytes()
     assert png[:4] == b"\x89PNG"
     saved = json.loads((out_dir / "results.json").read_text())
-    assert set(saved["runs"]) == {"baseline", "olm"}
+    assert set(saved["runs"]) == {"baseline", "heads", "olm"}
+    # One seed: one paired difference per reference, OLM minus it.
+    acc = {n: r["acc"]["fused"] for n, r in out["runs"].items()}
+    assert out["paired"]["heads"] == pytest.approx([acc["olm"] - acc["heads"]])
+    assert out["paired"]["baseline"] == pytest.approx(
+        [acc["olm"] - acc["baseline"]]
+    )
+    assert saved["paired_fused_acc"] == out["paired"]
+
+
+def test_features_two_seeds_paired(example, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    centres = {m: rng.normal(size=(19, 8)) for m in ("rgb", "depth")}
+    for split, n in (("train", 95), ("test", 38)):
+        label = np.arange(n) % 19
+        arrays = {
+            m: (c[label] + rng.normal(size=(n, 8))).astype(np.float32)
+            for m, c in centres.items()
+        }
+        np.savez(tmp_path / f"{split}.npz", label=label, **arrays)
+    out = example.main(
+        [
+            f"--features={tmp_path}",
+            "--seeds",
+            "3",
+            "4",
+            "--epochs=2",
+            f"--out-dir={tmp_path / 'out'}",
+            "--verbose=0",
+        ]
+    )
+    seeds = out["seeds"]
+    assert set(seeds) == {"baseline", "heads", "olm"}
+    assert all(len(r) == 2 for r in seeds.values())
+    for name in ("heads", "baseline"):
+        expected = [
+            o["acc"]["fused"] - r["acc"]["fused"]
+            for o, r in zip(seeds["olm"], seeds[name])
+        ]
+        assert out["paired"][name] == pytest.approx(expected)
+    printed = capsys.readouterr().out
+    assert "| run (2 seeds) |" in printed
+    assert "OLM minus the reference (seeds [3, 4])" in printed
+    assert (tmp_path / "out/olm/seed4/logit_norms.png").is_file()
 
 
 def test_features_baseline_only(example, tmp_path, capsys):
