@@ -3,21 +3,24 @@
 Each clip pairs one of scikit-learn's 1,797 real handwritten 8x8 digits
 (`sklearn.datasets.load_digits`, shipped with scikit-learn, no download),
 upsampled to an RGB frame, with the digit's name ("zero".."nine") spoken by
-espeak-ng. Speakers are combinations of 8 English accents, the ~100 voice
-variants bundled with espeak-ng, a speaking rate around 180 words a minute
-and a pitch around 60 (spread by `speaker_variety`, up to 120-240 and
-20-99); the train/test split is by speaker, so test voices are
-never heard in training. Optional pink noise on the audio (`snr_db`)
-and the degradation of the frames (digit size, contrast, occlusion,
-clutter strokes, rotation and shear, pixel noise) set how informative
-each modality is.
+espeak-ng. Speakers are combinations of 8 English accents and espeak-ng's
+voice variants (by default its 13 plain male and female ones,
+`PLAIN_VARIANTS`; `variants="all"` for the ~100 bundled, whispering and
+robotic ones included), a speaking rate around `rate` words a minute and a
+pitch around 60 (spread by `speaker_variety`); the train/test split is by
+speaker, so test voices are never heard in training. Optional pink noise
+on the audio (`snr_db`) and the degradation of the frames (digit size,
+contrast, occlusion, clutter strokes, rotation and shear, pixel noise)
+set how informative each modality is.
 
 The defaults aim at the imbalance of CREMA-D: clean speech (`snr_db=None`)
-from voices that differ by accent and espeak-ng variant only (rate 180,
-pitch 60: `speaker_variety=0`) makes audio the dominant modality; small,
-faint, occluded, cluttered and distorted digits leave the frames weak but
-informative. `benchmarks/imbalance.py` measures it with small CNNs
-(figures in `benchmarks/README.md`).
+from plain voices that differ by accent and espeak-ng variant only,
+spoken slowly (rate 110, pitch 60: `speaker_variety=0`; a slow word fills
+more of the clip, so a CNN fits it sooner) makes audio the dominant
+modality, fitted faster than the frames; small, faint, occluded,
+cluttered and distorted digits leave the frames weak but informative.
+`benchmarks/imbalance.py` measures it with small CNNs (figures in
+`benchmarks/README.md`).
 
 Layout written by `generate` (CREMA-D's, relative to the returned root):
 
@@ -47,7 +50,7 @@ Example:
 ```python
 from keras_olm.embedded import av_digits
 
-root = av_digits.generate()  # ~/.cache/keras_olm/av_digits-2-<hash>
+root = av_digits.generate()  # ~/.cache/keras_olm/av_digits-3-<hash>
 rows = (root / "train.csv").read_text().split()
 ```
 """
@@ -60,7 +63,7 @@ import numpy as np
 from keras_olm.embedded import _cache
 from keras_olm.embedded import _espeak
 
-VERSION = "2"
+VERSION = "3"
 NAME = "av_digits"
 SAMPLE_RATE = _espeak.SAMPLE_RATE
 WORDS = (
@@ -87,25 +90,44 @@ ACCENTS = (
     "en-us-nyc",
 )
 NUM_DIGITS = 1797
+# espeak-ng's plain male and female voice variants (no whispering, croaking
+# or robotic voices): with 8 accents, 104 voices.
+PLAIN_VARIANTS = (
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "m8",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+)
 SNR_DB = None
 SPEAKER_VARIETY = 0.0
+VARIANTS = "plain"
+RATE = 110
 
 
-def _speakers(num_speakers, rng, variants, speaker_variety=1.0):
+def _speakers(num_speakers, rng, variants, speaker_variety=1.0, rate=180):
     """Distinct voices: accent, variant, rate and pitch for each speaker.
 
-    Rates are drawn from 180 +- 60 * `speaker_variety` words a minute and
-    pitches from 60 +- 40 * `speaker_variety` (at 1: 120-240 and 20-100).
+    Rates are drawn from `rate` +- 60 * `speaker_variety` words a minute
+    and pitches from 60 +- 40 * `speaker_variety` (at 1: 20-100).
     """
     combos = [(a, v) for a in ACCENTS for v in variants]
     picks = rng.choice(len(combos), size=num_speakers, replace=False)
-    rate = 60 * speaker_variety
+    spread = 60 * speaker_variety
     pitch = min(40 * speaker_variety, 39)
     return [
         {
             "accent": combos[p][0],
             "variant": combos[p][1],
-            "rate": int(round(rng.uniform(180 - rate, 180 + rate))),
+            "rate": int(round(rng.uniform(rate - spread, rate + spread))),
             "pitch": int(round(rng.uniform(60 - pitch, 60 + pitch))),
         }
         for p in picks
@@ -257,13 +279,32 @@ def _write_jpeg(path, rgb, quality):
     path.write_bytes(buf.getvalue())
 
 
-def _plan(num_clips, num_speakers, test_fraction, seed, speaker_variety):
+def _variants(variants):
+    """The variant names `"plain"` or `"all"` stand for, or `variants`."""
+    if variants == "plain":
+        return list(PLAIN_VARIANTS)
+    if variants == "all":
+        return _espeak.variants()
+    return [str(v) for v in variants]
+
+
+def _plan(
+    num_clips,
+    num_speakers,
+    test_fraction,
+    seed,
+    speaker_variety,
+    variants,
+    rate=180,
+):
     """Speakers, their split, and (digit index, speaker) for every clip."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     rng = np.random.default_rng([seed, 15485863])
-    speakers = _speakers(num_speakers, rng, _espeak.variants(), speaker_variety)
+    speakers = _speakers(
+        num_speakers, rng, _variants(variants), speaker_variety, rate
+    )
     n_test = int(round(num_speakers * test_fraction))
     if num_speakers >= 2:
         n_test = min(max(n_test, 1), num_speakers - 1)
@@ -281,6 +322,8 @@ def generate(
     num_clips=None,
     num_speakers=64,
     speaker_variety=SPEAKER_VARIETY,
+    variants=VARIANTS,
+    rate=RATE,
     snr_db=SNR_DB,
     image_noise=0.1,
     digit_size=(14, 22),
@@ -325,10 +368,17 @@ def generate(
             power over the utterance against pink-noise power); lower is
             harder, `None` leaves the speech clean. Defaults to `None`.
         speaker_variety: float. Spread of the speakers' rates
-            (180 +- 60 * `speaker_variety` words a minute) and pitches
+            (`rate` +- 60 * `speaker_variety` words a minute) and pitches
             (60 +- 40 * `speaker_variety`, at most 21-99); `0` gives every
-            voice rate 180 and pitch 60 (voices still differ by accent and
-            espeak-ng variant). Defaults to `0.0`.
+            voice rate `rate` and pitch 60 (voices still differ by accent
+            and espeak-ng variant). Defaults to `0.0`.
+        variants: `"plain"`, `"all"` or a list of str. espeak-ng voice
+            variants the speakers are drawn from: `"plain"` for
+            `PLAIN_VARIANTS` (8 accents x 13 variants: at most 104
+            speakers), `"all"` for every variant bundled with espeak-ng.
+            Defaults to `"plain"`.
+        rate: int. Speaking rate in words a minute (espeak-ng accepts
+            80-450). Defaults to `110`.
         image_noise: float. Standard deviation of the Gaussian noise added
             to frames with intensities in [0, 1]; `0` adds none. Defaults
             to `0.1`.
@@ -372,10 +422,9 @@ def generate(
         num_clips = NUM_DIGITS
     if not 1 <= num_clips <= NUM_DIGITS:
         raise ValueError(f"`num_clips` must be in [1, {NUM_DIGITS}].")
-    if not 1 <= num_speakers <= len(ACCENTS) * 100:
-        raise ValueError(
-            f"`num_speakers` must be in [1, {len(ACCENTS) * 100}]."
-        )
+    max_speakers = len(ACCENTS) * len(_variants(variants))
+    if not 1 <= num_speakers <= max_speakers:
+        raise ValueError(f"`num_speakers` must be in [1, {max_speakers}].")
     if not 0.0 <= test_fraction <= 1.0:
         raise ValueError("`test_fraction` must be in [0, 1].")
     if image_size < 8:
@@ -398,6 +447,8 @@ def generate(
         "num_clips": int(num_clips),
         "num_speakers": int(num_speakers),
         "speaker_variety": float(speaker_variety),
+        "rate": int(rate),
+        "variants": variants if isinstance(variants, str) else list(variants),
         "snr_db": None if snr_db is None else float(snr_db),
         "image_noise": float(image_noise),
         "digit_size": digit_size,
@@ -424,7 +475,13 @@ def generate(
 
     def writer(tmp, final):
         digits, speakers, clips = _plan(
-            num_clips, num_speakers, test_fraction, seed, speaker_variety
+            num_clips,
+            num_speakers,
+            test_fraction,
+            seed,
+            speaker_variety,
+            variants,
+            rate,
         )
         progress = _cache.Progress(
             len(clips) + 1, verbose, f"Generating {NAME} into {final}"
