@@ -139,7 +139,11 @@ def load_data(args):
             num_clips=args.num_clips,
             num_speakers=args.num_speakers,
             snr_db=args.snr_db,
-            image_noise=args.image_noise,
+            **(
+                {}
+                if args.image_noise is None
+                else {"image_noise": args.image_noise}
+            ),
             seed=args.data_seed,
         )
         class_names = av_digits.LABELS
@@ -276,14 +280,16 @@ def parse_args(argv=None):
     parser.add_argument(
         "--snr-db",
         type=float,
-        default=0.0,
-        help="embedded digits: audio SNR against pink noise",
+        default=None,
+        help="embedded digits: audio SNR against pink noise (default: "
+        "clean speech)",
     )
     parser.add_argument(
         "--image-noise",
         type=float,
-        default=2.0,
-        help="embedded digits: std of the frames' Gaussian noise",
+        default=None,
+        help="embedded digits: std of the frames' Gaussian noise "
+        "(default: the generator's, 0.1)",
     )
     parser.add_argument(
         "--data-seed", type=int, default=0, help="embedded digits: seed"

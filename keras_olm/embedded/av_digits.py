@@ -3,15 +3,24 @@
 Each clip pairs one of scikit-learn's 1,797 real handwritten 8x8 digits
 (`sklearn.datasets.load_digits`, shipped with scikit-learn, no download),
 upsampled to an RGB frame, with the digit's name ("zero".."nine") spoken by
-espeak-ng. Speakers are combinations of 8 English accents, the ~100 voice
-variants bundled with espeak-ng, a speaking rate in 120-240 words a minute
-and a pitch in 20-99; the train/test split is by speaker, so test voices are
-never heard in training. Pink noise at a chosen SNR on the audio and
-Gaussian noise on the frames set how informative each modality is.
+espeak-ng. Speakers are combinations of 8 English accents and espeak-ng's
+voice variants (by default its 13 plain male and female ones,
+`PLAIN_VARIANTS`; `variants="all"` for the ~100 bundled, whispering and
+robotic ones included), a speaking rate around `rate` words a minute and a
+pitch around 60 (spread by `speaker_variety`); the train/test split is by
+speaker, so test voices are never heard in training. Optional pink noise
+on the audio (`snr_db`) and the degradation of the frames (digit size,
+contrast, occlusion, clutter strokes, rotation and shear, pixel noise)
+set how informative each modality is.
 
-The default (`snr_db=0`, `image_noise=2`) is imbalanced the way the
-field's audio-visual sets are: audio clearly dominant, both modalities
-useful, fusion better than either (see `generate` for measured numbers).
+The defaults aim at the imbalance of CREMA-D: clean speech (`snr_db=None`)
+from plain voices that differ by accent and espeak-ng variant only,
+spoken slowly (rate 110, pitch 60: `speaker_variety=0`; a slow word fills
+more of the clip, so a CNN fits it sooner) makes audio the dominant
+modality, fitted faster than the frames; small, faint, occluded,
+cluttered and distorted digits leave the frames weak but informative.
+`benchmarks/imbalance.py` measures it with small CNNs (figures in
+`benchmarks/README.md`).
 
 Layout written by `generate` (CREMA-D's, relative to the returned root):
 
@@ -41,7 +50,7 @@ Example:
 ```python
 from keras_olm.embedded import av_digits
 
-root = av_digits.generate()  # ~/.cache/keras_olm/av_digits-1-<hash>
+root = av_digits.generate()  # ~/.cache/keras_olm/av_digits-3-<hash>
 rows = (root / "train.csv").read_text().split()
 ```
 """
@@ -54,7 +63,7 @@ import numpy as np
 from keras_olm.embedded import _cache
 from keras_olm.embedded import _espeak
 
-VERSION = "1"
+VERSION = "3"
 NAME = "av_digits"
 SAMPLE_RATE = _espeak.SAMPLE_RATE
 WORDS = (
@@ -81,18 +90,45 @@ ACCENTS = (
     "en-us-nyc",
 )
 NUM_DIGITS = 1797
+# espeak-ng's plain male and female voice variants (no whispering, croaking
+# or robotic voices): with 8 accents, 104 voices.
+PLAIN_VARIANTS = (
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "m8",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+)
+SNR_DB = None
+SPEAKER_VARIETY = 0.0
+VARIANTS = "plain"
+RATE = 110
 
 
-def _speakers(num_speakers, rng, variants):
-    """Distinct voices: accent, variant, rate and pitch for each speaker."""
+def _speakers(num_speakers, rng, variants, speaker_variety=1.0, rate=180):
+    """Distinct voices: accent, variant, rate and pitch for each speaker.
+
+    Rates are drawn from `rate` +- 60 * `speaker_variety` words a minute
+    and pitches from 60 +- 40 * `speaker_variety` (at 1: 20-100).
+    """
     combos = [(a, v) for a in ACCENTS for v in variants]
     picks = rng.choice(len(combos), size=num_speakers, replace=False)
+    spread = 60 * speaker_variety
+    pitch = min(40 * speaker_variety, 39)
     return [
         {
             "accent": combos[p][0],
             "variant": combos[p][1],
-            "rate": int(rng.integers(120, 241)),
-            "pitch": int(rng.integers(20, 100)),
+            "rate": int(round(rng.uniform(rate - spread, rate + spread))),
+            "pitch": int(round(rng.uniform(60 - pitch, 60 + pitch))),
         }
         for p in picks
     ]
@@ -132,14 +168,96 @@ def make_audio(speech, rng, snr_db, clip_seconds):
     return np.clip(clip, -1.0, 1.0).astype(np.float32)
 
 
-def make_frame(digit, rng, image_size, image_noise):
-    """Upsample an 8x8 digit (0..16) to a noisy RGB uint8 frame."""
-    from PIL import Image
+def make_frame(
+    digit,
+    rng,
+    image_size=32,
+    image_noise=0.1,
+    digit_size=(14, 22),
+    contrast=(0.25, 0.5),
+    occlusion=0.4,
+    clutter=3,
+    distortion=1.0,
+):
+    """Render an 8x8 digit (0..16) as a degraded grey RGB uint8 frame.
 
+    The digit is upsampled to a random size in `digit_size`, rotated by up
+    to `10 * distortion` degrees and sheared by up to `0.15 * distortion`
+    (more handwriting variety than the 1,797 originals), and added with a
+    random contrast in `contrast` to a flat background of random grey
+    (0.3..0.7), near the centre (up to 30% of the free margin off it).
+    Before it, `clutter` straight strokes of random grey cross the frame;
+    after it, with probability `occlusion`, a flat grey rectangle of a
+    fifth to a third of the frame's side covers part of the digit. Then
+    Gaussian noise of standard deviation `image_noise` (intensities in
+    [0, 1]).
+
+    Args:
+        digit: array `(8, 8)` of ink 0..16 (`load_digits().images[k]`).
+        rng: `np.random.Generator`. Source of every random choice.
+        image_size: int. Height and width of the frame. Defaults to `32`.
+        image_noise: float. Standard deviation of the pixel noise.
+            Defaults to `0.1`.
+        digit_size: pair of int. Range of the digit's side in pixels.
+            Defaults to `(14, 22)`.
+        contrast: pair of float. Range of the ink's and the strokes'
+            contrast against the background. Defaults to `(0.25, 0.5)`.
+        occlusion: float. Probability of an occluding rectangle. Defaults
+            to `0.4`.
+        clutter: int. Number of strokes. Defaults to `3`.
+        distortion: float. Scale of the random rotation and shear; `0`
+            keeps the digit upright. Defaults to `1.0`.
+
+    Returns:
+        uint8 array `(image_size, image_size, 3)`, the same grey in each
+        channel.
+    """
+    from PIL import Image
+    from PIL import ImageDraw
+
+    n = image_size
+    size = int(rng.integers(digit_size[0], digit_size[1] + 1))
     img = Image.fromarray((digit / 16.0 * 255).astype(np.uint8))
-    img = img.resize((image_size, image_size), Image.BICUBIC)
-    x = np.asarray(img, np.float64) / 255.0
-    x = x + rng.normal(0.0, image_noise, x.shape) if image_noise else x
+    img = img.resize((size, size), Image.BICUBIC)
+    pad = size // 2
+    k = size + 2 * pad
+    canvas = Image.new("L", (k, k), 0)
+    canvas.paste(img, (pad, pad))
+    angle = rng.uniform(-10.0, 10.0) * distortion
+    shear = rng.uniform(-0.15, 0.15) * distortion
+    canvas = canvas.transform(
+        canvas.size,
+        Image.AFFINE,
+        (1, shear, -shear * k / 2, 0, 1, 0),
+        resample=Image.BILINEAR,
+    ).rotate(angle, resample=Image.BILINEAR)
+    x = np.full((n, n), rng.uniform(0.3, 0.7))
+    strokes = Image.new("L", (n, n), 0)
+    draw = ImageDraw.Draw(strokes)
+    for _ in range(clutter):
+        p = rng.uniform(0, n, 4)
+        draw.line(
+            [(p[0], p[1]), (p[2], p[3])],
+            fill=int(rng.integers(60, 256)),
+            width=int(rng.integers(1, 3)),
+        )
+    strokes = np.asarray(strokes, np.float64) / 255.0
+    x += rng.choice([-1, 1]) * rng.uniform(*contrast) * strokes
+    # Paste the distorted digit's canvas, centred at (cy, cx), into a
+    # padded frame and crop, so that it may overhang the border.
+    margin = max(n - size, 0) / 2
+    cy, cx = n / 2 + 0.3 * rng.uniform(-margin, margin, 2)
+    top, left = int(round(cy - k / 2)) + k, int(round(cx - k / 2)) + k
+    full = np.zeros((n + 3 * k, n + 3 * k))
+    full[top : top + k, left : left + k] = np.asarray(canvas) / 255.0
+    x += rng.uniform(*contrast) * full[k : k + n, k : k + n]
+    if rng.uniform() < occlusion:
+        h, w = rng.integers(n // 5, n // 3 + 1, 2)
+        y0 = int(np.clip(cy + rng.uniform(-size, size) / 3 - h / 2, 0, n - h))
+        x0 = int(np.clip(cx + rng.uniform(-size, size) / 3 - w / 2, 0, n - w))
+        x[y0 : y0 + h, x0 : x0 + w] = rng.uniform(0.2, 0.8)
+    if image_noise:
+        x = x + rng.normal(0.0, image_noise, x.shape)
     x = np.clip(x * 255 + 0.5, 0, 255).astype(np.uint8)
     return np.repeat(x[..., None], 3, axis=-1)
 
@@ -161,13 +279,32 @@ def _write_jpeg(path, rgb, quality):
     path.write_bytes(buf.getvalue())
 
 
-def _plan(num_clips, num_speakers, test_fraction, seed):
+def _variants(variants):
+    """The variant names `"plain"` or `"all"` stand for, or `variants`."""
+    if variants == "plain":
+        return list(PLAIN_VARIANTS)
+    if variants == "all":
+        return _espeak.variants()
+    return [str(v) for v in variants]
+
+
+def _plan(
+    num_clips,
+    num_speakers,
+    test_fraction,
+    seed,
+    speaker_variety,
+    variants,
+    rate=180,
+):
     """Speakers, their split, and (digit index, speaker) for every clip."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     rng = np.random.default_rng([seed, 15485863])
-    speakers = _speakers(num_speakers, rng, _espeak.variants())
+    speakers = _speakers(
+        num_speakers, rng, _variants(variants), speaker_variety, rate
+    )
     n_test = int(round(num_speakers * test_fraction))
     if num_speakers >= 2:
         n_test = min(max(n_test, 1), num_speakers - 1)
@@ -184,8 +321,16 @@ def generate(
     root=None,
     num_clips=None,
     num_speakers=64,
-    snr_db=0.0,
-    image_noise=2.0,
+    speaker_variety=SPEAKER_VARIETY,
+    variants=VARIANTS,
+    rate=RATE,
+    snr_db=SNR_DB,
+    image_noise=0.1,
+    digit_size=(14, 22),
+    contrast=(0.25, 0.5),
+    occlusion=0.4,
+    clutter=3,
+    distortion=1.0,
     image_size=32,
     clip_seconds=1.5,
     test_fraction=0.2,
@@ -202,14 +347,12 @@ def generate(
     layout, clip names and label mapping. Audio is bit-reproducible: speech
     is synthesised in a fresh subprocess (see `_espeak`).
 
-    Measured on the generated files with logistic regression
-    (`python -m keras_olm.embedded._measure av_digits`; audio: statistics
-    of 24 log band energies of the CREMA-D STFT plus a patch around the
-    loudest part; images: 16x16 pixels), test accuracy on unseen speakers
-    with the defaults is audio 0.79, image 0.54, both 0.87; at
-    `snr_db=-6` audio 0.58, image 0.54, both 0.77. Clean data
-    (`snr_db=None, image_noise=0`) gives audio 0.91 with these linear
-    features (a CNN on the spectrogram does better) and image 0.96.
+    With the defaults audio is the dominant modality and the frames are
+    weak but informative; `benchmarks/imbalance.py` measures each modality
+    alone, joint training and the unimodal ensemble with small CNNs (table
+    in `benchmarks/README.md`). `python -m keras_olm.embedded._measure
+    av_digits` is a quicker check with logistic regression on fixed
+    features.
 
     Args:
         root: str or path. Directory to write the dataset into (must be
@@ -223,11 +366,33 @@ def generate(
             evenly over them. Defaults to `64`.
         snr_db: float. Signal-to-noise ratio of the audio in dB (speech
             power over the utterance against pink-noise power); lower is
-            harder, `None` leaves the speech clean (then audio alone is
-            very easy). Defaults to `0.0`.
+            harder, `None` leaves the speech clean. Defaults to `None`.
+        speaker_variety: float. Spread of the speakers' rates
+            (`rate` +- 60 * `speaker_variety` words a minute) and pitches
+            (60 +- 40 * `speaker_variety`, at most 21-99); `0` gives every
+            voice rate `rate` and pitch 60 (voices still differ by accent
+            and espeak-ng variant). Defaults to `0.0`.
+        variants: `"plain"`, `"all"` or a list of str. espeak-ng voice
+            variants the speakers are drawn from: `"plain"` for
+            `PLAIN_VARIANTS` (8 accents x 13 variants: at most 104
+            speakers), `"all"` for every variant bundled with espeak-ng.
+            Defaults to `"plain"`.
+        rate: int. Speaking rate in words a minute (espeak-ng accepts
+            80-450). Defaults to `110`.
         image_noise: float. Standard deviation of the Gaussian noise added
-            to frames with intensities in [0, 1]; `0` leaves them clean.
-            Defaults to `2.0`.
+            to frames with intensities in [0, 1]; `0` adds none. Defaults
+            to `0.1`.
+        digit_size: pair of int. Range of the digit's side in pixels.
+            Defaults to `(14, 22)`.
+        contrast: pair of float. Range of the digit's and the clutter
+            strokes' contrast against the grey background. Defaults to
+            `(0.25, 0.5)`.
+        occlusion: float. Probability that a grey rectangle covers part
+            of the digit. Defaults to `0.4`.
+        clutter: int. Number of random strokes across each frame.
+            Defaults to `3`.
+        distortion: float. Scale of the random rotation (up to 10 degrees)
+            and shear (up to 0.15) of the digit. Defaults to `1.0`.
         image_size: int. Height and width of the frames. Defaults to `32`.
         clip_seconds: float. Length of each clip; the utterance starts at a
             random onset. Defaults to `1.5`.
@@ -257,23 +422,40 @@ def generate(
         num_clips = NUM_DIGITS
     if not 1 <= num_clips <= NUM_DIGITS:
         raise ValueError(f"`num_clips` must be in [1, {NUM_DIGITS}].")
-    if not 1 <= num_speakers <= len(ACCENTS) * 100:
-        raise ValueError(
-            f"`num_speakers` must be in [1, {len(ACCENTS) * 100}]."
-        )
+    max_speakers = len(ACCENTS) * len(_variants(variants))
+    if not 1 <= num_speakers <= max_speakers:
+        raise ValueError(f"`num_speakers` must be in [1, {max_speakers}].")
     if not 0.0 <= test_fraction <= 1.0:
         raise ValueError("`test_fraction` must be in [0, 1].")
     if image_size < 8:
         raise ValueError("`image_size` must be at least 8.")
     if image_noise < 0 or clip_seconds <= 0:
         raise ValueError("`image_noise` must be >= 0, `clip_seconds` > 0.")
+    digit_size = [int(v) for v in digit_size]
+    contrast = [float(v) for v in contrast]
+    if len(digit_size) != 2 or not 1 <= digit_size[0] <= digit_size[1]:
+        raise ValueError("`digit_size` must be a pair 1 <= low <= high.")
+    if len(contrast) != 2 or not 0 <= contrast[0] <= contrast[1]:
+        raise ValueError("`contrast` must be a pair 0 <= low <= high.")
+    if not 0.0 <= occlusion <= 1.0 or clutter < 0 or distortion < 0:
+        raise ValueError(
+            "`occlusion` must be in [0, 1], `clutter` and `distortion` >= 0."
+        )
     if not 1 <= jpeg_quality <= 100:
         raise ValueError("`jpeg_quality` must be in [1, 100].")
     params = {
         "num_clips": int(num_clips),
         "num_speakers": int(num_speakers),
+        "speaker_variety": float(speaker_variety),
+        "rate": int(rate),
+        "variants": variants if isinstance(variants, str) else list(variants),
         "snr_db": None if snr_db is None else float(snr_db),
         "image_noise": float(image_noise),
+        "digit_size": digit_size,
+        "contrast": contrast,
+        "occlusion": float(occlusion),
+        "clutter": int(clutter),
+        "distortion": float(distortion),
         "image_size": int(image_size),
         "clip_seconds": float(clip_seconds),
         "test_fraction": float(test_fraction),
@@ -281,9 +463,25 @@ def generate(
         "jpeg_quality": int(jpeg_quality),
     }
 
+    frame_args = {
+        "image_size": int(image_size),
+        "image_noise": float(image_noise),
+        "digit_size": digit_size,
+        "contrast": contrast,
+        "occlusion": float(occlusion),
+        "clutter": int(clutter),
+        "distortion": float(distortion),
+    }
+
     def writer(tmp, final):
         digits, speakers, clips = _plan(
-            num_clips, num_speakers, test_fraction, seed
+            num_clips,
+            num_speakers,
+            test_fraction,
+            seed,
+            speaker_variety,
+            variants,
+            rate,
         )
         progress = _cache.Progress(
             len(clips) + 1, verbose, f"Generating {NAME} into {final}"
@@ -309,7 +507,7 @@ def generate(
             clip = f"{spk['id']}_{k:05d}_{label}"
             audio = make_audio(utterance, rng, snr_db, clip_seconds)
             _write_wav(tmp / "AudioWAV" / f"{clip}.wav", audio)
-            frame = make_frame(digits.images[k], rng, image_size, image_noise)
+            frame = make_frame(digits.images[k], rng, **frame_args)
             (tmp / "Image-01-FPS" / clip).mkdir()
             _write_jpeg(
                 tmp / "Image-01-FPS" / clip / "00000.jpg", frame, jpeg_quality

@@ -7,18 +7,24 @@ that a SUN RGB-D reader reads them exactly as it reads the real data.
 
 Each class is a pair (layout, palette). The layout (room shape and object
 arrangement) is the depth cue; the palette (colours and textures of walls,
-floor and furniture) is the RGB cue. Classes form a chain in which every
-class shares its layout with one neighbour and its palette with the other:
+floor and furniture) is the RGB cue. The layouts are shared in pairs and
+the palettes are not: classes `2k - 1` and `2k` start from the same base
+palette, but the second of them renders a variant (its colours moved
+towards their channel rotation, all the way by default, `palette_shift`,
+and its textures changed):
 
     class:   0    1    2    3    4   ...   17   18
     layout:  L0   L0   L1   L1   L2  ...   L8   L9
-    palette: P0   P1   P1   P2   P2  ...   P9   P9
+    palette: P0   P1   P1'  P2   P2' ...   P9   P9'
 
-so the two classes of a layout are told apart only by colour, and the two
-classes of a palette only by geometry. Per-sample variation (room size,
-camera pose and field of view, object placement and size, light position,
-intensity and tint, colour jitter, sensor noise, depth holes) keeps either
-modality alone from being perfect; fusing both separates the classes.
+so RGB alone nearly determines the class (as RGB dominates SUN RGB-D)
+and depth alone tells only the layout, a weaker cue that resolves the
+confusions left between a palette and its variant, which belong to
+different layouts: each modality's evidence adds up, and an ensemble of
+unimodal models can use both. Per-sample variation (room size, camera
+pose and field of view, object placement and size, light position,
+intensity and tint, colour jitter, sensor noise, depth holes) keeps
+either modality alone from being perfect.
 
 Layout written by `generate` (all paths relative to the returned root):
 
@@ -51,7 +57,7 @@ Example:
 ```python
 from keras_olm.embedded import rgbd_rooms
 
-root = rgbd_rooms.generate()  # ~/.cache/keras_olm/rgbd_rooms-1-<hash>
+root = rgbd_rooms.generate()  # ~/.cache/keras_olm/rgbd_rooms-2-<hash>
 train = (root / "train.txt").read_text().split()
 ```
 """
@@ -66,7 +72,7 @@ from keras_olm.data.sunrgbd import SENSORS
 from keras_olm.data.sunrgbd import SUNRGBD_CLASSES
 from keras_olm.embedded import _cache
 
-VERSION = "1"
+VERSION = "2"
 NAME = "rgbd_rooms"
 
 # The 19 scene classes and sensor folders of the real set, shared with
@@ -82,8 +88,44 @@ def class_layout(class_index):
 
 
 def class_palette(class_index):
-    """Index of the palette (RGB cue) of a class: shared in shifted pairs."""
+    """Index of the base palette of a class: shared in shifted pairs.
+
+    The second class of a pair (`class_index` even and positive) renders
+    a variant of it (`palette_variant`).
+    """
     return (class_index + 1) // 2
+
+
+def is_palette_variant(class_index):
+    """Whether a class renders the variant of its base palette."""
+    return class_index > 0 and class_index % 2 == 0
+
+
+PALETTE_SHIFT = 1.0
+
+
+def palette_variant(palette, shift=PALETTE_SHIFT):
+    """The variant of a palette: colours rotated, textures changed.
+
+    Every wall, floor and object colour moves the fraction `shift` of the
+    way to its channel rotation (`(r, g, b)` towards `(g, b, r)`; the
+    ceiling keeps its colour); the floor and wall textures change to
+    other kinds.
+    """
+    wall, floor, ceil, objs, floor_tex, wall_tex = palette
+
+    def rotate(c):
+        c = np.asarray(c, np.float64)
+        return tuple((1 - shift) * c + shift * c[[1, 2, 0]])
+
+    return (
+        rotate(wall),
+        rotate(floor),
+        ceil,
+        tuple(rotate(c) for c in objs),
+        (floor_tex + 2) % 4,
+        (wall_tex + 3) % 6,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -463,18 +505,27 @@ def _texture(kind, u, v, scale, phase):
     raise ValueError(kind)
 
 
-def render_sample(class_index, sample_index, seed=0, image_size=64):
+def render_sample(
+    class_index,
+    sample_index,
+    seed=0,
+    image_size=64,
+    palette_shift=PALETTE_SHIFT,
+):
     """Render one RGB-D sample of a class, deterministically.
 
     The rendering depends only on `(seed, class_index, sample_index,
-    image_size)`, so sample `i` of a class is the same whatever the number
-    of samples generated.
+    image_size, palette_shift)`, so sample `i` of a class is the same
+    whatever the number of samples generated.
 
     Args:
         class_index: int. Index into `CLASSES`.
         sample_index: int. Index of the sample within its class.
         seed: int. Global random seed. Defaults to `0`.
         image_size: int. Height and width in pixels. Defaults to `64`.
+        palette_shift: float. How far a variant palette's colours move
+            from its base palette's (`palette_variant`); `0` leaves only
+            the textures to tell them apart. Defaults to `1.0`.
 
     Returns:
         A dict with `"rgb"` (uint8, `(image_size, image_size, 3)`),
@@ -485,9 +536,10 @@ def render_sample(class_index, sample_index, seed=0, image_size=64):
     """
     rng = np.random.default_rng([seed, class_index, sample_index, 7919])
     layout = class_layout(class_index)
-    wall, floor, ceil, obj_cols, floor_tex, wall_tex = _PALETTES[
-        class_palette(class_index)
-    ]
+    palette = _PALETTES[class_palette(class_index)]
+    if is_palette_variant(class_index):
+        palette = palette_variant(palette, palette_shift)
+    wall, floor, ceil, obj_cols, floor_tex, wall_tex = palette
 
     # Room and camera.
     w, h, d = np.array(_ROOM_SIZE[layout]) * rng.uniform(0.9, 1.1, 3)
@@ -647,6 +699,7 @@ def generate(
     image_size=64,
     test_fraction=0.5,
     jpeg_quality=95,
+    palette_shift=PALETTE_SHIFT,
     overwrite=False,
     verbose=True,
 ):
@@ -657,10 +710,11 @@ def generate(
     directory without regenerating. See the module docstring for the exact
     layout and split-file format.
 
-    Measured on the generated files with logistic regression on 16x16
-    pixels (`python -m keras_olm.embedded._measure rgbd_rooms`), test
-    accuracy with the defaults is RGB 0.78, depth 0.38, both 0.90: RGB
-    dominates (as in SUN RGB-D), neither is perfect, fusion is best.
+    With the defaults RGB dominates (as in SUN RGB-D) and neither
+    modality is perfect; `benchmarks/imbalance.py` measures each alone,
+    joint training and the unimodal ensemble with small CNNs (table in
+    `benchmarks/README.md`); `python -m keras_olm.embedded._measure
+    rgbd_rooms` is a quicker check with logistic regression on pixels.
     Generating the defaults (1,520 samples) takes about 15 s on a shared
     2-core machine.
 
@@ -680,6 +734,10 @@ def generate(
             (SUN RGB-D's official split is about half and half). Defaults
             to `0.5`.
         jpeg_quality: int. JPEG quality of the RGB images. Defaults to `95`.
+        palette_shift: float. How far the colours of a variant palette
+            move from its base palette's (see the module docstring); lower
+            makes RGB alone confuse the two classes more. Defaults to
+            `1.0`.
         overwrite: bool. Regenerate even if a complete copy exists.
             Defaults to `False`.
         verbose: bool. Show a progress bar while generating. Defaults to
@@ -710,6 +768,7 @@ def generate(
         "image_size": int(image_size),
         "test_fraction": float(test_fraction),
         "jpeg_quality": int(jpeg_quality),
+        "palette_shift": float(palette_shift),
     }
     plan = _plan(samples_per_class, seed, test_fraction)
 
@@ -719,7 +778,13 @@ def generate(
         )
         splits = {"train": [], "test": []}
         for c, i, sensor, name, split in plan:
-            s = render_sample(c, i, seed=seed, image_size=image_size)
+            s = render_sample(
+                c,
+                i,
+                seed=seed,
+                image_size=image_size,
+                palette_shift=palette_shift,
+            )
             folder = tmp / sensor / name
             for sub in ("image", "depth", "depth_bfx"):
                 (folder / sub).mkdir(parents=True)

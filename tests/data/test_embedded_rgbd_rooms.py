@@ -105,6 +105,7 @@ def test_cache_reused_and_atomic(tmp_path, monkeypatch):
             "image_size": 64,
             "test_fraction": 0.5,
             "jpeg_quality": 95,
+            "palette_shift": rgbd_rooms.PALETTE_SHIFT,
         },
     )
     # Leftovers of an interrupted run: a temp dir and a marker-less target.

@@ -1,0 +1,253 @@
+"""Data, splits and encoders shared by the embedded-set benchmarks.
+
+`compare.py` (the Table 1 analogue) and `imbalance.py` (how imbalanced
+the embedded sets are) read the same decoded arrays, cut the same splits
+and build the same small CNN encoders from here, so that their figures
+can be set side by side.
+
+Data (decoded once by the package's readers and cached as `.npz` under
+`$KERAS_OLM_CACHE`, default `~/.cache/keras_olm`, named after the
+generated dataset's directory, whose name holds the generator's version
+and a hash of its parameters):
+
+- `digits`: the embedded audio-visual digits
+  (`keras_olm.embedded.av_digits.generate`, read by `keras_olm.data.CremaD`
+  in the CREMA-D layout): a 64 x 94 log-mel spectrogram and one 32x32
+  frame per clip, 10 classes, split by speaker.
+- `rooms`: the embedded RGB-D rooms (`keras_olm.embedded.rgbd_rooms`, read
+  by `keras_olm.data.SunRGBD`) at 32x32, 19 scene classes.
+"""
+
+import os
+import time
+
+import keras
+import numpy as np
+
+DATASET_TITLES = {"digits": "AV digits", "rooms": "RGB-D rooms"}
+
+
+def _read_split(reader, split):
+    xs = {m: [] for m in reader.modalities}
+    ys = []
+    batches = reader.as_dataset(
+        split, batch_size=128, shuffle=False, training=False
+    )
+    for x, y in batches.as_numpy_iterator():
+        for m in xs:
+            xs[m].append(x[m])
+        ys.append(y)
+    return {m: np.concatenate(v) for m, v in xs.items()}, np.concatenate(ys)
+
+
+def _generate_digits(size, **kwargs):
+    from keras_olm.embedded import av_digits
+
+    if size is not None:
+        kwargs = {"num_clips": size, "num_speakers": 8, **kwargs}
+    return av_digits.generate(verbose=False, **kwargs)
+
+
+def _read_digits(root):
+    from keras_olm import data as olm_data
+    from keras_olm.embedded import av_digits
+
+    return olm_data.CremaD(
+        root,
+        class_names=av_digits.LABELS,
+        audio="digits",
+        image_size=(32, 32),
+        held_out_fraction=0.0,
+    )
+
+
+def _generate_rooms(size, **kwargs):
+    from keras_olm.embedded import rgbd_rooms
+
+    kwargs = {"samples_per_class": size or 80, **kwargs}
+    return rgbd_rooms.generate(verbose=False, **kwargs)
+
+
+def _read_rooms(root):
+    from keras_olm import data as olm_data
+
+    return olm_data.SunRGBD(root, image_size=(32, 32), held_out_fraction=0.0)
+
+
+# name: (generate(size, **kwargs) -> root, reader of a root)
+DATASETS = {
+    "digits": (_generate_digits, _read_digits),
+    "rooms": (_generate_rooms, _read_rooms),
+}
+
+
+def load_dataset(name, size=None, **generate_kwargs):
+    """Decoded arrays of one embedded dataset, cached as `.npz`.
+
+    The dataset is generated first if it is not in the cache; the `.npz`
+    is named after the generated directory, so a generator whose version
+    or parameters change gets a fresh `.npz`.
+
+    Args:
+        name: str. `"digits"` or `"rooms"`.
+        size: int or `None`. A smaller generated set: clips (`digits`, then
+            8 speakers) or samples per class (`rooms`). `None` for the
+            defaults (1,797 clips; 80 rooms per class).
+        **generate_kwargs: other arguments of the generator's `generate`.
+
+    Returns:
+        A dict with `"train"` and `"test"` (each `(inputs dict, labels)`),
+        `"modalities"`, `"num_classes"` and `"root"` (the generated
+        dataset's directory).
+    """
+    generate, read = DATASETS[name]
+    root = generate(size, **generate_kwargs)
+    path = os.path.join(root.parent, f"compare-{root.name}.npz")
+    if not os.path.exists(path):
+        reader = read(root)
+        arrays = {}
+        for split in ("train", "test"):
+            x, y = _read_split(reader, split)
+            arrays.update({f"{split}/{m}": v for m, v in x.items()})
+            arrays[f"{split}/label"] = y
+        arrays["num_classes"] = np.array(len(reader.class_names))
+        arrays["modalities"] = np.array(list(reader.modalities))
+        tmp = path + f".tmp-{os.getpid()}.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    with np.load(path) as f:
+        modalities = [str(m) for m in f["modalities"]]
+        out = {
+            split: (
+                {m: f[f"{split}/{m}"] for m in modalities},
+                f[f"{split}/label"].astype("int32"),
+            )
+            for split in ("train", "test")
+        }
+        out["modalities"] = modalities
+        out["num_classes"] = int(f["num_classes"])
+    out["root"] = str(root)
+    return out
+
+
+def _take(split, indices):
+    x, y = split
+    return {m: v[indices] for m, v in x.items()}, y[indices]
+
+
+def make_splits(data, val_fraction=0.15, max_train=None, max_eval=None):
+    """The training pool, `held_out`, `val` and `test` (fixed, seed 0).
+
+    `held_out` is 10% of the official training split after `val`, read
+    only by balancers that measure held-out losses.
+
+    Args:
+        data: the dict of `load_dataset`.
+        val_fraction: float. Share of the official training split that
+            picks the checkpoint. Defaults to `0.15`.
+        max_train: int or `None`. Keep at most this many pool samples
+            (smoke runs). Defaults to `None`.
+        max_eval: int or `None`. Keep at most this many `val` and test
+            samples. Defaults to `None`.
+    """
+    n = len(data["train"][1])
+    order = np.random.default_rng(0).permutation(n)
+    n_val = max(1, int(round(val_fraction * n)))
+    val_idx, pool_idx = order[:n_val], order[n_val:]
+    n_held_out = max(1, int(round(0.1 * len(pool_idx))))
+    held_out_idx, pool_idx = pool_idx[:n_held_out], pool_idx[n_held_out:]
+    test_idx = np.arange(len(data["test"][1]))
+    if max_train is not None:
+        pool_idx = pool_idx[:max_train]
+    if max_eval is not None:
+        val_idx = val_idx[:max_eval]
+        test_idx = np.random.default_rng(0).permutation(test_idx)[:max_eval]
+    return {
+        "pool": _take(data["train"], pool_idx),
+        "held_out": _take(data["train"], held_out_idx),
+        "val": _take(data["train"], val_idx),
+        "test": _take(data["test"], test_idx),
+    }
+
+
+def cnn_encoder(width, stages, name):
+    """2x2 average pooling, input batch norm, strided conv blocks, pooling.
+
+    The average pooling halves the inputs (spectrograms to 32 x 47, frames
+    to 16x16: less noise on noisy frames, and a quarter of the work).
+    Block i is a 3x3 convolution with `width * 2**i` filters and stride 2,
+    batch norm and ReLU; global average pooling gives a
+    `width * 2**(stages - 1)` vector.
+    """
+    # Momentum 0.9: the moving statistics must track the weights within the
+    # few hundred steps of a run, or validation scores lag training.
+    layers = [
+        keras.layers.AveragePooling2D(2, padding="same", name=f"{name}_pool"),
+        keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_in_bn"),
+    ]
+    for i in range(stages):
+        layers += [
+            keras.layers.Conv2D(
+                width * 2**i,
+                3,
+                strides=2,
+                padding="same",
+                use_bias=False,
+                name=f"{name}_conv{i}",
+            ),
+            keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}"),
+            keras.layers.ReLU(name=f"{name}_relu{i}"),
+        ]
+    layers.append(keras.layers.GlobalAveragePooling2D(name=f"{name}_gap"))
+    return keras.Sequential(layers, name=name)
+
+
+class BestEpoch(keras.callbacks.Callback):
+    """Keeps the weights of the epoch with the best `val` accuracy.
+
+    The validation pass runs here, on arrays, through `predict_heads` (no
+    traced test function: one trace fewer per run). It scores every head
+    each epoch (`history[head]`, and the training accuracy the fit logs
+    under `train_history[head]`); the checkpoint follows `head`. Also
+    times every epoch, the validation pass included.
+
+    Args:
+        val: `(inputs dict, labels)` arrays.
+        head: str. The head whose validation accuracy picks the
+            checkpoint. Defaults to `"fused"`.
+    """
+
+    def __init__(self, val, head="fused"):
+        super().__init__()
+        self.val = val
+        self.head = head
+        self.best = -np.inf
+        self.best_epoch = None
+        self.best_weights = None
+        self.epoch_seconds = []
+        self.history = {}
+        self.train_history = {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        x, y = self.val
+        logits = self.model.predict_heads(x, verbose=0)
+        for head, value in logits.items():
+            acc = float(np.mean(np.asarray(value).argmax(-1) == y))
+            self.history.setdefault(head, []).append(acc)
+            if logs and f"{head}_acc" in logs:
+                self.train_history.setdefault(head, []).append(
+                    float(logs[f"{head}_acc"])
+                )
+        value = self.history[self.head][-1]
+        if value > self.best:  # ties: the earlier epoch
+            self.best = value
+            self.best_epoch = epoch + 1
+            self.best_weights = self.model.get_weights()
+        self.epoch_seconds.append(time.perf_counter() - self._start)
+
+    def seconds_per_epoch(self):
+        times = self.epoch_seconds[1:] or self.epoch_seconds
+        return float(np.mean(times))
