@@ -95,7 +95,16 @@ def straight_runs(data):
     return run
 
 
-BALANCERS = ["olm", "gblend", "heads", "joint", "ogm_ge", "gradnorm", "pmr"]
+BALANCERS = [
+    "olm",
+    "gblend",
+    "heads",
+    "joint",
+    "ogm_ge",
+    "gradnorm",
+    "pmr",
+    "mmcosine",
+]
 
 
 @pytest.mark.parametrize("balancer", BALANCERS)
