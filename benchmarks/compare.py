@@ -89,6 +89,7 @@ from embedded_data import BestEpoch  # noqa: E402
 from embedded_data import cnn_encoder  # noqa: E402
 from embedded_data import load_dataset  # noqa: E402
 from embedded_data import make_splits  # noqa: E402
+from embedded_data import write_readme  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 README_HEADING = "## `compare.py`"
@@ -474,23 +475,6 @@ are rough). Bar plot: `compare.png`.
 """
 
 
-def write_readme(section, path):
-    """Replaces (or appends) the `## compare.py` section of the README."""
-    text = "# Benchmarks\n"
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    start = text.find(README_HEADING)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(README_HEADING))
-        tail = "" if end < 0 else text[end:]
-        text = text[:start] + section.rstrip("\n") + "\n" + tail
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-
-
 # --- command line --------------------------------------------------------
 
 
@@ -659,7 +643,9 @@ def main(argv=None):
     if args.plot:
         plot(results, args.plot)
     if args.write_readme:
-        write_readme(readme_section(table, args, wall), args.readme)
+        write_readme(
+            readme_section(table, args, wall), args.readme, README_HEADING
+        )
     return results, table
 
 

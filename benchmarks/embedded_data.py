@@ -251,3 +251,21 @@ class BestEpoch(keras.callbacks.Callback):
     def seconds_per_epoch(self):
         times = self.epoch_seconds[1:] or self.epoch_seconds
         return float(np.mean(times))
+
+
+def write_readme(section, path, heading):
+    """Replaces (or appends) the section under `heading` (a `## ...`
+    line) of the Markdown file at `path` with `section`."""
+    text = "# Benchmarks\n"
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    start = text.find(heading)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(heading))
+        tail = "" if end < 0 else text[end:]
+        text = text[:start] + section.rstrip("\n") + "\n" + tail
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)

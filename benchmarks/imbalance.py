@@ -63,6 +63,7 @@ from embedded_data import BestEpoch  # noqa: E402
 from embedded_data import cnn_encoder  # noqa: E402
 from embedded_data import load_dataset  # noqa: E402
 from embedded_data import make_splits  # noqa: E402
+from embedded_data import write_readme  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 README_HEADING = "## `imbalance.py`"
@@ -395,23 +396,6 @@ cores shared with other jobs.
 """
 
 
-def write_readme(section, path):
-    """Replaces (or appends) the `## imbalance.py` section of the README."""
-    text = "# Benchmarks\n"
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    start = text.find(README_HEADING)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(README_HEADING))
-        tail = "" if end < 0 else text[end:]
-        text = text[:start] + section.rstrip("\n") + "\n" + tail
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-
-
 # --- command line --------------------------------------------------------
 
 
@@ -502,7 +486,9 @@ def main(argv=None):
                 indent=1,
             )
     if args.write_readme:
-        write_readme(readme_section(tables, args, wall), args.readme)
+        write_readme(
+            readme_section(tables, args, wall), args.readme, README_HEADING
+        )
     return results, tables
 
 

@@ -90,7 +90,8 @@ def test_embedded_rooms_baseline_and_olm(example, tmp_path, monkeypatch):
     assert saved["paired_fused_acc"] == out["paired"]
 
 
-def test_features_two_seeds_paired(example, tmp_path, capsys):
+def write_features(path):
+    """Pre-extracted RGB and depth features of 19 classes, `--features`."""
     rng = np.random.default_rng(0)
     centres = {m: rng.normal(size=(19, 8)) for m in ("rgb", "depth")}
     for split, n in (("train", 95), ("test", 38)):
@@ -99,7 +100,11 @@ def test_features_two_seeds_paired(example, tmp_path, capsys):
             m: (c[label] + rng.normal(size=(n, 8))).astype(np.float32)
             for m, c in centres.items()
         }
-        np.savez(tmp_path / f"{split}.npz", label=label, **arrays)
+        np.savez(path / f"{split}.npz", label=label, **arrays)
+
+
+def test_features_two_seeds_paired(example, tmp_path, capsys):
+    write_features(tmp_path)
     out = example.main(
         [
             f"--features={tmp_path}",
@@ -127,15 +132,7 @@ def test_features_two_seeds_paired(example, tmp_path, capsys):
 
 
 def test_features_baseline_only(example, tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    centres = {m: rng.normal(size=(19, 8)) for m in ("rgb", "depth")}
-    for split, n in (("train", 95), ("test", 38)):
-        label = np.arange(n) % 19
-        arrays = {
-            m: (c[label] + rng.normal(size=(n, 8))).astype(np.float32)
-            for m, c in centres.items()
-        }
-        np.savez(tmp_path / f"{split}.npz", label=label, **arrays)
+    write_features(tmp_path)
     out_dir = tmp_path / "out"
     out = example.main(
         [
