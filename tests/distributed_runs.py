@@ -51,8 +51,6 @@ def make_model(activation="relu"):
         balancer=keras_olm.OLM(
             held_out_schedule="periodic",
             held_out_every=2,
-            optimizer="adam",
-            learning_rate=0.05,
         ),
     )
     model.build({"fast": (None, 16), "slow": (None, 64)})
