@@ -1,10 +1,11 @@
-"""Audio-visual classification (CREMA-D layout) with and without OLM.
+"""Audio-visual classification (CREMA-D layout): OLM against its references.
 
 Two small CNN encoders, one on the log spectrogram of the audio and one on
-a video frame, late fusion, and OLM against plain joint training: the same
-seed, data and splits for both runs. The example prints every head's test
-accuracy (Audio, Visual, AV fused) for both and draws the confusion
-matrices of each head without and with OLM (as Fig. 4 of Zong et al.,
+a video frame, late fusion, and OLM against plain joint training and the
+same heads without modulation: the same seed, data and splits for every
+run. The example prints every head's test accuracy (Audio, Visual, AV
+fused) for each, OLM's paired differences from both references, and draws
+the confusion matrices of each head for every run (as Fig. 4 of Zong et al.,
 IJCAI 2024, does for SUN RGB-D) and the per-class logit norms over epochs
 (Fig. 5).
 
@@ -55,9 +56,9 @@ times are in examples/README.md):
     python examples/cremad.py --no-olm   # the baseline only
 
 Writes into `--out-dir` (default `outputs/cremad`):
-`confusion_matrices.png` (rows: without / with OLM; columns: Audio,
+`confusion_matrices.png` (rows: joint training, heads, OLM; columns: Audio,
 Visual, AV), `logit_norms_comparison.png`, `results.json`, and per run
-(`baseline/`, `olm/`) the `LogitNormHistory` CSV and figures
+(`baseline/`, `heads/`, `olm/`) the `LogitNormHistory` CSV and figures
 (`logit_norms.png`, `accuracy.png`, `coefficients.png`, ...).
 """
 

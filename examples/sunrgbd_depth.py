@@ -3,10 +3,13 @@
 The main job of keras-olm: two ResNet18 encoders (one for RGB, one for
 depth) built from keras-hub's `ResNetBackbone` configuration with random
 weights (nothing is downloaded), late fusion, and OLM against plain joint
-training. Both runs use the same seed, the same data and the same splits;
-the example prints every head's test accuracy (RGB, Depth, RGB-D fused) for
-both and draws the analogue of Fig. 4 of Zong et al. (IJCAI 2024): the
-confusion matrices of RGB, D and RGB-D without and with OLM.
+training and against the same heads without modulation (`"heads"`, the
+reference for what the modulation adds). The runs use the same seed, the
+same data and the same splits; the example prints every head's test
+accuracy (RGB, Depth, RGB-D fused) for each, OLM's paired differences
+from both references (per seed with `--seeds`), and draws the analogue of
+Fig. 4 of Zong et al. (IJCAI 2024): the confusion matrices of RGB, D and
+RGB-D of every run.
 
 Data (every split comes from the repository's readers):
 
@@ -50,9 +53,9 @@ with torch or JAX on a CPU use fewer epochs, `--width 0.5` or
     python examples/sunrgbd_depth.py --no-olm   # the baseline only
 
 Writes into `--out-dir` (default `outputs/sunrgbd_depth`):
-`confusion_matrices.png` (rows: without / with OLM; columns: RGB, D,
+`confusion_matrices.png` (rows: joint training, heads, OLM; columns: RGB, D,
 RGB-D), `logit_norms_comparison.png`, `results.json`, and per run
-(`baseline/`, `olm/`) the `LogitNormHistory` CSV and figures
+(`baseline/`, `heads/`, `olm/`) the `LogitNormHistory` CSV and figures
 (`logit_norms.png`, `accuracy.png`, `coefficients.png`, ...).
 """
 
