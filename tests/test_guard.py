@@ -193,3 +193,20 @@ def test_fit_after_a_fault_starts_clean(data):
     fit(model, x, y, epochs=1)
     assert int(np_(model.training_state.steps)) == 2 + STEPS_PER_EPOCH
     assert not np_(model.training_state.faults)[:-1].any()
+
+
+def test_train_on_batch_raises_and_goes_on_after(data):
+    x, y = data
+    model = new_model(Faulty("state", at=2))
+    batch = {m: v[:32] for m, v in x.items()}, y[:32]
+    first = model.train_on_batch(*batch, return_dict=True)
+    assert "non_finite" not in first and np.isfinite(first["loss"])
+    with pytest.raises(
+        keras_olm.NonFiniteLossError,
+        match=r"global step 1 \(train_on_batch\).*balancer's new state",
+    ):
+        model.train_on_batch(*batch)
+    assert int(np_(model.training_state.steps)) == 1
+    model.balancer.fault_at.assign(-1.0)
+    assert len(model.train_on_batch(*batch)) == len(model.metrics_names)
+    assert int(np_(model.training_state.steps)) == 2

@@ -21,9 +21,11 @@ from keras_olm.balancers.base import JointTraining
 from keras_olm.layers.base import FUSED
 from keras_olm.layers.fusion import LateFusion
 from keras_olm.trainers import StepMixin
+from keras_olm.trainers.step import FAULTS_LOG
 from keras_olm.trainers.step import LogOrder
 from keras_olm.trainers.step import NonFiniteGuard
 from keras_olm.trainers.step import TrainingState
+from keras_olm.trainers.step import non_finite_error
 
 
 def _resolve_regression_targets(targets):
@@ -597,6 +599,38 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         encoders' order."""
         x = self._prediction_inputs(x, "predict")
         return super().predict(x, *args, **kwargs)
+
+    def train_on_batch(
+        self,
+        x,
+        y=None,
+        sample_weight=None,
+        class_weight=None,
+        return_dict=False,
+    ):
+        """`keras.Model.train_on_batch`; a step that was not finite raises
+        `NonFiniteLossError` (nothing of it is applied), as in `fit`."""
+        logs = super().train_on_batch(
+            x,
+            y,
+            sample_weight=sample_weight,
+            class_weight=class_weight,
+            return_dict=True,
+        )
+        faults = logs.pop(FAULTS_LOG, None)
+        if faults is not None:
+            faults = np.asarray(faults).reshape(-1)
+            if faults[:-1].any():
+                # The next call starts clean, as the next `fit` does.
+                self.training_state.reset_faults()
+                raise non_finite_error(
+                    self.fault_names(),
+                    faults,
+                    f"global step {int(faults[-1])} (train_on_batch)",
+                )
+        if return_dict:
+            return logs
+        return self._flatten_metrics_in_order(logs)
 
     def load_weights(self, filepath, skip_mismatch=False, **kwargs):
         """`keras.Model.load_weights`, with the optimizer's state.

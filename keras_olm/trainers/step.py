@@ -630,6 +630,23 @@ class LogOrder(keras.callbacks.Callback):
         self._reorder(logs)
 
 
+def non_finite_error(fault_names, faults, when):
+    """The `NonFiniteLossError` for a step's fault vector.
+
+    Args:
+        fault_names: list of str. What each check covers, in order.
+        faults: int array. The fault vector (flags, then the global step).
+        when: str. Which step, e.g. "epoch 1, step 3 (global step 2)".
+    """
+    parts = [n for n, f in zip(fault_names, faults[:-1]) if f]
+    return NonFiniteLossError(
+        f"Non-finite values at {when} in: {'; '.join(parts)}. Training "
+        "stopped; nothing of that step was applied: the weights, the "
+        "optimizer state and the balancer state are as after the last "
+        "finite step."
+    )
+
+
 class NonFiniteGuard(keras.callbacks.Callback):
     """Stops training at the first step with a NaN or an infinity.
 
@@ -663,15 +680,13 @@ class NonFiniteGuard(keras.callbacks.Callback):
         faults = np.asarray(faults).reshape(-1)
         if not faults[:-1].any():
             return
-        parts = [n for n, f in zip(self.fault_names, faults[:-1]) if f]
         step = int(faults[-1]) - self.first_step + 1
         self.model.stop_training = True
-        raise NonFiniteLossError(
-            f"Non-finite values at epoch {self.epoch + 1}, step {step} "
-            f"(global step {int(faults[-1])}) in: {'; '.join(parts)}. "
-            "Training stopped; nothing of that step was applied: the "
-            "weights, the optimizer state and the balancer state are as "
-            "after the last finite step."
+        raise non_finite_error(
+            self.fault_names,
+            faults,
+            f"epoch {self.epoch + 1}, step {step} (global step "
+            f"{int(faults[-1])})",
         )
 
     def on_epoch_end(self, epoch, logs=None):
