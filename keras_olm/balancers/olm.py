@@ -560,22 +560,34 @@ class OLM(Balancer):
         )
         if self.coefficient_update == "closed_form":
             new_w = closed_form_coefficients(lambdas, self.modulation_strength)
-            if self.coefficient_range is not None:
-                new_w = ops.clip(new_w, *self.coefficient_range)
-            return self._new_state(
-                old,
-                steps,
-                held_out_steps,
-                coefficients=new_w,
-                lambdas=lambdas,
-                norms=new_w * mean_norms,
-                train_losses=train,
-                held_out_losses=held_out,
-                reference_train_losses=ref_train,
-                reference_held_out_losses=ref_held_out,
+            moments = {}
+        else:
+            new_w, moments = self._logit_loss_step(
+                w, mean_norms, lambdas, steps, old, step
             )
+        if self.coefficient_range is not None:
+            new_w = ops.clip(new_w, *self.coefficient_range)
+        return self._new_state(
+            old,
+            steps,
+            held_out_steps,
+            coefficients=new_w,
+            lambdas=lambdas,
+            norms=new_w * mean_norms,
+            train_losses=train,
+            held_out_losses=held_out,
+            reference_train_losses=ref_train,
+            reference_held_out_losses=ref_held_out,
+            **moments,
+        )
 
-        # Eq. 9 and one optimizer step of Algorithm 1.
+    def _logit_loss_step(self, w, mean_norms, lambdas, steps, old, step):
+        """Eq. 9 and one optimizer step of Algorithm 1.
+
+        Returns:
+            The new coefficients (before clipping) and the optimizer's new
+            moments as `{"adam_m": ..., "adam_v": ...}`.
+        """
         targets = logit_targets(w * mean_norms, lambdas, self.targets)
         grad = logit_loss_gradient(w, mean_norms, targets)
         if self.coefficient_ce_grad:
@@ -592,23 +604,7 @@ class OLM(Balancer):
         )
         if self.mean_one:
             new_w = new_w * (self.num_heads / ops.sum(new_w))
-        if self.coefficient_range is not None:
-            new_w = ops.clip(new_w, *self.coefficient_range)
-
-        return self._new_state(
-            old,
-            steps,
-            held_out_steps,
-            coefficients=new_w,
-            lambdas=lambdas,
-            norms=new_w * mean_norms,
-            train_losses=train,
-            held_out_losses=held_out,
-            reference_train_losses=ref_train,
-            reference_held_out_losses=ref_held_out,
-            adam_m=adam_m,
-            adam_v=adam_v,
-        )
+        return new_w, {"adam_m": adam_m, "adam_v": adam_v}
 
     def _new_state(self, old, steps, held_out_steps, **rows):
         """The `(variable, value)` pairs; rows not given keep `old`."""
