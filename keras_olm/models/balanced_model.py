@@ -6,7 +6,6 @@ its training and test steps are `keras_olm.trainers`' (the shared step in
 batches for the balancer are `keras_olm.held_out`'s.
 """
 
-import contextlib
 import math
 
 import keras
@@ -776,11 +775,7 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             shapes = {m: (None, *spec[m].shape[1:]) for m in spec}
         else:
             return
-        # TensorFlow: the variables of a model made in a `tf.distribute`
-        # strategy's scope are made in that scope too (mirrored), as
-        # Keras' own `fit` builds a model.
-        strategy = getattr(self, "distribute_strategy", None)
-        with strategy.scope() if strategy else contextlib.nullcontext():
+        with self._build_scope():
             self.build(shapes)
 
     # --- serialization -----------------------------------------------------

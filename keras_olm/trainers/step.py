@@ -25,10 +25,13 @@ backends, as Keras' own `keras/src/backend/*/trainer.py` do:
   JAX: the step's state tuple, mapped onto the variables).
 
 and overrides, where its backend needs it, `_apply_if_finite`,
-`_balancer_update`, `_held_out_batches`, `_attach_held_out` and
+`_balancer_update`, `_held_out_batches`, `_attach_held_out`, `_build_scope`,
+`_global_batch`, `_any_replica` and
 `_sync_training_state`. It also wires the `HeldOutFeed` into its
 `make_train_function`.
 """
+
+import contextlib
 
 import keras
 import numpy as np
@@ -140,6 +143,10 @@ class TrainingStep:
         """The int32 fault flags summed over every replica or process (as
         they are on one device), so that all of them skip alike."""
         return flags
+
+    def _build_scope(self):
+        """A context in which `fit` builds the model's variables."""
+        return contextlib.nullcontext()
 
     def _sync_training_state(self):
         """Writes the state of the last finished step into the variables;

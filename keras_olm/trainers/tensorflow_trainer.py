@@ -63,6 +63,12 @@ class StepMixin(TrainingStep):
     def _state_scope(self):
         return contextlib.nullcontext()
 
+    def _build_scope(self):
+        """The model's `tf.distribute` strategy's scope: a model made in a
+        strategy's scope makes its variables there too (mirrored), as
+        Keras' own `fit` builds a model."""
+        return self.distribute_strategy.scope()
+
     def _global_batch(self, y, logits, features, held_out_losses):
         """Under a strategy with several replicas: labels, logits and
         features gathered from every replica, held-out losses averaged."""
