@@ -86,6 +86,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from embedded_data import DATASET_TITLES  # noqa: E402
 from embedded_data import DATASETS  # noqa: E402
 from embedded_data import BestEpoch  # noqa: E402
+from embedded_data import add_data_arguments  # noqa: E402
 from embedded_data import cnn_encoder  # noqa: E402
 from embedded_data import load_dataset  # noqa: E402
 from embedded_data import make_splits  # noqa: E402
@@ -497,28 +498,7 @@ def parse_args(argv=None):
         action="store_true",
         help=f"1 seed, 3 epochs, rows {QUICK_ROWS}, 600 training samples",
     )
-    parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--stages", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument(
-        "--max-train", type=int, default=None, help="cap on the pool"
-    )
-    parser.add_argument(
-        "--max-eval", type=int, default=None, help="cap on val and test"
-    )
-    parser.add_argument(
-        "--digits-clips",
-        type=int,
-        default=None,
-        help="generate a smaller AV digits set (default: all 1,797)",
-    )
-    parser.add_argument(
-        "--rooms-per-class",
-        type=int,
-        default=None,
-        help="generate a smaller RGB-D rooms set (default: 80)",
-    )
+    add_data_arguments(parser)
     parser.add_argument(
         "--plot", default=os.path.join(HERE, "compare.png"), help="PNG path"
     )

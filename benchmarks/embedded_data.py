@@ -269,3 +269,30 @@ def write_readme(section, path, heading):
         text = text[:start] + section.rstrip("\n") + "\n" + tail
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def add_data_arguments(parser):
+    """The encoder, optimizer and data-size options `compare.py` and
+    `imbalance.py` share."""
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--stages", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument(
+        "--max-train", type=int, default=None, help="cap on the pool"
+    )
+    parser.add_argument(
+        "--max-eval", type=int, default=None, help="cap on val and test"
+    )
+    parser.add_argument(
+        "--digits-clips",
+        type=int,
+        default=None,
+        help="generate a smaller AV digits set (default: all 1,797)",
+    )
+    parser.add_argument(
+        "--rooms-per-class",
+        type=int,
+        default=None,
+        help="generate a smaller RGB-D rooms set (default: 80)",
+    )
