@@ -1,64 +1,92 @@
-"""Chooses OLM's defaults by measurement on the generated imbalanced problem.
+"""OLM against its references on the family of generated problems.
 
-Trains the same two-modality model (a fast, unreliable modality and a slow,
-reliable one; `keras_olm.synthetic.make_imbalanced`) with every variant
-below for several seeds and prints a markdown table of held-out accuracy
-per head and the final coefficients (fast, slow, fused). The variants that
-name Adam, SGD, mean-one rescaling, CE on the coefficients or targets use
-`coefficient_update="optimizer"` (the default's closed form has none of
-these). The family of generated problems, to 100 epochs, with paired
-differences and checkpoint selection on validation, is
-`benchmarks/olm_study.py`.
+Every method trains on the same samples of each problem and seed
+(`keras_olm.synthetic.make_problem`): 10% of the 2,000 generated training
+samples is held out first (OLM's held-out losses; no method trains on it),
+10% of the rest is the validation split (checkpoint selection only), and
+the rest (1,620 samples) is the training set; the test set is 2,000 fresh
+samples. One run trains to the largest epoch count and records, after
+every epoch, the fused validation and test accuracy, every head's test
+accuracy and raw logit norm, and the coefficients. With Adam at a fixed
+learning rate, epoch E of a longer run is the same model as a run of E
+epochs, so one run gives every epoch count. For each epoch count E the
+tables report the fused test accuracy after epoch E ("final") and at the
+epoch of best validation accuracy among epochs 1..E ("best val"), mean ±
+std over seeds, and the per-seed paired differences against `"heads"`
+and plain joint training (`None`).
 
-    KERAS_BACKEND=tensorflow python benchmarks/olm_defaults.py --epochs 12 30
+    KERAS_BACKEND=tensorflow python benchmarks/olm_study.py \\
+        --methods joint heads olm --epochs 12 40 100 --seeds 3 \\
+        --out benchmarks/results/study.jsonl
+    python benchmarks/olm_study.py --report benchmarks/results/study.jsonl
+
+Runs already in `--out` (same problem, method, seed, epochs) are skipped,
+so an interrupted study resumes.
 """
 
 import argparse
+import json
+import os
 import time
 
 import keras
 import numpy as np
 
 import keras_olm
-from keras_olm.synthetic import make_imbalanced
+from keras_olm.synthetic import PROBLEMS
+from keras_olm.synthetic import make_problem
 
-STEPS_PER_EPOCH = 29  # 1800 training samples / 64, rounded up
+BATCH_SIZE = 64
 
 
-def variants():
+def methods():
+    """Method name -> a function returning the `balancer=` argument."""
     olm = keras_olm.OLM
     return {
-        "concat, fused loss only (balancer=None)": lambda: None,
-        "the three heads, no modulation": lambda: "heads",
-        "OLM defaults": lambda: olm(),
-        "OLM, closed form, strength +1 (the paper's direction)": lambda: olm(
-            modulation_strength=1.0
+        "joint": lambda: None,
+        "heads": lambda: "heads",
+        "pmr": lambda: "pmr",
+        "olm": lambda: olm(),
+        "olm-lambda-every-step": lambda: olm(lambda_momentum=0.0),
+        "olm-optimizer": lambda: olm(
+            coefficient_update="optimizer", lambda_momentum=0.0
         ),
-        "OLM, Adam on L_logit (the default before issue 17)": lambda: olm(
-            coefficient_update="optimizer"
+        "olm-authors": lambda: olm.authors(26),
+        "closed-1": lambda: olm(
+            coefficient_update="closed_form",
+            lambda_momentum=0.0,
+            modulation_strength=1.0,
         ),
-        "OLM, held-out batch every step": lambda: olm(held_out_schedule="step"),
-        "OLM, held-out batch every 10 steps": lambda: olm(held_out_every=10),
-        "OLM, held-out batch every 20 steps": lambda: olm(held_out_every=20),
-        "OLM, held-out batch once an epoch": lambda: olm(
-            held_out_every=STEPS_PER_EPOCH
+        "closed-0.5": lambda: olm(
+            coefficient_update="closed_form",
+            lambda_momentum=0.0,
+            modulation_strength=0.5,
         ),
-        "OLM, raw softmax(G/C) (no temperature)": lambda: olm(
-            lambda_temperature=None
+        "closed-1-slow": lambda: olm(
+            coefficient_update="closed_form",
+            lambda_momentum=0.9,
+            modulation_strength=1.0,
         ),
-        "OLM, Adam, no mean-one rescaling": lambda: olm(
-            coefficient_update="optimizer", mean_one=False
+        "closed-2": lambda: olm(
+            coefficient_update="closed_form",
+            lambda_momentum=0.0,
+            modulation_strength=2.0,
         ),
-        "OLM, SGD lr 1e-3 (Algorithm 1)": lambda: olm(
-            coefficient_update="optimizer", optimizer="sgd", learning_rate=1e-3
+        "closed-neg1": lambda: olm(
+            coefficient_update="closed_form",
+            lambda_momentum=0.0,
+            modulation_strength=-1.0,
         ),
-        "OLM, Adam, coefficients also follow CE": lambda: olm(
-            coefficient_update="optimizer", coefficient_ce_grad=True
+        "closed-neg2": lambda: olm(
+            coefficient_update="closed_form",
+            lambda_momentum=0.0,
+            modulation_strength=-2.0,
         ),
-        "OLM, Adam, faithful targets": lambda: olm(
-            coefficient_update="optimizer", targets="faithful"
+        "closed-neg3": lambda: olm(
+            coefficient_update="closed_form",
+            lambda_momentum=0.0,
+            modulation_strength=-3.0,
         ),
-        "OLM as the authors run it": lambda: olm.authors(STEPS_PER_EPOCH),
     }
 
 
@@ -71,78 +99,277 @@ def encoder():
     )
 
 
-def run(make_balancer, seed, epochs):
-    x, y = make_imbalanced(2000, seed=seed)
-    xt, yt = make_imbalanced(2000, seed=1000 + seed)
-    # Every variant trains on the same 90%; 10% is held out for OLM.
-    (x, y), held_out = keras_olm.split_held_out((x, y), 0.1, seed=0)
+def splits(problem, seed):
+    """(train, held_out, validation, test), each an `(x, y)` tuple."""
+    data = make_problem(problem, 2000, seed=seed)
+    test = make_problem(problem, 2000, seed=1000 + seed)
+    # The held-out part is taken first; then validation from the rest.
+    rest, held_out = keras_olm.split_held_out(data, 0.1, seed=seed)
+    train, validation = keras_olm.split_held_out(rest, 0.1, seed=100 + seed)
+    return train, held_out, validation, test
+
+
+class Curves(keras.callbacks.Callback):
+    """Per-epoch fused val/test accuracy, head accuracy, norms, coefs."""
+
+    def __init__(self, validation, test):
+        super().__init__()
+        self.validation, self.test = validation, test
+        self.rows = []
+
+    def _logits(self, x):
+        out = self.model.head_logits(x)
+        return {h: keras.ops.convert_to_numpy(v) for h, v in out.items()}
+
+    def on_epoch_end(self, epoch, logs=None):
+        val = self._logits(self.validation[0])
+        test = self._logits(self.test[0])
+        row = {
+            "val": float(
+                np.mean(val["fused"].argmax(-1) == self.validation[1])
+            ),
+            "test": {
+                h: float(np.mean(v.argmax(-1) == self.test[1]))
+                for h, v in test.items()
+            },
+            "norm": {
+                h: float(np.mean(np.linalg.norm(v, axis=-1)))
+                for h, v in test.items()
+            },
+        }
+        balancer = self.model.balancer
+        if isinstance(balancer, keras_olm.OLM):
+            row["coef"] = keras.ops.convert_to_numpy(
+                balancer.coefficients
+            ).tolist()
+            row["lambda"] = keras.ops.convert_to_numpy(
+                balancer.lambdas
+            ).tolist()
+        self.rows.append(row)
+
+
+def run(problem, method, seed, epochs):
+    train, held_out, validation, test = splits(problem, seed)
     keras.utils.set_random_seed(seed)
     model = keras_olm.BalancedMultimodalModel(
-        {"fast": encoder(), "slow": encoder()},
+        {m: encoder() for m in train[0]},
         num_classes=4,
-        balancer=make_balancer(),
+        balancer=methods()[method](),
     )
     model.compile(optimizer="adam")
+    curves = Curves(validation, test)
     start = time.perf_counter()
-    history = model.fit(
-        x,
-        y,
+    model.fit(
+        *train,
         epochs=epochs,
-        batch_size=64,
+        batch_size=BATCH_SIZE,
         held_out_data=held_out if model.balancer.needs_held_out else None,
+        callbacks=[curves],
         verbose=0,
     )
-    seconds = time.perf_counter() - start
-    logits = model.predict_heads(xt, verbose=0)
-    acc = {h: float(np.mean(v.argmax(-1) == yt)) for h, v in logits.items()}
-    coef = [
-        float(history.history[f"{h}_coef"][-1])
-        for h in model.head_names
-        if f"{h}_coef" in history.history
+    return {
+        "problem": problem,
+        "method": method,
+        "seed": seed,
+        "epochs": epochs,
+        "seconds": time.perf_counter() - start,
+        "heads": model.head_names,
+        "curves": curves.rows,
+    }
+
+
+def load(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def at(record, epochs):
+    """(final, best-val) fused test accuracy after `epochs` epochs."""
+    rows = record["curves"][:epochs]
+    best = int(np.argmax([r["val"] for r in rows]))
+    return rows[-1]["test"]["fused"], rows[best]["test"]["fused"]
+
+
+def fmt(values):
+    values = np.asarray(values)
+    return f"{values.mean():+.3f} ± {values.std():.3f}"
+
+
+def report(records, epoch_counts, references=("heads", "joint")):
+    """Markdown tables: accuracy, paired differences, coefficients."""
+    runs = {(r["problem"], r["method"], r["seed"]): r for r in records}
+    problems = [p for p in PROBLEMS if any(k[0] == p for k in runs)]
+    method_names = list(dict.fromkeys(r["method"] for r in records))
+    lines = []
+    for epochs in epoch_counts:
+        lines += [
+            f"\n### {epochs} epochs: fused test accuracy, final / at the "
+            "best-validation epoch (mean ± std over seeds; n = seeds)\n",
+            "| problem | method | n | final | best val | − heads final "
+            "| − heads best val | − joint final | − joint best val "
+            "| coefficients |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for problem in problems:
+            for method in method_names:
+                seeds = sorted(
+                    s
+                    for (p, m, s), r in runs.items()
+                    if p == problem and m == method and r["epochs"] >= epochs
+                )
+                if not seeds:
+                    continue
+                acc = np.array(
+                    [at(runs[problem, method, s], epochs) for s in seeds]
+                )
+                cells = [
+                    f"{acc[:, 0].mean():.3f} ± {acc[:, 0].std():.3f}",
+                    f"{acc[:, 1].mean():.3f} ± {acc[:, 1].std():.3f}",
+                ]
+                for ref in references:
+                    paired = [
+                        s
+                        for s in seeds
+                        if (problem, ref, s) in runs
+                        and runs[problem, ref, s]["epochs"] >= epochs
+                    ]
+                    if method == ref or not paired:
+                        cells += ["–", "–"]
+                        continue
+                    diff = np.array(
+                        [
+                            np.subtract(
+                                at(runs[problem, method, s], epochs),
+                                at(runs[problem, ref, s], epochs),
+                            )
+                            for s in paired
+                        ]
+                    )
+                    cells += [fmt(diff[:, 0]), fmt(diff[:, 1])]
+                coef = [
+                    runs[problem, method, s]["curves"][epochs - 1].get("coef")
+                    for s in seeds
+                ]
+                coef_txt = (
+                    " · ".join(
+                        "(" + ", ".join(f"{c:.2f}" for c in row) + ")"
+                        for row in coef
+                    )
+                    if coef[0] is not None
+                    else "–"
+                )
+                lines.append(
+                    f"| {problem} | {method} | {len(seeds)} | "
+                    + " | ".join(cells)
+                    + f" | {coef_txt} |"
+                )
+    return "\n".join(lines)
+
+
+def summary(records, method, epoch_counts):
+    """One row per problem: `method`'s paired differences at every count.
+
+    Cells are "final / best val" differences in fused test accuracy, mean
+    ± std over the seeds both runs share; the last column gives the range
+    of the method's coefficients over all epochs and seeds.
+    """
+    runs = {(r["problem"], r["method"], r["seed"]): r for r in records}
+    lines = [
+        "| problem | n | "
+        + " | ".join(f"{e} ep: − heads | {e} ep: − joint" for e in epoch_counts)
+        + " | coefficients, min-max over all epochs |",
+        "|---|---|" + "---|---|" * len(epoch_counts) + "---|",
     ]
-    return acc, coef, seconds
+    for problem in PROBLEMS:
+        seeds = sorted(
+            s
+            for (p, m, s) in runs
+            if p == problem
+            and m == method
+            and (p, "heads", s) in runs
+            and (p, "joint", s) in runs
+        )
+        if not seeds:
+            continue
+        cells = []
+        for epochs in epoch_counts:
+            for ref in ("heads", "joint"):
+                diff = np.array(
+                    [
+                        np.subtract(
+                            at(runs[problem, method, s], epochs),
+                            at(runs[problem, ref, s], epochs),
+                        )
+                        for s in seeds
+                    ]
+                )
+                cells.append(f"{fmt(diff[:, 0])} / {fmt(diff[:, 1])}")
+        coef = [
+            c
+            for s in seeds
+            for row in runs[problem, method, s]["curves"]
+            for c in row.get("coef", [])
+        ]
+        span = f"{min(coef):.2f}-{max(coef):.2f}" if coef else "–"
+        lines.append(
+            f"| {problem} | {len(seeds)} | "
+            + " | ".join(cells)
+            + f" | {span} |"
+        )
+    return "\n".join(lines)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--epochs", type=int, nargs="+", default=[12, 30])
+    parser.add_argument("--problems", nargs="+", default=list(PROBLEMS))
+    parser.add_argument("--methods", nargs="+", default=["joint", "heads"])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--only", nargs="*", help="variant name prefixes")
-    args = parser.parse_args()
-    print(
-        f"backend: {keras.backend.backend()}; problem: make_imbalanced "
-        "defaults (fast right for 85% of samples, slow 0.2 per dim)"
+    parser.add_argument("--epochs", type=int, nargs="+", default=[12, 40, 100])
+    parser.add_argument("--out", default="benchmarks/results/study.jsonl")
+    parser.add_argument("--report", help="only print the tables of this file")
+    parser.add_argument(
+        "--summary",
+        help="with --report: only the paired differences of this method",
     )
-    for epochs in args.epochs:
-        print(f"\n### {epochs} epochs, {args.seeds} seeds (mean ± std)\n")
-        print(
-            "| variant | fused acc | slow acc | fast acc "
-            "| coefficients (fast, slow, fused) | s/run |"
-        )
-        print("|---|---|---|---|---|---|")
-        for name, make in variants().items():
-            if args.only and not any(name.startswith(p) for p in args.only):
-                continue
-            runs = [run(make, s, epochs) for s in range(args.seeds)]
-            accs = {
-                h: np.array([r[0][h] for r in runs])
-                for h in ("fused", "slow", "fast")
-            }
-            coefs = np.array([r[1] for r in runs])
-            coef_txt = (
-                " · ".join(
-                    "(" + ", ".join(f"{c:.2f}" for c in row) + ")"
-                    for row in coefs
+    args = parser.parse_args()
+    if args.report:
+        records = load(args.report)
+        if args.summary:
+            print(summary(records, args.summary, args.epochs))
+        else:
+            print(report(records, args.epochs))
+        return
+    longest = max(args.epochs)
+    done = {
+        (r["problem"], r["method"], r["seed"])
+        for r in load(args.out)
+        if r["epochs"] >= longest
+    }
+    # Seed-major: an interrupted study has every problem at fewer seeds.
+    for seed in range(args.seeds):
+        for problem in args.problems:
+            for method in args.methods:
+                if (problem, method, seed) in done:
+                    continue
+                record = run(problem, method, seed, longest)
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                print(
+                    problem,
+                    method,
+                    seed,
+                    f"{record['seconds']:.0f}s",
+                    "fused",
+                    [round(r["test"]["fused"], 3) for r in record["curves"]][
+                        -1
+                    ],
+                    "coef",
+                    record["curves"][-1].get("coef"),
+                    flush=True,
                 )
-                if coefs.size
-                else "–"
-            )
-            cells = " | ".join(
-                f"{accs[h].mean():.3f} ± {accs[h].std():.3f}"
-                for h in ("fused", "slow", "fast")
-            )
-            sec = np.mean([r[2] for r in runs])
-            print(f"| {name} | {cells} | {coef_txt} | {sec:.1f} |", flush=True)
+    print(report(load(args.out), args.epochs))
 
 
 if __name__ == "__main__":

@@ -151,6 +151,43 @@ def test_unimodal_heads_are_probes_without_a_balancer(data):
     assert np.all(np_(grads[0]) == 0)
 
 
+def test_head_stopping_cuts_the_unimodal_gradient_into_its_encoder(data):
+    """OLM's head stopping: a stopped head's loss no longer reaches its
+    encoder; its own kernel and every forward value are unchanged."""
+    x, y, _, _ = data
+    olm = keras_olm.OLM(head_stopping=3)
+    model = tiny_model(balancer=olm)
+    model.build({"fast": (None, 16), "slow": (None, 64)})
+    batch = {m: v[:8] for m, v in x.items()}
+    slow_kernel = model.encoders["slow"].trainable_variables[0]
+    slow_head = model.heads["slow"].trainable_variables[0]
+    loss_fn = keras_olm.balancers.base.cross_entropy
+    y8 = keras.ops.convert_to_tensor(y[:8])
+    rows = keras_olm.balancers.olm.STATE_ROWS
+
+    def slow_head_gradients(stopped):
+        state = np_(olm.state).copy()
+        state[rows.index("stopped")] = [0.0, stopped, 0.0]
+        olm.state.assign(state)
+        logits = model.head_logits(batch, training=True)["slow"]
+        grads = _gradients(
+            model,
+            lambda: loss_fn(
+                y8, model.head_logits(batch, training=True)["slow"]
+            ),
+            [slow_kernel, slow_head],
+        )
+        return np_(logits), [np_(g) for g in grads]
+
+    open_logits, open_grads = slow_head_gradients(0.0)
+    stopped_logits, stopped_grads = slow_head_gradients(1.0)
+    np.testing.assert_allclose(np_(olm.gates), [1.0, 0.0, 1.0])
+    assert np.abs(open_grads[0]).sum() > 0
+    assert np.all(stopped_grads[0] == 0)
+    np.testing.assert_array_equal(stopped_logits, open_logits)
+    np.testing.assert_allclose(stopped_grads[1], open_grads[1], rtol=1e-6)
+
+
 def _gradients(model, loss_fn, variables):
     """Gradient of loss_fn w.r.t. variables, on any backend (test helper)."""
     backend = keras.backend.backend()

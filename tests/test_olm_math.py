@@ -276,6 +276,10 @@ def test_authors_preset_and_config_round_trip():
         ({"coefficient_range": (2.0, 1.0)}, "coefficient_range"),
         ({"coefficient_update": "exact"}, "coefficient_update"),
         ({"lambda_momentum": 1.0}, "lambda_momentum"),
+        ({"head_stopping": 0}, "head_stopping"),
+        ({"head_stopping": 2.5}, "head_stopping"),
+        ({"head_stopping_min_delta": -0.1}, "head_stopping_min_delta"),
+        ({"head_stopping_momentum": 1.0}, "head_stopping_momentum"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, message):
@@ -378,4 +382,60 @@ def test_default_closed_form_stays_inside_its_bounds():
         np_(olm.coefficients),
         [(3 * e / (e + 2)) ** -2, (3 / (e + 2)) ** -2, (3 / (e + 2)) ** -2],
         rtol=1e-4,
+    )
+
+
+def test_stopping_step_by_hand():
+    # min_delta 10 %: head 0 improves (1.7 < 2.0 * 0.9), head 1 does not
+    # (1.9), head 2 waited 1 and reaches patience 2, head 3 stays stopped
+    # though it improves.
+    best, waits, stopped = olm_lib.stopping_step(
+        losses=[1.7, 1.9, 2.5, 1.0],
+        best=[2.0, 2.0, 2.0, 2.0],
+        waits=[3.0, 0.0, 1.0, 5.0],
+        stopped=[0.0, 0.0, 0.0, 1.0],
+        patience=2,
+        min_delta=0.1,
+    )
+    np.testing.assert_allclose(np_(best), [1.7, 2.0, 2.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(np_(waits), [0.0, 1.0, 2.0, 0.0])
+    np.testing.assert_allclose(np_(stopped), [0.0, 0.0, 1.0, 1.0])
+
+
+def test_head_stopping_stops_a_head_after_its_patience():
+    olm = make_olm(
+        head_stopping=2, head_stopping_min_delta=0.0, head_stopping_momentum=0
+    )
+    assert make_olm().unimodal_gradient_gates() is None
+    np.testing.assert_allclose(np_(olm.gates), [1.0, 1.0, 1.0])
+    losses = [1.0, 1.0, 1.0]
+    measure(olm, LOGITS, losses, [2.0, 2.0, 2.0])
+    np.testing.assert_allclose(np_(olm.best_stopping_losses), [2.0] * 3)
+    np.testing.assert_allclose(np_(olm.stopping_waits), [0.0] * 3)
+    # a improves; b and fused do not.
+    measure(olm, LOGITS, losses, [1.5, 2.1, 2.0])
+    np.testing.assert_allclose(np_(olm.stopping_waits), [0.0, 1.0, 1.0])
+    # A step without a held-out batch changes nothing.
+    measure(olm, LOGITS, losses, [9.0, 9.0, 9.0], held_out_flag=0.0)
+    np.testing.assert_allclose(np_(olm.stopping_waits), [0.0, 1.0, 1.0])
+    # Second measurement without improvement: b and fused stop.
+    measure(olm, LOGITS, losses, [1.4, 2.0, 2.2])
+    np.testing.assert_allclose(np_(olm.gates), [1.0, 0.0, 0.0])
+    # Only the modality heads are gated; a stopped head stays stopped.
+    measure(olm, LOGITS, losses, [1.3, 0.5, 0.5])
+    np.testing.assert_allclose(np_(olm.unimodal_gradient_gates()), [1, 0])
+
+
+def test_head_stopping_momentum_averages_the_held_out_losses():
+    olm = make_olm(head_stopping=5, head_stopping_momentum=0.5)
+    losses = [1.0, 1.0, 1.0]
+    measure(olm, LOGITS, losses, [2.0, 2.0, 2.0])
+    measure(olm, LOGITS, losses, [2.0, 2.4, 1.0])
+    # 0.5 * 2.0 + 0.5 * new; the best is the lowest average (with the
+    # default min_delta of 1 %).
+    np.testing.assert_allclose(
+        np_(olm.stopping_losses), [2.0, 2.2, 1.5], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        np_(olm.best_stopping_losses), [2.0, 2.0, 1.5], rtol=1e-6
     )

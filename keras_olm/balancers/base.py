@@ -13,7 +13,10 @@ The hooks, in the order a training step calls them:
 1. `make_head(name, num_classes)`: build the classifier of one head
    (MMCosine-style balancers replace the linear head).
 2. `detach_unimodal_heads`: whether the unimodal heads read detached
-   features (then they are linear probes that cannot train the encoders).
+   features (then they are linear probes that cannot train the encoders);
+   `unimodal_gradient_gates()`: a factor in [0, 1] per modality on the
+   gradient each unimodal head sends into its encoder (OLM's head
+   stopping); the forward values are unchanged.
 3. `modulate(logits)`: map raw per-head logits to the logits the loss
    sees (OLM multiplies each head by its coefficient).
 4. `compute_loss(y, logits, sample_weight, features)`: the training loss
@@ -178,6 +181,18 @@ class Balancer(keras.layers.Layer):
     def make_head(self, name, num_classes):
         """Returns the classifier layer of head `name`."""
         return keras.layers.Dense(num_classes, name=f"{name}_head")
+
+    def unimodal_gradient_gates(self):
+        """Per-modality factors on the unimodal heads' encoder gradients.
+
+        Returns:
+            `None` (every unimodal head trains its encoder fully), or a
+            tensor `(num_heads - 1,)` in [0, 1], one per modality head in
+            `head_names` order: the gradient that head m's loss sends into
+            the features it reads is multiplied by entry m. The head's own
+            kernel trains as before, and no forward value changes.
+        """
+        return None
 
     def modulate(self, logits):
         """Maps raw per-head logits to the logits the loss sees."""

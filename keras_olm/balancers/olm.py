@@ -25,7 +25,7 @@ strength: under Adam a coefficient acts as the inverse temperature of its
 head's softmax, and a large w_h lets the head's loss saturate (the head
 stops fitting its training samples) while a small one keeps it fitting.
 Eq. 8 gives the small λ to the head that overfits, so the negative
-strength gives that head the large coefficient. `benchmarks/olm_study.py`
+strength gives that head the large coefficient. `benchmarks/olm_defaults.py`
 measures both directions (tables in `benchmarks/README.md`).
 
 The paper leaves choices open; each is a constructor argument here, and
@@ -55,6 +55,10 @@ STATE_ROWS = (
     "held_out_losses",
     "reference_train_losses",
     "reference_held_out_losses",
+    "stopping_losses",
+    "best_stopping_losses",
+    "stopping_waits",
+    "stopped",
     "adam_m",
     "adam_v",
 )
@@ -217,6 +221,34 @@ def mean_logit_norm(logits):
     return ops.mean(ops.sqrt(ops.sum(ops.square(logits), axis=-1)))
 
 
+def stopping_step(losses, best, waits, stopped, patience, min_delta):
+    """One held-out measurement of head stopping (early stopping per head).
+
+    A head improves when its averaged held-out loss falls below
+    best · (1 - min_delta); then best takes that loss and the wait count
+    restarts, else the count grows by one. A head stops once it has waited
+    `patience` measurements, and stays stopped.
+
+    Args:
+        losses: tensor `(num_heads,)`. Averaged held-out losses now.
+        best: tensor `(num_heads,)`. Lowest losses so far.
+        waits: tensor `(num_heads,)`. Measurements since the last
+            improvement.
+        stopped: tensor `(num_heads,)`. 1 for a stopped head, else 0.
+        patience: int >= 1.
+        min_delta: float >= 0. The relative fall that counts.
+
+    Returns:
+        `(best, waits, stopped)`, three tensors `(num_heads,)`.
+    """
+    losses, best, waits, stopped = _tensors(losses, best, waits, stopped)
+    improved = losses < best * (1.0 - min_delta)
+    best = ops.where(improved, losses, best)
+    waits = ops.where(improved, 0.0, waits + 1.0)
+    stopped = ops.maximum(stopped, ops.cast(waits >= patience, "float32"))
+    return best, waits, stopped
+
+
 def _mean_logit_norms(logits):
     """`mean_logit_norm` of every head's logits, `(num_heads,)`, detached."""
     # Every head gives (batch, num_classes): one pass over the stack.
@@ -318,7 +350,7 @@ class OLM(Balancer):
             no modulation, positive gives the head with the largest λ the
             largest coefficient (the paper's direction), negative the
             smallest. Defaults to `-2.0`: on the generated family
-            (`benchmarks/olm_study.py`) positive strengths lowered fused
+            (`benchmarks/olm_defaults.py`) positive strengths lowered fused
             accuracy after 40 epochs and negative ones raised it, -2 the
             most of those that cost nothing at 12 epochs.
         lambda_momentum: float in [0, 1). λ is an exponential moving
@@ -327,6 +359,25 @@ class OLM(Balancer):
             the generated family the closed-form coefficients then moved
             by a median 0.05 over the last 10 of 100 epochs (0.33 with
             0), at the same accuracy.
+        head_stopping: int or `None`. Early stopping per modality head,
+            with this patience in held-out measurements: once a head's
+            held-out loss has not improved (by `head_stopping_min_delta`)
+            for that many measurements, its loss stops training its
+            encoder for good (`stopping_step`); the head itself goes on
+            training as a linear probe, and the fused head is never
+            stopped. The held-out losses of Eq. 6 show when a unimodal
+            head starts to overfit; from then on its loss only makes its
+            encoder memorize, and the fused head learns to trust features
+            that do not generalize. `None` switches it off (every head's
+            loss always reaches its encoder, as in the paper). Defaults
+            to `None`.
+        head_stopping_min_delta: float >= 0. The relative fall of a head's
+            held-out loss that counts as an improvement. Defaults to
+            `0.01`.
+        head_stopping_momentum: float in [0, 1). Head stopping reads its
+            own moving average of the held-out losses, with this momentum
+            (shorter than `loss_momentum`'s, so that it reacts within an
+            epoch or two). Defaults to `0.5`.
         eps: float. Clamp of G and C in Eq. 8. Defaults to `1e-6`.
         **kwargs: passed to `keras.layers.Layer`.
 
@@ -365,6 +416,9 @@ class OLM(Balancer):
         coefficient_update="closed_form",
         modulation_strength=-2.0,
         lambda_momentum=0.9,
+        head_stopping=None,
+        head_stopping_min_delta=0.01,
+        head_stopping_momentum=0.5,
         eps=1e-6,
         **kwargs,
     ):
@@ -383,6 +437,23 @@ class OLM(Balancer):
         if not 0.0 <= float(loss_momentum) < 1.0:
             raise ValueError(
                 f"loss_momentum must be in [0, 1); got {loss_momentum}"
+            )
+        if not 0.0 <= float(head_stopping_momentum) < 1.0:
+            raise ValueError(
+                "head_stopping_momentum must be in [0, 1); got "
+                f"{head_stopping_momentum}"
+            )
+        if head_stopping is not None and (
+            int(head_stopping) != head_stopping or head_stopping < 1
+        ):
+            raise ValueError(
+                "head_stopping must be a patience >= 1 (held-out "
+                f"measurements) or None; got {head_stopping}"
+            )
+        if not float(head_stopping_min_delta) >= 0:
+            raise ValueError(
+                "head_stopping_min_delta must be >= 0; got "
+                f"{head_stopping_min_delta}"
             )
         if lambda_temperature is not None and lambda_temperature <= 0:
             raise ValueError(
@@ -412,6 +483,11 @@ class OLM(Balancer):
         self.coefficient_update = coefficient_update
         self.modulation_strength = float(modulation_strength)
         self.lambda_momentum = float(lambda_momentum)
+        self.head_stopping = (
+            None if head_stopping is None else int(head_stopping)
+        )
+        self.head_stopping_min_delta = float(head_stopping_min_delta)
+        self.head_stopping_momentum = float(head_stopping_momentum)
         self.eps = float(eps)
 
     @classmethod
@@ -485,6 +561,21 @@ class OLM(Balancer):
     reference_held_out_losses = _state_row(
         "reference_held_out_losses", "Held-out losses at Θ0, `(H,)`."
     )
+    stopping_losses = _state_row(
+        "stopping_losses",
+        "Held-out losses averaged with `head_stopping_momentum`, `(H,)`.",
+    )
+    best_stopping_losses = _state_row(
+        "best_stopping_losses",
+        "Lowest `stopping_losses` so far (head stopping), `(H,)`.",
+    )
+    stopping_waits = _state_row(
+        "stopping_waits",
+        "Held-out measurements since each head last improved, `(H,)`.",
+    )
+    stopped = _state_row(
+        "stopped", "1 for each head that head stopping stopped, `(H,)`."
+    )
     adam_m = _state_row("adam_m", "Adam's first moments, `(H,)`.")
     adam_v = _state_row("adam_v", "Adam's second moments, `(H,)`.")
 
@@ -501,6 +592,17 @@ class OLM(Balancer):
     def modulate(self, logits):
         w = ops.stop_gradient(self.coefficients)
         return {h: w[i] * logits[h] for i, h in enumerate(self.head_names)}
+
+    def unimodal_gradient_gates(self):
+        if self.head_stopping is None:
+            return None
+        return ops.stop_gradient(self.gates[:-1])
+
+    @property
+    def gates(self):
+        """1 - `stopped`, `(H,)`: the factor on each head's gradient into
+        its encoder (the fused head's entry is never applied)."""
+        return 1.0 - self.stopped
 
     def update(self, step):
         state, counters = self.state.value, self.counters.value
@@ -523,6 +625,31 @@ class OLM(Balancer):
             m * old["held_out_losses"] + (1 - m) * step.held_out_losses,
         )
         held_out = ops.where(has_held_out, held_out, old["held_out_losses"])
+        # Head stopping's own average of the held-out losses, and its best.
+        k = self.head_stopping_momentum
+        stop = ops.where(
+            held_out_steps == 1,
+            step.held_out_losses,
+            k * old["stopping_losses"] + (1 - k) * step.held_out_losses,
+        )
+        stop = ops.where(has_held_out, stop, old["stopping_losses"])
+        stopping = dict(
+            best_stopping_losses=old["best_stopping_losses"],
+            stopping_waits=old["stopping_waits"],
+            stopped=old["stopped"],
+        )
+        if self.head_stopping is not None:
+            first = held_out_steps == 1
+            best, waits, stopped = stopping_step(
+                stop,
+                ops.where(first, stop, old["best_stopping_losses"]),
+                ops.where(first, -1.0, old["stopping_waits"]),
+                old["stopped"],
+                self.head_stopping,
+                self.head_stopping_min_delta,
+            )
+            for name, value in zip(stopping, (best, waits, stopped)):
+                stopping[name] = ops.where(has_held_out, value, old[name])
 
         # Θ0 references: the first measurement, or every one in warmup.
         ref_train = ops.where(
@@ -578,6 +705,8 @@ class OLM(Balancer):
             held_out_losses=held_out,
             reference_train_losses=ref_train,
             reference_held_out_losses=ref_held_out,
+            stopping_losses=stop,
+            **stopping,
             **moments,
         )
 
@@ -632,6 +761,10 @@ class OLM(Balancer):
         for i, h in enumerate(self.head_names):
             logs[f"{h}_coef"] = coefficients[i]
             logs[f"{h}_lambda"] = lambdas[i]
+        if self.head_stopping is not None:
+            gates = self.gates
+            for i, h in enumerate(self.head_names[:-1]):
+                logs[f"{h}_gate"] = gates[i]
         return logs
 
     def get_config(self):
@@ -652,6 +785,9 @@ class OLM(Balancer):
             coefficient_update=self.coefficient_update,
             modulation_strength=self.modulation_strength,
             lambda_momentum=self.lambda_momentum,
+            head_stopping=self.head_stopping,
+            head_stopping_min_delta=self.head_stopping_min_delta,
+            head_stopping_momentum=self.head_stopping_momentum,
             eps=self.eps,
         )
         return config
@@ -668,4 +804,5 @@ __all__ = [
     "mean_logit_norm",
     "rates",
     "rebalancing_factors",
+    "stopping_step",
 ]

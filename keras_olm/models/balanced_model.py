@@ -316,10 +316,15 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         }
         features = self.fusion(encoded, training=training)
         logits = {}
-        for m in self.modalities:
+        gates = self.balancer.unimodal_gradient_gates()
+        for i, m in enumerate(self.modalities):
             f = features[m]
             if self.balancer.detach_unimodal_heads:
                 f = ops.stop_gradient(f)
+            elif gates is not None:
+                # Same value as f (f - f is exactly 0); gradient gates[i].
+                detached = ops.stop_gradient(f)
+                f = detached + (f - detached) * ops.cast(gates[i], f.dtype)
             logits[m] = self.heads[m](f)
         logits[FUSED] = self.heads[FUSED](features[FUSED])
         return logits, features
