@@ -329,7 +329,11 @@ def run_dataset(name, rows, args, log, store, save=None, seeds=None):
         if failed:
             view[title] = failed[0]
         else:
-            view[title] = [done[str(s)] for s in args.seeds if str(s) in done]
+            view[title] = [
+                {**done[str(s)], "seed": s}
+                for s in args.seeds
+                if str(s) in done
+            ]
     return view
 
 
@@ -400,6 +404,57 @@ def format_table(all_results):
                 line += f" {sec} |"
         lines.append(line)
     return "\n".join(lines)
+
+
+#: The references of the paired differences: plain joint training and the
+#: same per-head losses without modulation.
+PAIRED_REFERENCES = ("Concat", "Concat + heads (no modulation)")
+
+
+def format_paired(all_results, references=PAIRED_REFERENCES):
+    """Paired differences in test accuracy of every balancer row.
+
+    Each cell is the mean ± std over the seeds both rows ran of (row -
+    reference), seed by seed (same samples, same initial weights).
+    """
+    datasets = list(all_results)
+    header = "| method |"
+    rule = "|---|"
+    for name in datasets:
+        d = DATASET_TITLES.get(name, name)
+        for ref in references:
+            header += f" {d}: − {ref} |"
+            rule += "---|"
+    lines = [header, rule]
+    titles = []
+    for results in all_results.values():
+        titles += [t for t in _runs(results) if t.startswith("Concat + ")]
+    for title in dict.fromkeys(titles):
+        line = f"| {title} |"
+        for name in datasets:
+            runs = all_results[name]
+            for ref in references:
+                mine, theirs = runs.get(title), runs.get(ref)
+                if title == ref or not isinstance(mine, list):
+                    line += " – |"
+                    continue
+                if not isinstance(theirs, list):
+                    line += " – |"
+                    continue
+                acc = {r["seed"]: r["acc"] for r in theirs}
+                diff = [
+                    r["acc"] - acc[r["seed"]] for r in mine if r["seed"] in acc
+                ]
+                line += (
+                    f" {_signed(diff)} (n={len(diff)}) |" if diff else " – |"
+                )
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _signed(values, digits=3):
+    values = np.asarray(values, float)
+    return f"{values.mean():+.{digits}f} ± {values.std(ddof=0):.{digits}f}"
 
 
 def plot(all_results, path):
@@ -618,6 +673,11 @@ def main(argv=None):
     }
     wall = previous + time.perf_counter() - start
     table = format_table(results)
+    table += (
+        "\n\nPaired differences in test accuracy against plain joint "
+        "training (`Concat`) and the per-head losses without modulation, "
+        "seed by seed (mean ± std; n = seeds):\n\n" + format_paired(results)
+    )
     print(table)
     print(f"\n{wall:.0f} s wall, backend {keras.backend.backend()}")
     if args.plot:

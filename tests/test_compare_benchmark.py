@@ -34,7 +34,7 @@ TINY = [
 
 
 def _cells(table):
-    lines = table.splitlines()
+    lines = table.split("\n\n")[0].splitlines()
     return {
         line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
         for line in lines[2:]
@@ -115,6 +115,32 @@ def test_rooms_load_and_split_without_overlap():
         images = splits[other][0]["rgb"].reshape(sizes[other], -1)
         assert not any((pool == v).all(axis=1).any() for v in images)
     assert splits["test"][0]["depth"].shape[1:] == (32, 32, 1)
+
+
+def test_paired_differences_pair_seed_by_seed():
+    def runs(*pairs):
+        return [{"seed": s, "acc": a} for s, a in pairs]
+
+    results = {
+        "rooms": {
+            "modalities": ["rgb", "depth"],
+            "Concat": runs((0, 0.80), (1, 0.70), (2, 0.90)),
+            "Concat + heads (no modulation)": runs((0, 0.82), (2, 0.86)),
+            "Concat + OLM": runs((2, 0.91), (0, 0.84), (1, 0.75)),
+            "Concat + PMR": "failed: ValueError: no",
+        }
+    }
+    cells = _cells(compare.format_paired(results))
+    # OLM - Concat: +0.04, +0.05, +0.01; OLM - heads: seeds 0 and 2 only.
+    assert cells["Concat + OLM"] == [
+        "+0.033 ± 0.017 (n=3)",
+        "+0.035 ± 0.015 (n=2)",
+    ]
+    assert cells["Concat + heads (no modulation)"] == [
+        "-0.010 ± 0.030 (n=2)",  # +0.02, -0.04
+        "–",
+    ]
+    assert cells["Concat + PMR"] == ["–", "–"]
 
 
 def test_unknown_rows_and_changed_settings_are_errors(tmp_path):
