@@ -15,10 +15,16 @@ epoch of best validation accuracy among epochs 1..E ("best val"), mean ±
 std over seeds, and the per-seed paired differences against `"heads"`
 and plain joint training (`None`).
 
-    KERAS_BACKEND=tensorflow python benchmarks/olm_study.py \\
+    KERAS_BACKEND=tensorflow python benchmarks/olm_defaults.py \\
         --methods joint heads olm --epochs 12 40 100 --seeds 3 \\
         --out benchmarks/results/study.jsonl
-    python benchmarks/olm_study.py --report benchmarks/results/study.jsonl
+    python benchmarks/olm_defaults.py --report benchmarks/results/study.jsonl
+
+The embedded sets are problems too (`--problems digits rooms`): the
+splits of `benchmarks/embedded_data.py` (fixed; the same as `compare.py`:
+the pool, its `held_out` 10%, `val`, test), its small CNN encoders
+(width 16, 3 blocks) and Adam 0.003; the seed changes the initial
+weights and the batch order.
 
 Runs already in `--out` (same problem, method, seed, epochs) are skipped,
 so an interrupted study resumes.
@@ -27,6 +33,8 @@ so an interrupted study resumes.
 import argparse
 import json
 import os
+import re
+import sys
 import time
 
 import keras
@@ -36,7 +44,14 @@ import keras_olm
 from keras_olm.synthetic import PROBLEMS
 from keras_olm.synthetic import make_problem
 
+# The embedded sets' loaders beside this script.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import embedded_data  # noqa: E402
+
 BATCH_SIZE = 64
+#: The embedded sets this script also runs (see the module docstring).
+EMBEDDED = ("digits", "rooms")
+EMBEDDED_LEARNING_RATE = 3e-3
 
 
 def methods():
@@ -52,6 +67,21 @@ def methods():
             coefficient_update="optimizer", lambda_momentum=0.0
         ),
         "olm-authors": lambda: olm.authors(26),
+        # The held-out schedule (26 steps an epoch on the family).
+        "olm-held-out-every-step": lambda: olm(held_out_schedule="step"),
+        "olm-held-out-every-10": lambda: olm(held_out_every=10),
+        "olm-held-out-every-epoch": lambda: olm(held_out_every=26),
+        # Eq. 8 without the temperature; the optimizer path's options.
+        "olm-raw-softmax": lambda: olm(lambda_temperature=None),
+        "olm-optimizer-sgd": lambda: olm(
+            coefficient_update="optimizer", optimizer="sgd"
+        ),
+        "olm-optimizer-ce-grad": lambda: olm(
+            coefficient_update="optimizer", coefficient_ce_grad=True
+        ),
+        "olm-optimizer-faithful": lambda: olm(
+            coefficient_update="optimizer", targets="faithful"
+        ),
         "closed-1": lambda: olm(
             coefficient_update="closed_form",
             lambda_momentum=0.0,
@@ -90,7 +120,37 @@ def methods():
     }
 
 
-def encoder():
+def make_balancer(method):
+    """The `balancer=` argument of `method`.
+
+    Besides the names of `methods()`, "olm-stop<p>" is the default OLM
+    with `head_stopping=p`, optionally followed by "d<x>"
+    (`head_stopping_min_delta=x`) and "m<x>" (`head_stopping_momentum=x`);
+    "heads-stop..." is the same without modulation
+    (`modulation_strength=0`: every coefficient 1); "olm-nostop" is the
+    default with `head_stopping=None`.
+    """
+    if method == "olm-nostop":
+        return keras_olm.OLM(head_stopping=None)
+    for prefix, strength in (("olm-stop", None), ("heads-stop", 0.0)):
+        if method.startswith(prefix):
+            parts = re.findall(r"([dm]?)([0-9.]+)", method[len(prefix) :])
+            names = {
+                "": "head_stopping",
+                "d": "head_stopping_min_delta",
+                "m": "head_stopping_momentum",
+            }
+            kwargs = {names[k]: float(v) for k, v in parts}
+            kwargs["head_stopping"] = int(kwargs["head_stopping"])
+            if strength is not None:
+                kwargs["modulation_strength"] = strength
+            return keras_olm.OLM(**kwargs)
+    return methods()[method]()
+
+
+def encoder(problem="", modality=""):
+    if problem in EMBEDDED:
+        return embedded_data.cnn_encoder(16, 3, name=f"{modality}_encoder")
     return keras.Sequential(
         [
             keras.layers.Dense(32, activation="relu"),
@@ -101,6 +161,9 @@ def encoder():
 
 def splits(problem, seed):
     """(train, held_out, validation, test), each an `(x, y)` tuple."""
+    if problem in EMBEDDED:
+        parts = embedded_data.make_splits(embedded_data.load_dataset(problem))
+        return tuple(parts[k] for k in ("pool", "held_out", "val", "test"))
     data = make_problem(problem, 2000, seed=seed)
     test = make_problem(problem, 2000, seed=1000 + seed)
     # The held-out part is taken first; then validation from the rest.
@@ -145,6 +208,7 @@ class Curves(keras.callbacks.Callback):
             row["lambda"] = keras.ops.convert_to_numpy(
                 balancer.lambdas
             ).tolist()
+            row["gate"] = keras.ops.convert_to_numpy(balancer.gates).tolist()
         self.rows.append(row)
 
 
@@ -152,11 +216,14 @@ def run(problem, method, seed, epochs):
     train, held_out, validation, test = splits(problem, seed)
     keras.utils.set_random_seed(seed)
     model = keras_olm.BalancedMultimodalModel(
-        {m: encoder() for m in train[0]},
-        num_classes=4,
-        balancer=methods()[method](),
+        {m: encoder(problem, m) for m in train[0]},
+        num_classes=int(
+            max(train[1].max(), validation[1].max(), test[1].max()) + 1
+        ),
+        balancer=make_balancer(method),
     )
-    model.compile(optimizer="adam")
+    learning_rate = EMBEDDED_LEARNING_RATE if problem in EMBEDDED else 1e-3
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
     curves = Curves(validation, test)
     start = time.perf_counter()
     model.fit(
@@ -200,7 +267,9 @@ def fmt(values):
 def report(records, epoch_counts, references=("heads", "joint")):
     """Markdown tables: accuracy, paired differences, coefficients."""
     runs = {(r["problem"], r["method"], r["seed"]): r for r in records}
-    problems = [p for p in PROBLEMS if any(k[0] == p for k in runs)]
+    problems = [
+        p for p in (*PROBLEMS, *EMBEDDED) if any(k[0] == p for k in runs)
+    ]
     method_names = list(dict.fromkeys(r["method"] for r in records))
     lines = []
     for epochs in epoch_counts:
@@ -282,7 +351,7 @@ def summary(records, method, epoch_counts):
         + " | coefficients, min-max over all epochs |",
         "|---|---|" + "---|---|" * len(epoch_counts) + "---|",
     ]
-    for problem in PROBLEMS:
+    for problem in (*PROBLEMS, *EMBEDDED):
         seeds = sorted(
             s
             for (p, m, s) in runs
@@ -367,6 +436,8 @@ def main():
                     ],
                     "coef",
                     record["curves"][-1].get("coef"),
+                    "gate",
+                    record["curves"][-1].get("gate"),
                     flush=True,
                 )
     print(report(load(args.out), args.epochs))
