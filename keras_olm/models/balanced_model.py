@@ -321,7 +321,9 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             if self.balancer.detach_unimodal_heads:
                 f = ops.stop_gradient(f)
             logits[m] = self.heads[m](f)
-        logits[FUSED] = self.heads[FUSED](features[FUSED])
+        logits[FUSED] = self.heads[FUSED](
+            self.balancer.fused_head_input(features, logits)
+        )
         return logits, features
 
     def _regress(self, features):
