@@ -13,17 +13,19 @@ discrepancy, against its running average, sets a gradient coefficient
 per modality:
 
     s_m = mean_i -log max(softmax(φ_m,i)[y_i], 1e-8)      (mono score)
-    r_m = exp(M / (M - 1) · (s_m - mean_k s_k))           (ratio)
+    r_m = exp(M / (M - 1) · (mean_k s_k - s_m))           (ratio)
     ŝ_m(t) = ŝ_m(t - 1) · (t - 1) / t + s_m(t) / t        (running mean)
-    η_m = exp(M / (M - 1) · (ŝ_m - mean_k ŝ_k))           (its ratio)
+    η_m = exp(M / (M - 1) · (mean_k ŝ_k - ŝ_m))           (its ratio)
     k_m = exp(α · min(η_m - r_m, 7))                      (coefficient)
 
-and every gradient of modality m's encoder is multiplied by k_m, so the
-ratios are pulled back towards their running average. The model trains
-on the fused head's cross-entropy (the unimodal heads are linear probes
-on detached features, as with `balancer=None`). The equation numbers of
-the paper could not be checked here, so the steps above are named rather
-than numbered.
+and every gradient of modality m's encoder is multiplied by k_m: a
+modality whose lead over the others (a lower score) is larger than its
+running average is slowed down, one that lags more than usual is sped
+up, so the ratios are pulled back towards their running average. The
+model trains on the fused head's cross-entropy (the unimodal heads are
+linear probes on detached features, as with `balancer=None`). The
+equation numbers of the paper could not be checked here, so the steps
+above are named rather than numbered.
 
 The responses v(S) come from the step's `forward` hook
 (`StepRecord.forward`): the model re-run in inference mode on the batch
@@ -35,9 +37,12 @@ passes per step (2 for two modalities).
 
 Differences from the official code (`github.com/lihong2303/AGM_ICCV2023`,
 and its M-modality port `newGrad` in GeWu-Lab's BalanceBenchmark):
-- the ratio is the M-modality form above (BalanceBenchmark's, and the
-  official three-modality branch's); the official two-modality branch
-  writes r_a = exp(s_v - s_a), of the opposite sign;
+- the ratio is the official two-modality code's r_a = exp(s_v - s_a)
+  (the form used for CREMA-D), written for M modalities; the official
+  three-modality branch and BalanceBenchmark's M-modality port use the
+  opposite sign, exp(M / (M - 1) · (s_m - mean_k s_k)), under which a
+  modality that falls behind its running ratio is slowed further (the
+  deviations grow instead of shrinking);
 - the coefficient scales every trainable variable of the encoder (the
   official code skips 1-D parameters, the biases and normalisation
   scales), and the official clipping of all gradients to norm 5 when the
@@ -147,8 +152,8 @@ def agm_coefficients(scores, running_scores, alpha, cap=7.0):
     running_scores = ops.convert_to_tensor(running_scores, "float32")
     m = scores.shape[0]
     factor = m / (m - 1)
-    ratios = ops.exp(factor * (scores - ops.mean(scores)))
-    running = ops.exp(factor * (running_scores - ops.mean(running_scores)))
+    ratios = ops.exp(factor * (ops.mean(scores) - scores))
+    running = ops.exp(factor * (ops.mean(running_scores) - running_scores))
     coefficients = ops.exp(alpha * ops.minimum(running - ratios, cap))
     return coefficients, ratios, running
 

@@ -159,17 +159,21 @@ class SharedHead(keras.layers.Layer):
             trainable=False,
         )
 
-    def call(self, inputs):
-        width = self.kernel.shape[0]
-        if inputs.shape[-1] is not None and inputs.shape[-1] != width:
+    def _check_width(self, width):
+        built = self.kernel.shape[0] if self.built else None
+        if None not in (width, built) and width != built:
             raise ValueError(
-                f"MLA's shared head was built for features of width {width}; "
-                f"got {inputs.shape[-1]}. Every modality's encoder must give "
-                "features of the same width."
+                f"MLA's shared head was built for features of width {built}; "
+                f"got {width}. Every modality's encoder must give features "
+                "of the same width."
             )
+
+    def call(self, inputs):
+        self._check_width(inputs.shape[-1])
         return ops.matmul(inputs, self.kernel) + self.bias
 
     def compute_output_shape(self, input_shape):
+        self._check_width(input_shape[-1])
         return (*input_shape[:-1], self.units)
 
     def get_config(self):

@@ -39,7 +39,10 @@ Differences from the official code
   an encoder's variables at once, and the rescaling is per variable
   (`||g_m + g_u||` and `||d||` of each variable), over every trainable
   variable of the encoder; the heads and the fusion layer keep the
-  plain sum of the losses' gradients.
+  plain sum of the losses' gradients;
+- under `tf.distribute` with several replicas each replica combines its
+  own share of the gradients (the weights are those of its part of the
+  batch); on JAX and torch the step sees the global batch's gradients.
 """
 
 import keras
