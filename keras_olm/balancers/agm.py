@@ -241,13 +241,15 @@ class AGM(Balancer):
                 "AGM needs the step's inputs and its `forward` hook "
                 "(StepRecord.inputs, StepRecord.forward)."
             )
-        values = {tuple(self.modalities): step.logits[FUSED]}
+        values = {
+            tuple(self.modalities): ops.convert_to_tensor(step.logits[FUSED])
+        }
         for subset in coalitions(self.modalities):
             altered = {
                 m: x if m in subset else ops.zeros_like(x)
                 for m, x in step.inputs.items()
             }
-            values[subset] = step.forward(altered)[FUSED]
+            values[subset] = ops.convert_to_tensor(step.forward(altered)[FUSED])
         phi = shapley_responses(values, self.modalities)
         return [phi[m] for m in self.modalities]
 

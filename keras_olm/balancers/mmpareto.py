@@ -98,6 +98,8 @@ def pareto_gradient(g_m, g_u, a_m, a_u, scale):
     Returns:
         A tensor shaped as `g_m`.
     """
+    g_m = ops.convert_to_tensor(g_m, "float32")
+    g_u = ops.convert_to_tensor(g_u, "float32")
     direction = 2.0 * (a_m * g_m + a_u * g_u)
     total_norm = ops.sqrt(ops.sum(ops.square(g_m + g_u)))
     norm = ops.sqrt(ops.sum(ops.square(direction)))
@@ -182,7 +184,9 @@ class MMPareto(Balancer):
                 else ops.convert_to_tensor(multimodal[j])
                 for j in index
             ]
-            g_u = [grads[j] - g for j, g in zip(index, g_m)]
+            g_u = [
+                ops.convert_to_tensor(grads[j]) - g for j, g in zip(index, g_m)
+            ]
             a_m, a_u, cos = pareto_weights(_flat(g_m), _flat(g_u))
             for j, gm, gu in zip(index, g_m, g_u):
                 new = pareto_gradient(gm, gu, a_m, a_u, self.scale)
