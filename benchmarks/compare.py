@@ -36,9 +36,11 @@ Rows (`--rows` keys in brackets):
   attention]: plain joint training (`balancer=None`, the fused loss only)
   with each late fusion of `keras_olm.layers`;
 - `Concat + <balancer>` [heads, olm, and every other name registered in
-  `keras_olm.balancers.REGISTRY` when the script runs]: concatenation with
-  that balancer's defaults; `heads` is every head's cross-entropy without
-  modulation.
+  `keras_olm.balancers.REGISTRY` when the script runs: ogm_ge, mmcosine,
+  gblend, gradnorm, pmr, agm, mla, mmpareto]: concatenation with that
+  balancer's defaults; `heads` is every head's cross-entropy without
+  modulation. MLA's rows predict with its uncertainty fusion of the
+  unimodal outputs (its fused head), as the paper tests.
 
 Every row: the same small CNN encoders (`cnn_encoder`: `--width`,
 `--stages`), Adam (`--learning-rate`), `--batch-size`, `--epochs` epochs,
@@ -122,6 +124,9 @@ _TITLES = {
     "olm": "OLM",
     "ogm_ge": "OGM-GE",
     "gblend": "G-Blend",
+    "agm": "AGM",
+    "mla": "MLA",
+    "mmpareto": "MMPareto",
 }
 
 

@@ -1,7 +1,8 @@
 """keras-olm: balanced multimodal learning for Keras 3.
 
 The public surface: `BalancedMultimodalModel`, the `OLM` balancer and the
-field's others (`OGMGE`, `GBlend`, `MMCosine`, `GradNorm`, `PMR`), the
+field's others (`OGMGE`, `GBlend`, `MMCosine`, `GradNorm`, `PMR`, `AGM`,
+`MLA`, `MMPareto`), the
 fusion layers (their base `Fusion`, `LateFusion`, `FiLMFusion`, `GatedFusion`,
 `AttentionFusion`), `split_held_out`, and the `balancers`, `callbacks`,
 `synthetic` (small in-memory array problems) modules. Imported on their
@@ -14,6 +15,8 @@ from keras_olm import _devices  # noqa: F401
 from keras_olm import balancers
 from keras_olm import callbacks
 from keras_olm import synthetic
+from keras_olm.balancers import AGM
+from keras_olm.balancers import MLA
 from keras_olm.balancers import OGMGE
 from keras_olm.balancers import OLM
 from keras_olm.balancers import PMR
@@ -22,6 +25,7 @@ from keras_olm.balancers import GBlend
 from keras_olm.balancers import GradNorm
 from keras_olm.balancers import JointTraining
 from keras_olm.balancers import MMCosine
+from keras_olm.balancers import MMPareto
 from keras_olm.held_out import split_held_out
 from keras_olm.layers import IRFB
 from keras_olm.layers import MBT
@@ -37,8 +41,10 @@ from keras_olm.models import NonFiniteLossError
 __version__ = "0.1.0"
 
 __all__ = [
+    "AGM",
     "IRFB",
     "MBT",
+    "MLA",
     "OGMGE",
     "OLM",
     "PMR",
@@ -53,6 +59,7 @@ __all__ = [
     "JointTraining",
     "LateFusion",
     "MMCosine",
+    "MMPareto",
     "NonFiniteLossError",
     "SequenceEncoder",
     "balancers",

@@ -55,6 +55,29 @@ def _pmr_state(balancer, steps):
         assert np.abs(np_(head.prototypes)).sum() > 0
 
 
+def _agm_state(balancer, steps):
+    assert int(np_(balancer.steps)) == steps
+    k = np_(balancer.coefficients)
+    assert np.all(k > 0) and not np.allclose(k, 1.0)
+    # The running mean of the mono scores (cross-entropies) is positive.
+    assert np.all(np_(balancer.running_scores) > 0)
+
+
+def _mla_state(balancer, steps):
+    assert int(np_(balancer.steps)) == steps
+    # The projector moved away from the identity and keeps a unit norm.
+    p = np_(balancer._heads.layers["shared"].projector)
+    assert not np.allclose(p, np.eye(len(p)))
+    assert np.linalg.norm(p) == pytest.approx(1.0, rel=1e-4)
+
+
+def _mmpareto_state(balancer, steps):
+    assert int(np_(balancer.steps)) == steps
+    w = np_(balancer.multimodal_weights)
+    assert np.all((w >= 0) & (w <= 1))
+    assert np.all(np.abs(np_(balancer.cosines)) <= 1 + 1e-6)
+
+
 def _stateless(balancer, steps):
     assert not balancer.non_trainable_weights
 
@@ -67,6 +90,9 @@ BALANCERS = {
     "gblend": (dict(refresh_every=4, held_out_schedule="step"), _gblend_state),
     "gradnorm": (dict(alpha=1.5), _gradnorm_state),
     "pmr": (dict(alpha=1.0), _pmr_state),
+    "agm": (dict(alpha=1.0), _agm_state),
+    "mla": (dict(alpha=0.1), _mla_state),
+    "mmpareto": (dict(scale=1.5), _mmpareto_state),
 }
 
 

@@ -104,6 +104,9 @@ BALANCERS = [
     "gradnorm",
     "pmr",
     "mmcosine",
+    "agm",
+    "mla",
+    "mmpareto",
 ]
 
 
@@ -143,7 +146,7 @@ def test_backup_and_restore_resumes_exactly(
     assert_same_run(resumed, straight, history, straight_history)
 
 
-@pytest.mark.parametrize("balancer", ["olm", "pmr"])
+@pytest.mark.parametrize("balancer", ["olm", "pmr", "mla"])
 def test_weights_checkpoint_resumes_exactly(
     balancer, data, straight_runs, tmp_path
 ):

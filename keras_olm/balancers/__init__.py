@@ -1,12 +1,17 @@
 """Balancers: how the heads' losses train a multimodal model."""
 
+from keras_olm.balancers.agm import AGM
 from keras_olm.balancers.base import Balancer
 from keras_olm.balancers.base import JointTraining
 from keras_olm.balancers.base import StepRecord
 from keras_olm.balancers.gblend import GBlend
 from keras_olm.balancers.gradnorm import GradNorm
+from keras_olm.balancers.mla import MLA
+from keras_olm.balancers.mla import SharedHead
+from keras_olm.balancers.mla import UncertaintyFusion
 from keras_olm.balancers.mmcosine import CosineHead
 from keras_olm.balancers.mmcosine import MMCosine
+from keras_olm.balancers.mmpareto import MMPareto
 from keras_olm.balancers.ogm_ge import OGMGE
 from keras_olm.balancers.olm import OLM
 from keras_olm.balancers.pmr import PMR
@@ -24,6 +29,9 @@ REGISTRY = {
     "gblend": GBlend,
     "gradnorm": GradNorm,
     "pmr": PMR,
+    "agm": AGM,
+    "mla": MLA,
+    "mmpareto": MMPareto,
 }
 
 
@@ -48,9 +56,12 @@ def get(identifier, **kwargs):
 
 
 __all__ = [
+    "AGM",
     "GBlend",
     "GradNorm",
+    "MLA",
     "MMCosine",
+    "MMPareto",
     "OGMGE",
     "OLM",
     "PMR",
@@ -59,6 +70,8 @@ __all__ = [
     "CosineHead",
     "JointTraining",
     "PrototypeHead",
+    "SharedHead",
     "StepRecord",
+    "UncertaintyFusion",
     "get",
 ]

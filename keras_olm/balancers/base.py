@@ -29,6 +29,14 @@ The hooks, in the order a training step calls them:
    (OLM's coefficients, G-Blend's weights).
 7. `step_logs()`: scalars shown in the progress bar and `History`.
 
+Two more hooks shape the forward pass and what the step measures:
+`fused_head_input(features, logits)` says what the fused head reads (the
+fusion layer's fused feature, or MLA's per-modality logits), and
+`head_gradients` names the heads whose own loss gradients the step takes
+apart from the total's (MMPareto's multimodal gradient); the gradient
+hook also gets `StepRecord.forward`, which runs the model on altered
+inputs (AGM's Shapley mono scores).
+
 The training step runs 5 and 6 before the optimizer step, checks their
 new state with the loss and the gradients, and assigns it only if all of
 it is finite (`assign_if_finite`); `apply_transform_gradients` and
@@ -43,6 +51,7 @@ from keras import ops
 
 from keras_olm.balancers.common import check_choice
 from keras_olm.balancers.common import cross_entropy
+from keras_olm.layers.base import FUSED
 
 #: Where a balancer that reads held-out losses gets them: `"periodic"`,
 #: one held-out batch every `held_out_every` steps, or `"step"`, one every
@@ -77,6 +86,19 @@ class StepRecord:
         features: dict or `None`. The features each head read (the fusion
             layer's outputs: one per modality and `"fused"`); `None` in
             `update` unless the balancer sets `update_reads_features`.
+        inputs: dict or `None`. The batch's inputs, by modality; set in
+            `transform_gradients` only.
+        forward: callable or `None`. `forward(inputs)` runs the model
+            (encoders, fusion, heads) in inference mode on a dict of inputs
+            shaped as `inputs` (e.g. with one modality zeroed) and returns
+            the detached raw logits of every head, as a dict. With several
+            replicas it returns the global batch's logits, as `logits`
+            are. Set in `transform_gradients` only.
+        head_gradients: dict or `None`. For every head named in the
+            balancer's `head_gradients`, the gradients of that head's loss
+            alone (its entry of `compute_loss`' head losses), one per
+            trainable variable (`None` where it does not reach a
+            variable). Set in `transform_gradients` only.
     """
 
     y: Any
@@ -86,6 +108,9 @@ class StepRecord:
     held_out_losses: Any = None
     held_out_flag: Any = None
     features: Any = None
+    inputs: Any = None
+    forward: Any = None
+    head_gradients: Any = None
 
 
 @keras.saving.register_keras_serializable(package="keras_olm")
@@ -125,6 +150,9 @@ class Balancer(keras.layers.Layer):
     update_reads_features = False
     #: Whether unimodal heads read detached features (linear probes).
     detach_unimodal_heads = False
+    #: Heads whose own loss gradients the step takes, apart from the
+    #: total's, for `transform_gradients` (`StepRecord.head_gradients`).
+    head_gradients = ()
 
     def __init__(self, **kwargs):
         kwargs.setdefault("trainable", False)
@@ -197,6 +225,16 @@ class Balancer(keras.layers.Layer):
     def modulate(self, logits):
         """Maps raw per-head logits to the logits the loss sees."""
         return logits
+
+    def fused_head_input(self, features, logits):
+        """What the fused head reads: the fusion layer's fused feature.
+
+        Args:
+            features: dict. The fusion layer's outputs (one feature per
+                modality and `"fused"`).
+            logits: dict. The modality heads' raw logits.
+        """
+        return features[FUSED]
 
     def head_loss_weights(self):
         """Per-head loss weights, shape `(num_heads,)`; all ones here."""

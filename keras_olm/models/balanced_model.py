@@ -326,7 +326,9 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
                 detached = ops.stop_gradient(f)
                 f = detached + (f - detached) * ops.cast(gates[i], f.dtype)
             logits[m] = self.heads[m](f)
-        logits[FUSED] = self.heads[FUSED](features[FUSED])
+        logits[FUSED] = self.heads[FUSED](
+            self.balancer.fused_head_input(features, logits)
+        )
         return logits, features
 
     def _regress(self, features):

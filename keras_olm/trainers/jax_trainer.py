@@ -111,10 +111,27 @@ class StepMixin(TrainingStep):
                 total, aux = self._compute_loss(batch, training=True)
             return total, (aux, new[1])
 
-        (total, (aux, c.non_trainable)), grads = jax.value_and_grad(
-            loss_fn, has_aux=True
-        )(c.trainable)
-        return total, aux, grads
+        heads = self._head_gradient_indices()
+        if not heads:
+            (total, (aux, c.non_trainable)), grads = jax.value_and_grad(
+                loss_fn, has_aux=True
+            )(c.trainable)
+            return total, aux, grads, {}
+
+        # The total and the named heads' losses from one forward pass, one
+        # backward pass each.
+        def losses_fn(trainable):
+            total, (aux, non_trainable) = loss_fn(trainable)
+            losses = [total] + [aux[1][i] for i in heads.values()]
+            return jax.numpy.stack(losses), (total, aux, non_trainable)
+
+        losses, vjp, (total, aux, c.non_trainable) = jax.vjp(
+            losses_fn, c.trainable, has_aux=True
+        )
+        basis = jax.numpy.eye(losses.shape[0], dtype=losses.dtype)
+        grads = vjp(basis[0])[0]
+        head_grads = {h: vjp(basis[k + 1])[0] for k, h in enumerate(heads)}
+        return total, aux, grads, head_grads
 
     def _apply_if_finite(self, finite, grads):
         """The optimizer step on the state values, skipped (both taken as

@@ -70,8 +70,11 @@ class TrainingStep:
             batch: a `StepBatch`.
 
         Returns:
-            `(total, aux, grads)`: the scalar loss, the `aux` of
-            `_compute_loss` and one gradient per trainable variable.
+            `(total, aux, grads, head_grads)`: the scalar loss, the `aux`
+            of `_compute_loss`, one gradient per trainable variable, and
+            for every head named in the balancer's `head_gradients` the
+            gradients of that head's loss alone (`_head_gradient_indices`),
+            as a dict (empty when it names none).
         """
         raise NotImplementedError
 
@@ -148,6 +151,19 @@ class TrainingStep:
         """A context in which `fit` builds the model's variables."""
         return contextlib.nullcontext()
 
+    def _head_gradient_indices(self):
+        """`{head: index into head_losses}` of the heads whose own loss
+        gradients the balancer reads (`Balancer.head_gradients`)."""
+        names = list(self.balancer.head_gradients)
+        unknown = [h for h in names if h not in self.head_names]
+        if unknown:
+            raise ValueError(
+                f"{type(self.balancer).__name__}.head_gradients names "
+                f"{unknown}, which are not heads of this model "
+                f"({self.head_names})."
+            )
+        return {h: self.head_names.index(h) for h in names}
+
     def _sync_training_state(self):
         """Writes the state of the last finished step into the variables;
         nothing to do where the variables are always current."""
@@ -159,10 +175,10 @@ class TrainingStep:
         batch = held_out_lib.unpack(data)
         with self._state_scope():
             held_out = self._held_out_losses(batch.held_out)
-        total, aux, grads = self._loss_and_gradients(batch)
+        total, aux, grads, head_grads = self._loss_and_gradients(batch)
         with self._state_scope():
             grads, aux, new_state = self._balancer_step(
-                grads, batch, aux, held_out
+                grads, batch, aux, held_out, head_grads
             )
             flags = self._non_finite_flags(
                 total, aux, grads, held_out, new_state
@@ -283,12 +299,15 @@ class TrainingStep:
             }
         return self._gradient_groups
 
-    def _balancer_step(self, grads, batch, aux, held_out):
+    def _balancer_step(self, grads, batch, aux, held_out, head_grads=None):
         """The balancer's gradient hook and its state update, not assigned.
 
         Both run before the optimizer step, on what the forward pass
         measured, so that their new state can be checked with the loss
-        and the gradients before anything is applied.
+        and the gradients before anything is applied. The gradient hook
+        also gets the batch's inputs, a `forward` on altered inputs and
+        the separate head-loss gradients (`head_grads`) in its
+        `StepRecord`.
 
         Returns:
             `(grads, aux, new_state)`: the gradients to apply, the step's
@@ -297,7 +316,7 @@ class TrainingStep:
         """
         aux = _detached(aux)
         logits, _, features, _ = aux
-        y = self._labels(batch.y)
+        y = local_y = self._labels(batch.y)
         held_out_losses, held_out_flag = held_out
         if self.balancer.measures_steps or (
             type(self.balancer).transform_gradients
@@ -306,7 +325,20 @@ class TrainingStep:
             y, logits, features, held_out_losses = self._global_batch(
                 y, logits, features, held_out_losses
             )
-        step = StepRecord(y=y, logits=logits, features=features)
+
+        def forward(inputs):
+            probe = self._forward(inputs, training=False)
+            probe = {h: ops.stop_gradient(v) for h, v in probe.items()}
+            return self._global_batch(local_y, probe, {}, held_out_losses)[1]
+
+        step = StepRecord(
+            y=y,
+            logits=logits,
+            features=features,
+            inputs=batch.x,
+            forward=forward,
+            head_gradients=head_grads or {},
+        )
         grads, new_state = self.balancer.transform_gradients(
             grads,
             self.trainable_variables,

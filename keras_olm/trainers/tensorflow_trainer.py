@@ -52,13 +52,21 @@ class StepMixin(TrainingStep):
     _xla_update = None
 
     def _loss_and_gradients(self, batch):
-        with tf.GradientTape() as tape:
+        heads = self._head_gradient_indices()
+        scale = keras.src.losses.loss.scale_loss_for_distribution
+        with tf.GradientTape(persistent=bool(heads)) as tape:
             total, aux = self._compute_loss(batch, training=True)
             # Divided by the number of replicas (none: as it is): the
             # optimizer sums the replicas' gradients.
-            scaled = keras.src.losses.loss.scale_loss_for_distribution(total)
-        grads = tape.gradient(scaled, self.trainable_variables)
-        return total, aux, grads
+            scaled = scale(total)
+            head_losses = {h: scale(aux[1][i]) for h, i in heads.items()}
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        head_grads = {
+            h: tape.gradient(loss, variables) for h, loss in head_losses.items()
+        }
+        del tape
+        return total, aux, grads, head_grads
 
     def _state_scope(self):
         return contextlib.nullcontext()

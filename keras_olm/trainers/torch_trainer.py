@@ -76,11 +76,23 @@ class StepMixin(TrainingStep):
     def _loss_and_gradients(self, batch):
         self.zero_grad()
         total, aux = self._compute_loss(batch, training=True)
+        values = [v.value for v in self.trainable_variables]
+        head_grads = {
+            h: list(
+                torch.autograd.grad(
+                    aux[1][i], values, retain_graph=True, allow_unused=True
+                )
+            )
+            for h, i in self._head_gradient_indices().items()
+        }
         total.backward()
         grads = [v.value.grad for v in self.trainable_variables]
         if process_count() > 1:
             grads = _average_gradients(grads)
-        return total, aux, grads
+            head_grads = {
+                h: _average_gradients(g) for h, g in head_grads.items()
+            }
+        return total, aux, grads, head_grads
 
     def _state_scope(self):
         return torch.no_grad()
