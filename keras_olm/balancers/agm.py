@@ -23,9 +23,12 @@ modality whose lead over the others (a lower score) is larger than its
 running average is slowed down, one that lags more than usual is sped
 up, so the ratios are pulled back towards their running average. The
 model trains on the fused head's cross-entropy (the unimodal heads are
-linear probes on detached features, as with `balancer=None`). The
-equation numbers of the paper could not be checked here, so the steps
-above are named rather than numbered.
+linear probes on detached features, as with `balancer=None`).
+
+Equation numbers: all unconfirmed. No copy of the paper's text past its
+abstract could be read here, so none of the formulas above is cited by
+number and none could be checked against the paper itself; they were
+checked against the official code instead (below).
 
 The responses v(S) come from the step's `forward` hook
 (`StepRecord.forward`): the model re-run in inference mode on the batch
@@ -37,16 +40,25 @@ passes per step (2 for two modalities).
 
 Differences from the official code (`github.com/lihong2303/AGM_ICCV2023`,
 and its M-modality port `newGrad` in GeWu-Lab's BalanceBenchmark):
-- the ratio is the official two-modality code's r_a = exp(s_v - s_a)
-  (the form used for CREMA-D), written for M modalities; the official
-  three-modality branch and BalanceBenchmark's M-modality port use the
-  opposite sign, exp(M / (M - 1) · (s_m - mean_k s_k)), under which a
-  modality that falls behind its running ratio is slowed further (the
-  deviations grow instead of shrinking);
-- the coefficient scales every trainable variable of the encoder (the
-  official code skips 1-D parameters, the biases and normalisation
-  scales), and the official clipping of all gradients to norm 5 when the
-  fused head's weight gradient leaves [-5, 5] is not done;
+- the ratio has the official code's sign in all its branches: r_a =
+  exp(s_v - s_a) for CREMA-D and AVE, and exp(M / (M - 1) · (mean_k s_k
+  - s_m)) for AV-MNIST, CMU-MOSEI and the three-modality UR-Funny;
+  BalanceBenchmark's M-modality port uses the opposite sign,
+  exp(M / (M - 1) · (s_m - mean_k s_k)), under which a modality that
+  falls behind its running ratio is slowed further (the deviations grow
+  instead of shrinking);
+- η - r is capped at 7 as in the official UR-Funny branch and
+  BalanceBenchmark (the official CREMA-D branch caps it at 10, the other
+  branches not at all);
+- the coefficient scales every trainable variable of the encoder. The
+  official code instead scales, with a backward hook, the gradient that
+  reaches each response φ_m (its fused output is Σ_m φ_m), and that
+  gradient reaches the encoders through the coalitions' forward passes
+  as well as the full one;
+  BalanceBenchmark scales the encoders' gradients as here but skips 1-D
+  parameters (biases, normalisation scales). The clipping of all
+  gradients to a norm of 1 or 5 when the fused head's weight gradient
+  leaves [-1, 1] or [-5, 5] (official code, BalanceBenchmark) is not done;
 - the running mean counts the steps since training began (the global
   step, saved with the model), as the official `iteration`.
 """
@@ -101,6 +113,8 @@ def shapley_responses(values, modalities):
         others = [k for k in modalities if k != m]
         total = 0.0
         for size in range(n):
+            # Shapley weight |S|! (|M| - |S| - 1)! / |M|! (mono-modal
+            # response; equation number unconfirmed)
             weight = (
                 math.factorial(size)
                 * math.factorial(n - size - 1)
@@ -152,8 +166,12 @@ def agm_coefficients(scores, running_scores, alpha, cap=7.0):
     running_scores = ops.convert_to_tensor(running_scores, "float32")
     m = scores.shape[0]
     factor = m / (m - 1)
+    # ratio r_m and its running counterpart η_m (equation numbers
+    # unconfirmed; the sign is the official code's, see the module
+    # docstring)
     ratios = ops.exp(factor * (ops.mean(scores) - scores))
     running = ops.exp(factor * (ops.mean(running_scores) - running_scores))
+    # coefficient k_m = exp(α · min(η_m - r_m, cap))
     coefficients = ops.exp(alpha * ops.minimum(running - ratios, cap))
     return coefficients, ratios, running
 
@@ -260,6 +278,8 @@ class AGM(Balancer):
         )
         steps = self.steps.value + 1
         t = ops.cast(steps, "float32")
+        # running mean ŝ_m(t), updated after k_m is computed (as the
+        # official code)
         running = self.running_scores.value * (t - 1.0) / t + scores / t
         active = self.window.contains(self.steps.value)
         coefficients = ops.where(

@@ -21,9 +21,12 @@ e_m = -Σ_c p_m,c log p_m,c the entropy of modality m's softmax output,
     λ_m = exp(max_k e_k - e_m) / Σ_j exp(max_k e_k - e_j)
     z   = Σ_m λ_m · W f_m                            (uncertainty fusion)
 
-so the more confident modality weighs more, sample by sample. The
-equation numbers of the paper could not be checked here, so the steps
-above are named rather than numbered.
+so the more confident modality weighs more, sample by sample.
+
+Equation numbers: all unconfirmed. No copy of the paper's text past its
+abstract could be read here, so none of the formulas above is cited by
+number and none could be checked against the paper itself; they were
+checked against the official code instead (below).
 
 Here the shared head is every modality head (`SharedHead`, which also
 holds P), and the fused head is `UncertaintyFusion`, a layer without
@@ -46,7 +49,19 @@ Adaptation`, and its port in GeWu-Lab's BalanceBenchmark):
 - the head's bias is not projected (as the official code), and P is
   neither updated nor applied on the very first step (as the official
   code's `exp_count != 0`); the projected gradient replaces the gradient
-  (the original code; BalanceBenchmark adds it to the gradient instead).
+  (the original code; BalanceBenchmark adds it to the gradient instead);
+- the update's denominator is the scalar α + r P rᵀ of orthogonal weight
+  modification; the official code divides elementwise by the matrix
+  α + (P rᵀ) r (`torch.mm(k, r)`, an outer product);
+- the fusion weights are per sample, the entropy taken over each
+  sample's classes; the official `calculate_entropy` takes the softmax
+  over the batch axis and sums over the whole batch, giving one weight
+  per modality and batch;
+- in the official repository's snapshot read here, `before_update`
+  projects only a parameter named `module.weight`, a name the shared
+  `nn.Linear`'s kernel (`weight`) does not have, so there neither is P
+  updated nor the gradient projected; BalanceBenchmark's port matches
+  `weight`.
 """
 
 import keras
@@ -74,9 +89,12 @@ def update_projector(projector, features, alpha):
     projector = ops.convert_to_tensor(projector, "float32")
     r = ops.mean(ops.convert_to_tensor(features, "float32"), 0, keepdims=True)
     k = ops.matmul(projector, ops.transpose(r))  # (dim, 1)
+    # projector update P - (P rᵀ)(P rᵀ)ᵀ / (α + r P rᵀ) (equation number
+    # unconfirmed; the denominator is a scalar, see the module docstring)
     new = projector - ops.matmul(k, ops.transpose(k)) / (
         alpha + ops.matmul(r, k)
     )
+    # P / ||P||_F, as the official code
     return new / ops.sqrt(ops.sum(ops.square(new)))
 
 
@@ -103,8 +121,11 @@ def entropy_weights(logits):
     for z in logits:
         z = ops.convert_to_tensor(z, "float32")
         log_p = ops.log_softmax(z, axis=-1)
+        # e_m = -Σ_c p_m,c log p_m,c per sample (equation number
+        # unconfirmed)
         entropies.append(-ops.sum(ops.exp(log_p) * log_p, axis=-1))
     entropies = ops.stack(entropies)
+    # λ_m = exp(max_k e_k - e_m) / Σ_j exp(max_k e_k - e_j)
     shifted = ops.max(entropies, axis=0, keepdims=True) - entropies
     weights = ops.exp(shifted)
     return weights / ops.sum(weights, axis=0, keepdims=True)

@@ -22,8 +22,11 @@ paper's Sec. 4 integrates the gradients this way only when they conflict
 and, as its analysis of the unimodal loss' larger gradient magnitude and
 covariance asks, gives the final gradient a magnitude no smaller than
 that of the plain sum, then scales it by s (1.5 in the official code).
-The equation numbers of the paper could not be checked here, so the
-steps above are named rather than numbered.
+
+Equation numbers: all unconfirmed. No copy of the paper's text past its
+abstract could be read here, so none of the steps above is cited by
+number and none could be checked against the paper itself; they were
+checked against the official code instead (below).
 
 Differences from the official code
 (`github.com/GeWu-Lab/MMPareto_ICML2024`, `code/MMPareto.py`):
@@ -33,8 +36,10 @@ Differences from the official code
   official code runs one backward pass per loss); with late fusion these
   agree, and with fusions in which one modality's unimodal head reads
   another's encoder g_u is every unimodal loss' gradient on that encoder;
-- the two-task min-norm weight is the closed form above (the official
-  `MinNormSolver` iterates to it, clipping γ to [0.001, 0.999]);
+- the two-task min-norm weight is the closed form above, clipped to
+  [0, 1] (the official `MinNormSolver` returns the same closed form for
+  two tasks without iterating, but sets γ to 0.999 when
+  <g_m, g_u> ≥ ||g_m||² and to 0.001 when <g_m, g_u> ≥ ||g_u||²);
 - like the official code, the conflict test and the weights use all of
   an encoder's variables at once, and the rescaling is per variable
   (`||g_m + g_u||` and `||d||` of each variable), over every trainable
@@ -77,7 +82,9 @@ def pareto_weights(g_m, g_u, eps=1e-12):
     mm = ops.sum(g_m * g_m)
     uu = ops.sum(g_u * g_u)
     mu = ops.sum(g_m * g_u)
+    # conflict test: cosine of g_m and g_u (equation number unconfirmed)
     cos = mu / ops.maximum(ops.sqrt(mm) * ops.sqrt(uu), eps)
+    # two-task min-norm (MGDA) weight of g_m
     gamma = (uu - mu) / ops.maximum(mm + uu - 2.0 * mu, eps)
     gamma = ops.clip(gamma, 0.0, 1.0)
     a_m = ops.where(cos > 0, 0.5, gamma)
@@ -100,6 +107,8 @@ def pareto_gradient(g_m, g_u, a_m, a_u, scale):
     """
     g_m = ops.convert_to_tensor(g_m, "float32")
     g_u = ops.convert_to_tensor(g_u, "float32")
+    # d = 2 (a_m g_m + a_u g_u), then the magnitude rescale (equation
+    # numbers unconfirmed)
     direction = 2.0 * (a_m * g_m + a_u * g_u)
     total_norm = ops.sqrt(ops.sum(ops.square(g_m + g_u)))
     norm = ops.sqrt(ops.sum(ops.square(direction)))
