@@ -13,7 +13,7 @@ Data (both read by `keras_olm.data.CremaD`, in CREMA-D's on-disk layout):
 
 - default: the embedded audio-visual digits
   (`keras_olm.embedded.av_digits`: 1,797 real handwritten digits from
-  scikit-learn paired with the digit's name spoken by espeak-ng, 1.5 s
+  scikit-learn paired with the digit's name spoken by espeak-ng, ~0.7 s
   clips at 22,050 Hz, 32x32 frames, split by speaker; 10 classes, labels
   `av_digits.LABELS`), generated once into the cache (about 20 s). Audio
   is the dominant modality there. Spectrograms use the smaller "digits"
@@ -25,7 +25,7 @@ Data (both read by `keras_olm.data.CremaD`, in CREMA-D's on-disk layout):
 
 Spectrograms (`--audio`):
 
-- `digits` (embedded default): 22,050 Hz, 1.5 s (the clip length), n_fft
+- `digits` (embedded default): 22,050 Hz, 1.5 s (the clip, tiled), n_fft
   512, hop 353, projected on 64 mel bands, log, per-clip z-score:
   64 x 94;
 - `cremad` (`--data-dir` default): the CREMA-D preset of

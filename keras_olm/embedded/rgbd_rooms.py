@@ -5,26 +5,37 @@ vertical cylinders, textured walls and floors) as RGB + depth for the 19
 SUN RGB-D scene classes, and writes them in the SUN RGB-D on-disk layout so
 that a SUN RGB-D reader reads them exactly as it reads the real data.
 
-Each class is a pair (layout, palette). The layout (room shape and object
-arrangement) is the depth cue; the palette (colours and textures of walls,
-floor and furniture) is the RGB cue. The layouts are shared in pairs and
-the palettes are not: classes `2k - 1` and `2k` start from the same base
-palette, but the second of them renders a variant (its colours moved
-towards their channel rotation, all the way by default, `palette_shift`,
-and its textures changed):
+Each class is a pair (layout, palette), and the classes come in pairs
+that share both: classes `2k` and `2k + 1` have layout `Lk` (room shape
+and furniture) and base palette `Pk` (colours and textures of walls,
+floor and furniture); class 18 is alone. The second class of a pair
+renders the variant of the palette (colours moved towards their channel
+rotation, all the way by default, `palette_shift`, and other textures)
+and adds `pillars` free-standing floor-to-ceiling pillars at random
+places to the layout:
 
-    class:   0    1    2    3    4   ...   17   18
-    layout:  L0   L0   L1   L1   L2  ...   L8   L9
-    palette: P0   P1   P1'  P2   P2' ...   P9   P9'
+    class:   0    1     2    3     ...   16   17    18
+    layout:  L0   L0+p  L1   L1+p  ...   L8   L8+p  L9
+    palette: P0   P0'   P1   P1'   ...   P8   P8'   P9
 
-so RGB alone nearly determines the class (as RGB dominates SUN RGB-D)
-and depth alone tells only the layout, a weaker cue that resolves the
-confusions left between a palette and its variant, which belong to
-different layouts: each modality's evidence adds up, and an ensemble of
-unimodal models can use both. Per-sample variation (room size, camera
-pose and field of view, object placement and size, light position,
-intensity and tint, colour jitter, sensor noise, depth holes) keeps
-either modality alone from being perfect.
+So RGB tells the class from the palette, depth the layout from the room's
+shape and the class within the layout from the pillars: small, anywhere,
+and learned by a CNN only slowly (random convolutional features do not
+show them to a linear probe). A quarter of the samples
+(`dark_fraction`) are captured in the dark: the camera's night mode
+gives a grey, dim and noisy image that tells almost nothing, while depth,
+an active sensor, is unaffected. RGB is the dominant modality (as in SUN
+RGB-D): a small CNN learns the palettes faster and scores higher alone;
+depth alone is weaker and slower, and it is the only cue on dark
+samples. Under joint training RGB fits the training set first and the
+depth encoder stops short of the pillars (a linear probe on it scores
+well below depth alone), while the average of the unimodal models, where
+depth alone answers for the dark samples, beats the jointly trained one
+(`benchmarks/imbalance.py`; figures in `benchmarks/README.md`).
+Per-sample variation (room size, camera pose and field of view, object
+placement and size, light position, intensity and tint, colour jitter,
+sensor noise, depth holes) keeps either modality alone from being
+perfect.
 
 Layout written by `generate` (all paths relative to the returned root):
 
@@ -57,7 +68,7 @@ Example:
 ```python
 from keras_olm.embedded import rgbd_rooms
 
-root = rgbd_rooms.generate()  # ~/.cache/keras_olm/rgbd_rooms-2-<hash>
+root = rgbd_rooms.generate()  # ~/.cache/keras_olm/rgbd_rooms-3-<hash>
 train = (root / "train.txt").read_text().split()
 ```
 """
@@ -72,7 +83,7 @@ from keras_olm.data.sunrgbd import SENSORS
 from keras_olm.data.sunrgbd import SUNRGBD_CLASSES
 from keras_olm.embedded import _cache
 
-VERSION = "2"
+VERSION = "3"
 NAME = "rgbd_rooms"
 
 # The 19 scene classes and sensor folders of the real set, shared with
@@ -88,20 +99,34 @@ def class_layout(class_index):
 
 
 def class_palette(class_index):
-    """Index of the base palette of a class: shared in shifted pairs.
+    """Index of the base palette of a class: shared in pairs, as layouts.
 
-    The second class of a pair (`class_index` even and positive) renders
-    a variant of it (`palette_variant`).
+    The second class of a pair (`class_index` odd) renders a variant of
+    it (`palette_variant`).
     """
-    return (class_index + 1) // 2
+    return class_index // 2
 
 
 def is_palette_variant(class_index):
     """Whether a class renders the variant of its base palette."""
-    return class_index > 0 and class_index % 2 == 0
+    return class_index % 2 == 1
+
+
+def has_pillars(class_index):
+    """Whether a class adds free-standing pillars to its layout (the
+    depth cue that tells the two classes of a layout apart)."""
+    return class_index % 2 == 1
 
 
 PALETTE_SHIFT = 1.0
+DARK_FRACTION = 0.25
+PILLARS = 4
+PILLAR_RADIUS = 0.25
+COLOR_JITTER = 0.06
+# A dark sample's image: the scene's luminance times DARK_GAIN plus
+# Gaussian noise of standard deviation DARK_NOISE (intensities in [0, 1]).
+DARK_GAIN = 0.08
+DARK_NOISE = 0.05
 
 
 def palette_variant(palette, shift=PALETTE_SHIFT):
@@ -511,6 +536,10 @@ def render_sample(
     seed=0,
     image_size=64,
     palette_shift=PALETTE_SHIFT,
+    dark_fraction=DARK_FRACTION,
+    pillars=PILLARS,
+    pillar_radius=PILLAR_RADIUS,
+    color_jitter=COLOR_JITTER,
 ):
     """Render one RGB-D sample of a class, deterministically.
 
@@ -526,6 +555,15 @@ def render_sample(
         palette_shift: float. How far a variant palette's colours move
             from its base palette's (`palette_variant`); `0` leaves only
             the textures to tell them apart. Defaults to `1.0`.
+        dark_fraction: float. Probability that the sample is captured in
+            the dark (grey, dim, noisy image; depth unaffected). Defaults
+            to `0.25`.
+        pillars: int. Pillars added to the layout of the second class of
+            a pair (`has_pillars`). Defaults to `4`.
+        pillar_radius: float. Their radius in metres. Defaults to `0.25`.
+        color_jitter: float. Per-sample colour jitter: palette colours
+            scaled by 1 +- `color_jitter` per channel, plus noise and a
+            light tint in proportion. Defaults to `0.06`.
 
     Returns:
         A dict with `"rgb"` (uint8, `(image_size, image_size, 3)`),
@@ -544,6 +582,14 @@ def render_sample(
     # Room and camera.
     w, h, d = np.array(_ROOM_SIZE[layout]) * rng.uniform(0.9, 1.1, 3)
     objects = _layout_objects(layout, rng, w, h, d)
+    # Pillars and darkness draw from their own stream.
+    vrng = np.random.default_rng([seed, class_index, sample_index, 7927])
+    if has_pillars(class_index):
+        for _ in range(pillars):
+            px = vrng.uniform(-w / 2 + 0.3, w / 2 - 0.3)
+            pz = vrng.uniform(1.2, d - 0.4)
+            objects.append(("cyl", px, pz, pillar_radius, 0.0, h, 1))
+    dark = vrng.uniform() < dark_fraction
     fov = np.deg2rad(rng.uniform(55, 68))
     f = image_size / (2 * np.tan(fov / 2))
     c0 = (image_size - 1) / 2
@@ -604,9 +650,8 @@ def render_sample(
 
     # Colours with per-sample palette jitter.
     cols = np.array([*obj_cols, floor, ceil, wall, wall], dtype=np.float64)
-    cols = cols * rng.uniform(0.85, 1.15, (1, 3)) + rng.normal(
-        0, 0.04, cols.shape
-    )
+    cols = cols * rng.uniform(1 - color_jitter, 1 + color_jitter, (1, 3))
+    cols = cols + rng.normal(0, 0.04 * color_jitter / 0.15, cols.shape)
     base = np.clip(cols, 0.02, 1.0)[mat]
 
     tex = np.ones(n)
@@ -630,10 +675,14 @@ def render_sample(
     power = rng.uniform(3.0, 7.0)
     diffuse = power * lam / (1.0 + dist**2)
     ambient = rng.uniform(0.25, 0.45)
-    tint = np.array([1.0, 1.0, 1.0]) + rng.normal(0, 0.06, 3)
+    tint = np.array([1.0, 1.0, 1.0]) + rng.normal(0, 0.4 * color_jitter, 3)
     rgb = base * tex[:, None] * (ambient + diffuse)[:, None] * tint
     rgb = rgb ** (1 / 1.4)  # soft gamma
     rgb += rng.normal(0, 0.02, rgb.shape)
+    if dark:  # night mode: grey, dim and noisy
+        lum = rgb @ np.array([0.299, 0.587, 0.114])
+        lum = lum * DARK_GAIN + vrng.normal(0, DARK_NOISE, n)
+        rgb = np.repeat(lum[:, None], 3, axis=1)
     rgb = np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8)
 
     # Depth: z-depth in mm; Kinect-like noise growing with depth squared.
@@ -700,6 +749,10 @@ def generate(
     test_fraction=0.5,
     jpeg_quality=95,
     palette_shift=PALETTE_SHIFT,
+    dark_fraction=DARK_FRACTION,
+    pillars=PILLARS,
+    pillar_radius=PILLAR_RADIUS,
+    color_jitter=COLOR_JITTER,
     overwrite=False,
     verbose=True,
 ):
@@ -710,8 +763,9 @@ def generate(
     directory without regenerating. See the module docstring for the exact
     layout and split-file format.
 
-    With the defaults RGB dominates (as in SUN RGB-D) and neither
-    modality is perfect; `benchmarks/imbalance.py` measures each alone,
+    With the defaults RGB dominates (as in SUN RGB-D), depth is weaker
+    and slower to learn, and neither is perfect (see the module
+    docstring); `benchmarks/imbalance.py` measures each alone,
     joint training and the unimodal ensemble with small CNNs (table in
     `benchmarks/README.md`); `python -m keras_olm.embedded._measure
     rgbd_rooms` is a quicker check with logistic regression on pixels.
@@ -738,6 +792,18 @@ def generate(
             move from its base palette's (see the module docstring); lower
             makes RGB alone confuse the two classes more. Defaults to
             `1.0`.
+        dark_fraction: float. Fraction of samples captured in the dark:
+            their image is a grey, dim, noisy picture that tells almost
+            nothing; their depth is unaffected. Defaults to `0.25`.
+        pillars: int. Free-standing floor-to-ceiling pillars, at random
+            places, that the second class of each layout adds (the depth
+            cue within a pair). Defaults to `4`.
+        pillar_radius: float. Radius of the pillars in metres. Defaults
+            to `0.25`.
+        color_jitter: float. Per-sample jitter of the palette's colours
+            (scaled by 1 +- `color_jitter` per channel, plus proportional
+            noise and light tint); higher makes palettes harder to tell
+            apart. Defaults to `0.06`.
         overwrite: bool. Regenerate even if a complete copy exists.
             Defaults to `False`.
         verbose: bool. Show a progress bar while generating. Defaults to
@@ -762,6 +828,13 @@ def generate(
         raise ValueError("`image_size` must be at least 8.")
     if not 1 <= jpeg_quality <= 100:
         raise ValueError("`jpeg_quality` must be in [1, 100].")
+    if not 0.0 <= dark_fraction <= 1.0:
+        raise ValueError("`dark_fraction` must be in [0, 1].")
+    if pillars < 0 or pillar_radius <= 0 or not 0 <= color_jitter < 1:
+        raise ValueError(
+            "`pillars` must be >= 0, `pillar_radius` > 0 and "
+            "`color_jitter` in [0, 1)."
+        )
     params = {
         "samples_per_class": int(samples_per_class),
         "seed": int(seed),
@@ -769,6 +842,17 @@ def generate(
         "test_fraction": float(test_fraction),
         "jpeg_quality": int(jpeg_quality),
         "palette_shift": float(palette_shift),
+        "dark_fraction": float(dark_fraction),
+        "pillars": int(pillars),
+        "pillar_radius": float(pillar_radius),
+        "color_jitter": float(color_jitter),
+    }
+    render_args = {
+        "palette_shift": float(palette_shift),
+        "dark_fraction": float(dark_fraction),
+        "pillars": int(pillars),
+        "pillar_radius": float(pillar_radius),
+        "color_jitter": float(color_jitter),
     }
     plan = _plan(samples_per_class, seed, test_fraction)
 
@@ -783,7 +867,7 @@ def generate(
                 i,
                 seed=seed,
                 image_size=image_size,
-                palette_shift=palette_shift,
+                **render_args,
             )
             folder = tmp / sensor / name
             for sub in ("image", "depth", "depth_bfx"):

@@ -86,6 +86,57 @@ def test_depth_bit_rotation_round_trip(tiny_root):
     )
 
 
+def test_class_pairs_share_layout_and_palette():
+    pairs = [(c, c + 1) for c in range(0, len(rgbd_rooms.CLASSES) - 1, 2)]
+    assert len(pairs) == 9
+    for a, b in pairs:
+        assert rgbd_rooms.class_layout(a) == rgbd_rooms.class_layout(b)
+        assert rgbd_rooms.class_palette(a) == rgbd_rooms.class_palette(b)
+        assert not rgbd_rooms.is_palette_variant(a)
+        assert rgbd_rooms.is_palette_variant(b)
+        assert not rgbd_rooms.has_pillars(a) and rgbd_rooms.has_pillars(b)
+    last = len(rgbd_rooms.CLASSES) - 1
+    assert rgbd_rooms.class_layout(last) == rgbd_rooms.NUM_LAYOUTS - 1
+    assert not rgbd_rooms.has_pillars(last)
+
+
+def test_pillars_change_only_the_second_class_of_a_pair():
+    kw = {"image_size": 32, "dark_fraction": 0.0}
+    for c in (2, 3):
+        plain = rgbd_rooms.render_sample(c, 0, pillars=0, **kw)
+        pillared = rgbd_rooms.render_sample(c, 0, pillars=4, **kw)
+        same = np.array_equal(plain["depth_true"], pillared["depth_true"])
+        assert same == (not rgbd_rooms.has_pillars(c))
+    # Pillars stand in front of the room: they only bring depth nearer.
+    assert (pillared["depth_true"] <= plain["depth_true"] + 1e-6).all()
+    assert (pillared["depth_true"] < plain["depth_true"] - 1).mean() > 0.05
+
+
+def test_dark_samples_keep_depth_and_lose_colour():
+    kw = {"image_size": 32}
+    lit = rgbd_rooms.render_sample(5, 1, dark_fraction=0.0, **kw)
+    dark = rgbd_rooms.render_sample(5, 1, dark_fraction=1.0, **kw)
+    for key in ("depth", "depth_bfx", "depth_true", "intrinsics"):
+        np.testing.assert_array_equal(dark[key], lit[key])
+    rgb = dark["rgb"].astype(int)
+    assert (rgb[..., 0] == rgb[..., 1]).all()
+    assert (rgb[..., 0] == rgb[..., 2]).all()
+    assert rgb.mean() < 0.1 * 255 < lit["rgb"].mean()
+    # About a quarter of the samples are dark by default.
+    dark_share = np.mean(
+        [
+            np.ptp(
+                rgbd_rooms.render_sample(c, i, image_size=8)["rgb"].astype(int),
+                axis=-1,
+            ).max()
+            == 0
+            for c in range(19)
+            for i in range(8)
+        ]
+    )
+    assert 0.1 < dark_share < 0.4
+
+
 def test_deterministic_given_seed(tiny_root, tmp_path):
     again = rgbd_rooms.generate(tmp_path / "again", **TINY)
     assert _all_files(again) == _all_files(tiny_root)
@@ -106,6 +157,10 @@ def test_cache_reused_and_atomic(tmp_path, monkeypatch):
             "test_fraction": 0.5,
             "jpeg_quality": 95,
             "palette_shift": rgbd_rooms.PALETTE_SHIFT,
+            "dark_fraction": rgbd_rooms.DARK_FRACTION,
+            "pillars": rgbd_rooms.PILLARS,
+            "pillar_radius": rgbd_rooms.PILLAR_RADIUS,
+            "color_jitter": rgbd_rooms.COLOR_JITTER,
         },
     )
     # Leftovers of an interrupted run: a temp dir and a marker-less target.
