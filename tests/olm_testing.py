@@ -51,6 +51,11 @@ def deterministic_run(steps=6, epochs=2):
             held_out_every=2,
             optimizer="sgd",
             learning_rate=0.05,
+            modulation_strength=-2.0,
+            # Every head stops at the second held-out measurement (no
+            # fall counts as 50 %): the last steps train with the gates shut.
+            head_stopping=1,
+            head_stopping_min_delta=0.5,
         ),
     )
     model.build({"fast": (None, 16), "slow": (None, 64)})
@@ -74,6 +79,8 @@ def deterministic_run(steps=6, epochs=2):
             "train_losses",
             "held_out_losses",
             "norms",
+            "stopping_losses",
+            "stopped",
             "steps",
             "held_out_steps",
         )

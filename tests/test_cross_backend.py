@@ -34,7 +34,14 @@ def test_coefficients_and_losses_agree_across_backends(here, other):
         "print(json.dumps(olm_testing.deterministic_run()))",
     )
     assert here["held_out_steps"] == there["held_out_steps"]
-    for key in ("coefficients", "lambdas", "train_losses", "held_out_losses"):
+    for key in (
+        "coefficients",
+        "lambdas",
+        "train_losses",
+        "held_out_losses",
+        "stopping_losses",
+        "stopped",
+    ):
         np.testing.assert_allclose(
             here[key], there[key], rtol=RTOL, atol=ATOL, err_msg=key
         )
@@ -51,3 +58,4 @@ def test_the_run_moves_the_coefficients(here):
     assert here["steps"] == 6 and here["held_out_steps"] == 3
     assert np.ptp(here["coefficients"]) > 1e-3
     assert np.ptp(here["lambdas"]) > 1e-4
+    assert here["stopped"] == [1.0, 1.0, 1.0]

@@ -360,13 +360,25 @@ def test_lambda_momentum_moves_lambda_on_held_out_steps_only():
     np.testing.assert_allclose(np_(olm.coefficients), 3 * smoothed, rtol=1e-4)
 
 
-def test_default_closed_form_stays_inside_its_bounds():
+def test_the_default_does_not_modulate():
+    # modulation_strength 0: λ moves, every coefficient stays 1.
+    olm = make_olm(loss_momentum=0.0, lambda_momentum=0.0)
+    assert olm.coefficient_update == "closed_form"
+    assert olm.modulation_strength == 0.0
+    assert olm.head_stopping == 2
+    measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
+    measure(olm, LOGITS, [0.5, 0.9, 0.8], [0.5, 1.0, 1.0])
+    assert np.ptp(np_(olm.lambdas)) > 0.1
+    np.testing.assert_allclose(np_(olm.coefficients), [1.0, 1.0, 1.0])
+
+
+def test_negative_strength_stays_inside_its_bounds():
     # Negative strength: the head with the smallest λ gets the largest
     # coefficient. With λ temperature 1 and three heads, H·λ lies in
     # [3 / (e + 2), 3e / (e + 2)], so w = (H·λ)^-2 in [0.335, 2.47].
-    olm = make_olm(loss_momentum=0.0, lambda_momentum=0.0)
-    assert olm.coefficient_update == "closed_form"
-    assert olm.modulation_strength == -2.0
+    olm = make_olm(
+        loss_momentum=0.0, lambda_momentum=0.0, modulation_strength=-2.0
+    )
     assert OLM().lambda_momentum == 0.9
     measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
     # Head a: C ~ 0 (its held-out loss falls with its training loss), so
@@ -406,7 +418,7 @@ def test_head_stopping_stops_a_head_after_its_patience():
     olm = make_olm(
         head_stopping=2, head_stopping_min_delta=0.0, head_stopping_momentum=0
     )
-    assert make_olm().unimodal_gradient_gates() is None
+    assert make_olm(head_stopping=None).unimodal_gradient_gates() is None
     np.testing.assert_allclose(np_(olm.gates), [1.0, 1.0, 1.0])
     losses = [1.0, 1.0, 1.0]
     measure(olm, LOGITS, losses, [2.0, 2.0, 2.0])

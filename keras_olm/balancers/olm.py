@@ -414,9 +414,9 @@ class OLM(Balancer):
         warmup_steps=0,
         mean_one=True,
         coefficient_update="closed_form",
-        modulation_strength=-2.0,
+        modulation_strength=0.0,
         lambda_momentum=0.9,
-        head_stopping=None,
+        head_stopping=2,
         head_stopping_min_delta=0.01,
         head_stopping_momentum=0.5,
         eps=1e-6,
@@ -519,6 +519,7 @@ class OLM(Balancer):
             mean_one=False,
             coefficient_update="optimizer",
             lambda_momentum=0.0,
+            head_stopping=None,
         )
         config.update(kwargs)
         return cls(**config)
