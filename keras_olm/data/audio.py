@@ -494,13 +494,29 @@ def load_clip(path, config="cremad", start=None):
     ```
     """
     config = get_audio_preset(config)
+    return fix_length(load_clip_wave(path, config), config.num_samples, start)
+
+
+def load_clip_wave(path, config="cremad"):
+    """Reads a non-empty audio file at `config`'s rate, before `fix_length`.
+
+    `load_clip(path, config, start)` is
+    `fix_length(load_clip_wave(path, config), config.num_samples, start)`.
+
+    Args:
+        path: scalar string tensor. The audio file.
+        config: `SpectrogramConfig` or preset name. Defaults to `"cremad"`.
+
+    Returns:
+        float32 tensor `(samples,)`; an empty clip fails.
+    """
+    config = get_audio_preset(config)
     wave, _ = load_audio(path, config.sample_rate)
     check = tf.debugging.Assert(
         tf.shape(wave)[0] > 0, ["Empty (zero-length) audio clip:", path]
     )
     with tf.control_dependencies([check]):
-        wave = tf.identity(wave)
-    return fix_length(wave, config.num_samples, start)
+        return tf.identity(wave)
 
 
 def audio_to_spectrogram(path, config="cremad", start=None, channel_axis=True):
