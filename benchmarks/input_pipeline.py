@@ -376,8 +376,8 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self.start)
 
 
-def fit_step_seconds(train, held_out, steps, epochs, args, weights=None):
-    """Median step time of epochs 2.. of a fit; also the initial weights."""
+def fit_epoch_seconds(train, held_out, epochs, args, weights=None):
+    """Wall seconds of every epoch of a fit; also the initial weights."""
     keras.utils.set_random_seed(0)
     data = {
         "input_shapes": {
@@ -405,26 +405,84 @@ def fit_step_seconds(train, held_out, steps, epochs, args, weights=None):
         callbacks=[timer],
         verbose=0,
     )
-    return float(np.median(timer.seconds[1:])) / steps, weights
+    return timer.seconds, weights
 
 
-def input_wait(reader, args):
-    """Step times fed by the pipeline and by memory; the wait share."""
-    n = len(reader.samples("train"))
-    steps = n // args.batch_size
+def _fit_datasets(reader, args):
     train = reader.as_dataset(
         "train", batch_size=args.batch_size, drop_remainder=True, seed=0
     )
     held_out = reader.as_dataset("held_out", batch_size=args.batch_size)
-    # The in-memory copy: the same pipeline, cached in its first epoch.
-    cached_train = train.cache()
-    cached_held_out = held_out.cache()
-    epochs = args.fit_epochs + 1  # the first one is excluded
-    memory, weights = fit_step_seconds(
-        cached_train, cached_held_out, steps, epochs, args
+    return train, held_out
+
+
+def input_wait(root, args):
+    """Per-epoch step times fed by the pipeline without and with the
+    reader's cache, and fed from memory; the wait shares.
+
+    Fits, all from the same initial weights: one fed from memory (the
+    uncached pipeline's output kept by `.cache()`, filled in an untimed
+    epoch: its median step over epochs 2.. is the step with no input
+    cost), then `args.pairs` alternated pairs of fits fed by a reader
+    without cache and by a reader with `cache="memory"` (each a new
+    reader and dataset, so each cached fit fills its cache in its epoch 1).
+
+    Returns:
+        A dict: `"memory"` (s/step), `"steps"`, and per condition
+        (`"no cache"`, `"cache"`) a list over the pairs of the per-epoch
+        seconds per step.
+    """
+    plain = olm_data.CremaD(root, held_out_fraction=0.1, seed=0)
+    n = len(plain.samples("train"))
+    steps = n // args.batch_size
+    epochs = args.fit_epochs
+    train, held_out = _fit_datasets(plain, args)
+    seconds, weights = fit_epoch_seconds(
+        train.cache(), held_out.cache(), epochs + 1, args
     )
-    piped, _ = fit_step_seconds(train, held_out, steps, epochs, args, weights)
-    return piped, memory, steps
+    memory = float(np.median(seconds[2:] if epochs > 1 else seconds[1:]))
+    out = {"memory": memory / steps, "steps": steps}
+    for name in ("no cache", "cache"):
+        out[name] = []
+    for _ in range(args.pairs):
+        for name, cache in (("no cache", None), ("cache", "memory")):
+            reader = olm_data.CremaD(
+                root, held_out_fraction=0.1, seed=0, cache=cache
+            )
+            train, held_out = _fit_datasets(reader, args)
+            seconds, _ = fit_epoch_seconds(
+                train, held_out, epochs, args, weights
+            )
+            out[name].append([s / steps for s in seconds])
+    return out
+
+
+def format_wait_table(out, args):
+    """The markdown table of `input_wait`: one row per condition and epoch
+    (medians over the pairs), samples/s and the input wait."""
+    bs, memory = args.batch_size, out["memory"]
+    lines = [
+        f"| fit ({out['steps']} steps of {bs}, OLM, CNN width "
+        f"{args.width}), epoch | s/step (each pair) | samples/s "
+        "| input wait |",
+        "|---|---|---|---|",
+        f"| fed from memory (`.cache()` of the output), epochs 2.. "
+        f"| {memory:.3f} | {bs / memory:.1f} | - |",
+    ]
+    for name in ("no cache", "cache"):
+        runs = np.asarray(out[name])  # (pairs, epochs)
+        for epoch in range(runs.shape[1]):
+            step = float(np.median(runs[:, epoch]))
+            each = ", ".join(f"{x:.3f}" for x in runs[:, epoch])
+            wait = (step - memory) / step
+            note = " (tracing; filling the cache)" if epoch == 0 else ""
+            if name == "no cache" and epoch == 0:
+                note = " (tracing)"
+            lines.append(
+                f"| reader, {name}, epoch {epoch + 1}{note} | {each} "
+                f"| {bs / step:.1f} | {100 * wait:.1f}% |"
+            )
+    return "\n".join(lines)
 
 
 # --- main --------------------------------------------------------------
@@ -444,6 +502,17 @@ def parse_args(argv=None):
     parser.add_argument(
         "--fit-epochs", type=int, default=3, help="timed epochs per fit"
     )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=2,
+        help="alternated (no cache, cache) pairs of fits",
+    )
+    parser.add_argument(
+        "--skip-throughput",
+        action="store_true",
+        help="only the fits (no loader comparison, no stage costs)",
+    )
     parser.add_argument("--width", type=int, default=16, help="CNN width")
     parser.add_argument(
         "--data-dir", help="reuse (or create) the generated files here"
@@ -460,6 +529,9 @@ def main(argv=None):
     )
     if not os.path.isfile(os.path.join(root, "test.csv")):
         write_dataset(root, args.clips, args.file_rate)
+    if args.skip_throughput:
+        print(f"load average {os.getloadavg()[0]:.1f} before the fits")
+        return None, run_fits(root, args)
     reader = olm_data.CremaD(root, held_out_fraction=0.1, seed=0)
     config = reader.audio_config
     records = reader.samples("train")
@@ -521,17 +593,20 @@ def main(argv=None):
     )
     if args.skip_fit:
         return rates, None
-    piped, memory, steps = input_wait(reader, args)
-    wait = (piped - memory) / piped
+    return rates, run_fits(root, args)
+
+
+def run_fits(root, args):
+    out = input_wait(root, args)
     print()
     print(
-        f"| fit ({steps} steps of {bs}, OLM, CNN width {args.width}) "
-        "| s/step | input wait |"
+        f"backend {keras.backend.backend()}, tensorflow {tf.__version__}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
+        "after the fits"
     )
-    print("|---|---|---|")
-    print(f"| fed from memory (`.cache()`) | {memory:.3f} | - |")
-    print(f"| fed by the tf.data pipeline | {piped:.3f} | {100 * wait:.1f}% |")
-    return rates, wait
+    print()
+    print(format_wait_table(out, args))
+    return out
 
 
 if __name__ == "__main__":

@@ -45,7 +45,6 @@ from keras_olm.data.audio import load_audio
 from keras_olm.data.audio import load_clip
 from keras_olm.data.audio import resample
 from keras_olm.data.audio import spectrogram
-from keras_olm.data.audio import tfio_available
 from keras_olm.data.audio_visual import AVE
 from keras_olm.data.audio_visual import CREMAD_CLASSES
 from keras_olm.data.audio_visual import CremaD
@@ -81,7 +80,6 @@ __all__ = [
     "load_clip",
     "resample",
     "spectrogram",
-    "tfio_available",
     "AVE",
     "CREMAD_CLASSES",
     "CremaD",
