@@ -23,6 +23,9 @@ Pipelines: `audio_to_spectrogram` with the presets of `AUDIO_PRESETS`,
 `extract_video` / `extract_directory` (also
 `python -m keras_olm.data.extract_frames`). Bad files raise `DataError`
 naming the file, or are counted in a `SkipReport` with `on_error="skip"`.
+The readers of files take `cache=None | "memory" | <directory>`: the
+deterministic decoding is kept after the first pass (`Dataset.cache`),
+random frame draws and crops follow it every epoch.
 
 Example:
 
