@@ -368,6 +368,75 @@ def stage_costs(reader, records, config, image_size, batch_size):
     return [(k, 1000 * tf_ms[k], 1000 * ref_ms[k]) for k in tf_ms]
 
 
+# --- the pipeline's CPU per epoch, without and with the cache --------------
+
+
+def pipeline_cpu_per_epoch(root, args, passes=3):
+    """CPU milliseconds per sample of each pass over the training split.
+
+    The reader's training pipeline as `fit` gets it (shuffled, random
+    frames, batched, the batched STFT), and the same split in evaluation
+    mode (fixed frames, not shuffled: as a held-out or validation split is
+    read), on one thread (see
+    `_single_thread`), timed with `time.process_time`: CPU time, which
+    other jobs on the machine change far less than wall time. Without and
+    with `cache="memory"`, alternated `args.pairs` times; a new reader and
+    dataset each time, so pass 1 of the cached one fills its cache.
+
+    Returns:
+        A dict from condition to a list (over the pairs) of per-pass ms.
+    """
+    conditions = [
+        (f"{mode}, {name}", cache, mode == "training")
+        for mode in ("training", "evaluation")
+        for name, cache in (("no cache", None), ("cache", "memory"))
+    ]
+    out = {name: [] for name, _, _ in conditions}
+    for _ in range(args.pairs):
+        for name, cache, training in conditions:
+            reader = olm_data.CremaD(
+                root, held_out_fraction=0.1, seed=0, cache=cache
+            )
+            n = len(reader.samples("train"))
+            ds = _single_thread(
+                reader.as_dataset(
+                    "train",
+                    batch_size=args.batch_size,
+                    seed=0,
+                    training=training,
+                    shuffle=training,
+                )
+            )
+            times = []
+            for _ in range(passes):
+                start = time.process_time()
+                for _ in ds:
+                    pass
+                times.append(1000 * (time.process_time() - start) / n)
+            out[name].append(times)
+    return out
+
+
+def format_cpu_table(out):
+    runs = {k: np.asarray(v) for k, v in out.items()}
+    passes = next(iter(runs.values())).shape[1]
+    lines = [
+        "| pipeline, one thread, ms CPU / sample (each pair) | "
+        + " | ".join(f"pass {p + 1}" for p in range(passes))
+        + " |",
+        "|---" * (passes + 1) + "|",
+    ]
+    for name, r in runs.items():
+        cells = [
+            f"{np.median(r[:, p]):.2f} ("
+            + ", ".join(f"{x:.2f}" for x in r[:, p])
+            + ")"
+            for p in range(passes)
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # --- input wait during fit -----------------------------------------------
 
 
@@ -622,12 +691,14 @@ def main(argv=None):
         f"{cores} x {ref_total:.2f} / {tf_total:.2f} = "
         f"{cores * ref_total / tf_total:.2f}x."
     )
-    if args.skip_fit:
-        return rates, None
     return rates, run_fits(root, args)
 
 
 def run_fits(root, args):
+    print()
+    print(format_cpu_table(pipeline_cpu_per_epoch(root, args)))
+    if args.skip_fit:
+        return None
     out = input_wait(root, args)
     print()
     print(
