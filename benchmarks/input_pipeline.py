@@ -43,20 +43,28 @@ Two measurements on the same CREMA-D-layout files, in one run:
    one-thread loop is bounded by cores x (loop's CPU per sample) /
    (tf.data's CPU per sample); the script prints that bound.
 
-2. Input wait during `fit`: the share of a training step spent waiting
-   for input. Keras' trainers fetch the next batch inside the step on
-   some backends (TensorFlow runs `next(iterator)` in the traced
-   function) and between steps on others, so callbacks cannot separate
-   the wait portably. Instead the same model (the two CNN encoders of
+2. Input wait during `fit`, per epoch, without and with the reader's
+   cache. Keras' trainers fetch the next batch inside the step on some
+   backends (TensorFlow runs `next(iterator)` in the traced function) and
+   between steps on others, so callbacks cannot separate the wait
+   portably. Instead the same model (the two CNN encoders of
    `examples/cremad.py` at these input sizes, late fusion, OLM with the
-   reader's `held_out` split as held-out data) is fitted twice, from the same
-   initial weights and on the same samples: once fed by the pipeline and
-   once by an in-memory `.cache()` of the pipeline's own output (filled
-   in an untimed epoch). Epoch 1 of each fit (tracing, cache filling) is
-   excluded; the step time is the median over the other epochs, and
+   reader's `held_out` split as held-out data) is fitted from the same
+   initial weights: once fed from memory (an in-memory `.cache()` of the
+   pipeline's own output, filled in an untimed epoch; its median step
+   over the other epochs is the step with no input cost), then in
+   `--pairs` alternated pairs of fits fed by `CremaD(cache=None)` and by
+   `CremaD(cache="memory")` (new readers and datasets each time, so each
+   cached fit fills its cache in its own first epoch). For each epoch,
 
-       input wait = (step from pipeline - step from memory)
-                    / step from pipeline.
+       input wait = (step of that epoch - step from memory)
+                    / step of that epoch,
+
+   with the step time the epoch's wall time over its steps (the median
+   over the pairs), and samples/s = batch size / step. Epoch 1 includes
+   tracing for both (and filling the cache for the cached one), so its
+   wait is not an input wait; compare epoch 1 between the two instead.
+   With `--skip-throughput`, only this part runs.
 
    On a CPU-only machine this counts the CPU the pipeline takes from
    training too (both share the cores), which is the cost a user sees
@@ -66,7 +74,8 @@ Run (one line; prints the markdown table for benchmarks/README.md):
 
     python benchmarks/input_pipeline.py
 
-Targets: tf.data >= 5x the per-sample loader; input wait < 5% of the step.
+Targets: tf.data >= 5x the per-sample loader; with the cache, input wait
+< 5% of the step from epoch 2 on, and epoch 1 unchanged within noise.
 """
 
 import argparse
@@ -359,25 +368,110 @@ def stage_costs(reader, records, config, image_size, batch_size):
     return [(k, 1000 * tf_ms[k], 1000 * ref_ms[k]) for k in tf_ms]
 
 
+# --- the pipeline's CPU per epoch, without and with the cache --------------
+
+
+def pipeline_cpu_per_epoch(root, args, passes=3):
+    """CPU milliseconds per sample of each pass over the training split.
+
+    The reader's training pipeline as `fit` gets it (shuffled, random
+    frames, batched, the batched STFT), and the same split in evaluation
+    mode (fixed frames, not shuffled: as a held-out or validation split is
+    read), on one thread (see
+    `_single_thread`), timed with `time.process_time`: CPU time, which
+    other jobs on the machine change far less than wall time. Without and
+    with `cache="memory"`, alternated `args.pairs` times; a new reader and
+    dataset each time, so pass 1 of the cached one fills its cache.
+
+    Returns:
+        A dict from condition to a list (over the pairs) of per-pass ms.
+    """
+    conditions = [
+        (f"{mode}, {name}", cache, mode == "training")
+        for mode in ("training", "evaluation")
+        for name, cache in (("no cache", None), ("cache", "memory"))
+    ]
+    out = {name: [] for name, _, _ in conditions}
+    for _ in range(args.pairs):
+        for name, cache, training in conditions:
+            reader = olm_data.CremaD(
+                root, held_out_fraction=0.1, seed=0, cache=cache
+            )
+            n = len(reader.samples("train"))
+            ds = _single_thread(
+                reader.as_dataset(
+                    "train",
+                    batch_size=args.batch_size,
+                    seed=0,
+                    training=training,
+                    shuffle=training,
+                )
+            )
+            times = []
+            for _ in range(passes):
+                start = time.process_time()
+                for _ in ds:
+                    pass
+                times.append(1000 * (time.process_time() - start) / n)
+            out[name].append(times)
+    return out
+
+
+def format_cpu_table(out):
+    runs = {k: np.asarray(v) for k, v in out.items()}
+    passes = next(iter(runs.values())).shape[1]
+    lines = [
+        "| pipeline, one thread, ms CPU / sample (each pair) | "
+        + " | ".join(f"pass {p + 1}" for p in range(passes))
+        + " |",
+        "|---" * (passes + 1) + "|",
+    ]
+    for name, r in runs.items():
+        cells = [
+            f"{np.median(r[:, p]):.2f} ("
+            + ", ".join(f"{x:.2f}" for x in r[:, p])
+            + ")"
+            for p in range(passes)
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # --- input wait during fit -----------------------------------------------
 
 
 class EpochTimer(keras.callbacks.Callback):
-    """Wall time of every epoch."""
+    """Wall time of every epoch, and the time between steps.
+
+    `gaps[e]`: the seconds of epoch `e` spent outside the steps (from the
+    epoch's start to its first step, and from each step's end to the next
+    one's start). On JAX and torch the trainers fetch each batch there, so
+    it is the input wait (plus the callbacks' own few microseconds); on
+    TensorFlow the fetch runs inside the step and this is about 0.
+    """
 
     def __init__(self):
         super().__init__()
         self.seconds = []
+        self.gaps = []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
+        self.start = self.last = time.perf_counter()
+        self.gap = 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.gap += time.perf_counter() - self.last
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.last = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self.start)
+        self.gaps.append(self.gap)
 
 
-def fit_step_seconds(train, held_out, steps, epochs, args, weights=None):
-    """Median step time of epochs 2.. of a fit; also the initial weights."""
+def fit_epoch_seconds(train, held_out, epochs, args, weights=None):
+    """Wall seconds of every epoch of a fit; also the initial weights."""
     keras.utils.set_random_seed(0)
     data = {
         "input_shapes": {
@@ -405,26 +499,90 @@ def fit_step_seconds(train, held_out, steps, epochs, args, weights=None):
         callbacks=[timer],
         verbose=0,
     )
-    return float(np.median(timer.seconds[1:])) / steps, weights
+    return timer, weights
 
 
-def input_wait(reader, args):
-    """Step times fed by the pipeline and by memory; the wait share."""
-    n = len(reader.samples("train"))
-    steps = n // args.batch_size
+def _fit_datasets(reader, args):
     train = reader.as_dataset(
         "train", batch_size=args.batch_size, drop_remainder=True, seed=0
     )
     held_out = reader.as_dataset("held_out", batch_size=args.batch_size)
-    # The in-memory copy: the same pipeline, cached in its first epoch.
-    cached_train = train.cache()
-    cached_held_out = held_out.cache()
-    epochs = args.fit_epochs + 1  # the first one is excluded
-    memory, weights = fit_step_seconds(
-        cached_train, cached_held_out, steps, epochs, args
+    return train, held_out
+
+
+def input_wait(root, args):
+    """Per-epoch step times fed by the pipeline without and with the
+    reader's cache, and fed from memory; the wait shares.
+
+    Fits, all from the same initial weights: one fed from memory (the
+    uncached pipeline's output kept by `.cache()`, filled in an untimed
+    epoch: its median step over epochs 2.. is the step with no input
+    cost), then `args.pairs` alternated pairs of fits fed by a reader
+    without cache and by a reader with `cache="memory"` (each a new
+    reader and dataset, so each cached fit fills its cache in its epoch 1).
+
+    Returns:
+        A dict: `"memory"` (s/step), `"steps"`, and per condition
+        (`"no cache"`, `"cache"`) a list over the pairs of the per-epoch
+        seconds per step.
+    """
+    plain = olm_data.CremaD(root, held_out_fraction=0.1, seed=0)
+    n = len(plain.samples("train"))
+    steps = n // args.batch_size
+    epochs = args.fit_epochs
+    train, held_out = _fit_datasets(plain, args)
+    timer, weights = fit_epoch_seconds(
+        train.cache(), held_out.cache(), epochs + 1, args
     )
-    piped, _ = fit_step_seconds(train, held_out, steps, epochs, args, weights)
-    return piped, memory, steps
+    seconds = timer.seconds
+    memory = float(np.median(seconds[2:] if epochs > 1 else seconds[1:]))
+    out = {"memory": memory / steps, "steps": steps}
+    for name in ("no cache", "cache"):
+        out[name] = []
+        out[name + " gaps"] = []
+    for _ in range(args.pairs):
+        for name, cache in (("no cache", None), ("cache", "memory")):
+            reader = olm_data.CremaD(
+                root, held_out_fraction=0.1, seed=0, cache=cache
+            )
+            train, held_out = _fit_datasets(reader, args)
+            timer, _ = fit_epoch_seconds(train, held_out, epochs, args, weights)
+            out[name].append([s / steps for s in timer.seconds])
+            out[name + " gaps"].append(
+                [g / s for g, s in zip(timer.gaps, timer.seconds)]
+            )
+    return out
+
+
+def format_wait_table(out, args):
+    """The markdown table of `input_wait`: one row per condition and epoch
+    (medians over the pairs), samples/s and the input wait."""
+    bs, memory = args.batch_size, out["memory"]
+    lines = [
+        f"| fit ({out['steps']} steps of {bs}, OLM, CNN width "
+        f"{args.width}), epoch | s/step (each pair) | samples/s "
+        "| input wait, against memory | input wait, between steps "
+        "(each pair) |",
+        "|---|---|---|---|---|",
+        f"| fed from memory (`.cache()` of the output), epochs 2.. "
+        f"| {memory:.3f} | {bs / memory:.1f} | - | - |",
+    ]
+    for name in ("no cache", "cache"):
+        runs = np.asarray(out[name])  # (pairs, epochs)
+        gaps = np.asarray(out[name + " gaps"])
+        for epoch in range(runs.shape[1]):
+            step = float(np.median(runs[:, epoch]))
+            each = ", ".join(f"{x:.3f}" for x in runs[:, epoch])
+            gap = ", ".join(f"{100 * x:.1f}%" for x in gaps[:, epoch])
+            wait = (step - memory) / step
+            note = " (tracing; filling the cache)" if epoch == 0 else ""
+            if name == "no cache" and epoch == 0:
+                note = " (tracing)"
+            lines.append(
+                f"| reader, {name}, epoch {epoch + 1}{note} | {each} "
+                f"| {bs / step:.1f} | {100 * wait:.1f}% | {gap} |"
+            )
+    return "\n".join(lines)
 
 
 # --- main --------------------------------------------------------------
@@ -444,6 +602,17 @@ def parse_args(argv=None):
     parser.add_argument(
         "--fit-epochs", type=int, default=3, help="timed epochs per fit"
     )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=2,
+        help="alternated (no cache, cache) pairs of fits",
+    )
+    parser.add_argument(
+        "--skip-throughput",
+        action="store_true",
+        help="only the fits (no loader comparison, no stage costs)",
+    )
     parser.add_argument("--width", type=int, default=16, help="CNN width")
     parser.add_argument(
         "--data-dir", help="reuse (or create) the generated files here"
@@ -460,6 +629,9 @@ def main(argv=None):
     )
     if not os.path.isfile(os.path.join(root, "test.csv")):
         write_dataset(root, args.clips, args.file_rate)
+    if args.skip_throughput:
+        print(f"load average {os.getloadavg()[0]:.1f} before the fits")
+        return None, run_fits(root, args)
     reader = olm_data.CremaD(root, held_out_fraction=0.1, seed=0)
     config = reader.audio_config
     records = reader.samples("train")
@@ -519,19 +691,24 @@ def main(argv=None):
         f"{cores} x {ref_total:.2f} / {tf_total:.2f} = "
         f"{cores * ref_total / tf_total:.2f}x."
     )
+    return rates, run_fits(root, args)
+
+
+def run_fits(root, args):
+    print()
+    print(format_cpu_table(pipeline_cpu_per_epoch(root, args)))
     if args.skip_fit:
-        return rates, None
-    piped, memory, steps = input_wait(reader, args)
-    wait = (piped - memory) / piped
+        return None
+    out = input_wait(root, args)
     print()
     print(
-        f"| fit ({steps} steps of {bs}, OLM, CNN width {args.width}) "
-        "| s/step | input wait |"
+        f"backend {keras.backend.backend()}, tensorflow {tf.__version__}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
+        "after the fits"
     )
-    print("|---|---|---|")
-    print(f"| fed from memory (`.cache()`) | {memory:.3f} | - |")
-    print(f"| fed by the tf.data pipeline | {piped:.3f} | {100 * wait:.1f}% |")
-    return rates, wait
+    print()
+    print(format_wait_table(out, args))
+    return out
 
 
 if __name__ == "__main__":

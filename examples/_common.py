@@ -58,8 +58,8 @@ def add_training_args(
     """Adds the options every example has to an `argparse` parser.
 
     `--epochs`, `--batch-size`, `--learning-rate`, `--held-out-fraction`,
-    `--val-fraction`, `--cache`, `--no-olm`, `--out-dir`, `--seed`,
-    `--seeds` and `--verbose`.
+    `--val-fraction`, `--cache` / `--no-cache`, `--no-olm`, `--out-dir`,
+    `--seed`, `--seeds` and `--verbose`.
 
     Args:
         parser: `argparse.ArgumentParser`.
@@ -89,7 +89,18 @@ def add_training_args(
         help="share of the rest held out to pick the checkpoint",
     )
     parser.add_argument(
-        "--cache", action="store_true", help="keep decoded inputs in memory"
+        "--cache",
+        default="auto",
+        help="the readers' cache of decoded inputs: 'memory', a directory, "
+        "'none', or 'auto' ('memory' for the embedded data, "
+        "<out-dir>/input_cache for --data-dir)",
+    )
+    parser.add_argument(
+        "--no-cache",
+        dest="cache",
+        action="store_const",
+        const="none",
+        help="decode every input every epoch (same as --cache none)",
     )
     parser.add_argument(
         "--no-olm",
@@ -114,6 +125,26 @@ def add_training_args(
 
 
 # --- data --------------------------------------------------------------
+
+
+def reader_cache(args, embedded):
+    """The `cache` argument of the readers from `--cache`.
+
+    Args:
+        args: the parsed command line.
+        embedded: bool. Whether the data is the small embedded set.
+
+    Returns:
+        None, `"memory"` or a directory.
+    """
+    cache = args.cache
+    if cache == "auto":
+        if embedded:
+            return "memory"
+        return os.path.join(args.out_dir, "input_cache")
+    if cache in ("none", "off", ""):
+        return None
+    return cache
 
 
 def validation_indices(n, fraction, seed):
@@ -148,10 +179,12 @@ def batch_datasets(reader, splits, batch_size, cache, seed, **info):
             `({modality: tensor}, label)`, `"train"` with a known
             cardinality.
         batch_size: int. Batch size of every split.
-        cache: bool. Keep the decoded `train`, `held_out` and `val` samples in
-            memory after the first pass; `train` is then shuffled in
-            memory every epoch (otherwise the reader shuffles records
-            before decoding).
+        cache: bool. Keep the `train`, `held_out` and `val` samples in
+            memory after the first pass, as they come (for splits with
+            nothing random, e.g. feature arrays); `train` is then shuffled
+            in memory every epoch. Readers of files cache their decoding
+            themselves instead (their `cache` argument, `reader_cache`),
+            which keeps the random frame and crop choices per epoch.
         seed: int. Seed of the in-memory shuffle.
         **info: more entries of the returned dict (e.g. `kind`, `source`).
 

@@ -101,6 +101,7 @@ def cremad_readers(root, args, class_names, audio, size):
         audio=audio,
         image_size=(size, size),
         seed=args.seed,
+        cache=_common.reader_cache(args, embedded=args.data_dir is None),
     )
     reader = olm_data.CremaD(
         root, held_out_fraction=args.held_out_fraction, **options
@@ -151,25 +152,18 @@ def load_data(args):
         source = f"embedded AV digits at {root}"
         audio = AUDIO_PRESETS[args.audio or "digits"]
         size = args.image_size or 32
-        # 64 x 94 spectrograms and 32x32 frames: decode once, keep them.
-        cache = True
     else:
         root = args.data_dir
         class_names = olm_data.CREMAD_CLASSES
         source = f"CREMA-D at {root}"
         audio = AUDIO_PRESETS[args.audio or "cremad"]
         size = args.image_size or 224
-        cache = args.cache
+    # The readers cache the decoding (`--cache`); frames and crops are
+    # drawn per epoch after it.
     reader, fit_reader = cremad_readers(root, args, class_names, audio, size)
     splits = {
-        # Cached samples are shuffled in memory; otherwise the reader
-        # shuffles the records (file names) before decoding.
         "train": fit_reader.as_dataset(
-            "train",
-            batch_size=None,
-            shuffle=not cache,
-            seed=args.seed,
-            prefetch=False,
+            "train", batch_size=None, seed=args.seed, prefetch=False
         ),
         "val": fit_reader.as_dataset("test", batch_size=None, prefetch=False),
         "held_out": reader.as_dataset(
@@ -181,7 +175,7 @@ def load_data(args):
         reader,
         splits,
         args.batch_size,
-        cache,
+        False,
         args.seed,
         source=source,
         audio=audio,

@@ -124,6 +124,7 @@ def _sunrgbd_readers(root, args, size):
         depth_channels=args.depth_channels,
         use_bfx=args.use_bfx,
         seed=args.seed,
+        cache=_common.reader_cache(args, embedded=args.data_dir is None),
     )
     reader = olm_data.SunRGBD(
         root,
@@ -191,17 +192,11 @@ def load_data(args):
         size = args.image_size or (64 if args.data_dir is None else 224)
         reader, fit_reader = _sunrgbd_readers(root, args, size)
         kind = "images"
-        # Decoded 64x64 images are small: decode once, keep in memory.
-        cache = args.cache or args.data_dir is None
+        # The readers cache the decoded images (`--cache`).
+        cache = False
     if kind == "images":
-        # Decoded, cached samples are shuffled in memory; otherwise the
-        # reader shuffles the records (file names) before decoding.
         train = fit_reader.as_dataset(
-            "train",
-            batch_size=None,
-            shuffle=not cache,
-            seed=args.seed,
-            prefetch=False,
+            "train", batch_size=None, seed=args.seed, prefetch=False
         )
         val = fit_reader.as_dataset("test", batch_size=None, prefetch=False)
     else:

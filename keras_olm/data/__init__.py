@@ -23,6 +23,9 @@ Pipelines: `audio_to_spectrogram` with the presets of `AUDIO_PRESETS`,
 `extract_video` / `extract_directory` (also
 `python -m keras_olm.data.extract_frames`). Bad files raise `DataError`
 naming the file, or are counted in a `SkipReport` with `on_error="skip"`.
+The readers of files take `cache=None | "memory" | <directory>`: the
+deterministic decoding is kept after the first pass (`Dataset.cache`),
+random frame draws and crops follow it every epoch.
 
 Example:
 
@@ -45,7 +48,6 @@ from keras_olm.data.audio import load_audio
 from keras_olm.data.audio import load_clip
 from keras_olm.data.audio import resample
 from keras_olm.data.audio import spectrogram
-from keras_olm.data.audio import tfio_available
 from keras_olm.data.audio_visual import AVE
 from keras_olm.data.audio_visual import CREMAD_CLASSES
 from keras_olm.data.audio_visual import CremaD
@@ -81,7 +83,6 @@ __all__ = [
     "load_clip",
     "resample",
     "spectrogram",
-    "tfio_available",
     "AVE",
     "CREMAD_CLASSES",
     "CremaD",

@@ -1,5 +1,7 @@
 """Shared machinery of the dataset readers."""
 
+import hashlib
+import json
 import os
 
 import numpy as np
@@ -13,6 +15,57 @@ from keras_olm.data.errors import logger
 from keras_olm.data.image import diagnose_files
 
 SEPARATOR = "\n"
+
+# Bumped whenever what a reader caches changes, so that older cache files
+# are not read back.
+CACHE_FORMAT = 1
+
+
+def check_cache(cache):
+    """Validates a reader's `cache` argument; returns it (a dir made absolute).
+
+    Args:
+        cache: None, `"memory"`, or a directory (str or path); the directory
+            is created if missing.
+
+    Returns:
+        None, `"memory"` or the absolute directory path.
+    """
+    if cache is None or cache == "memory":
+        return cache
+    if not isinstance(cache, (str, os.PathLike)):
+        raise ValueError(
+            "`cache` must be None, 'memory' or a directory path; "
+            f"received cache={cache!r}."
+        )
+    path = os.path.abspath(os.fspath(cache))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise DataError(
+            f"Cache directory {path} exists and is not a directory; pass "
+            "cache=None, 'memory' or a directory path."
+        )
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise DataError(
+            f"Cannot create the cache directory {path}: {e}. Pass "
+            "cache=None, 'memory' or a writable directory."
+        ) from e
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DataError(
+            f"Cache directory {path} is not writable. Pass cache=None, "
+            "'memory' or a writable directory."
+        )
+    return path
+
+
+def _file_stamp(path):
+    """`[path, size, mtime_ns]` of a file (None for both if it is missing)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [path, None, None]
+    return [path, st.st_size, st.st_mtime_ns]
 
 
 def require_dir(path, what):
@@ -84,6 +137,14 @@ class Reader:
         seed: int. Seed of the hold-out. Defaults to `1337`.
         on_error: str. `"raise"` or `"skip"` (see `keras_olm.data.errors`).
             Defaults to `"raise"`.
+        cache: None, `"memory"` or a directory. Keep the deterministic part
+            of the decoding (see the subclass) after the first pass: in
+            memory, or in files under the directory (tf.data's
+            `Dataset.cache`), so later epochs skip it; random choices
+            (frames, crops) are made after the cache and still differ per
+            epoch. The files are named by `cache_key`, which changes with
+            the reader's settings and the source files' paths, sizes and
+            modification times. Defaults to `None` (decode every epoch).
     """
 
     name = "reader"
@@ -93,13 +154,19 @@ class Reader:
     file_keys = ()
 
     def __init__(
-        self, root, held_out_fraction=0.1, seed=1337, on_error="raise"
+        self,
+        root,
+        held_out_fraction=0.1,
+        seed=1337,
+        on_error="raise",
+        cache=None,
     ):
         self.root = os.fspath(root)
         require_dir(self.root, f"{self.name} root folder")
         self.held_out_fraction = float(held_out_fraction)
         self.seed = int(seed)
         self.on_error = check_on_error(on_error)
+        self.cache = check_cache(cache)
         self._reports = {}
         self._cache = {}
 
@@ -190,7 +257,79 @@ class Reader:
         return self._cache[split]
 
     def _decode(self, record, training, seed):
+        """The inputs of one record, decoded (without a cache)."""
+        return self._augment(
+            self._decode_fixed(record, training), training, seed
+        )
+
+    def _decode_fixed(self, record, training):
+        """The deterministic part of `_decode`: what `cache` keeps.
+
+        Returns the same structure for every record (shapes may vary).
+        """
         raise NotImplementedError
+
+    def _augment(self, fixed, training, seed):
+        """The random rest of `_decode`, applied to `_decode_fixed`'s
+        output after the cache; `_augment(_decode_fixed(r, t), t, s)`
+        equals `_decode(r, t, s)`."""
+        return fixed
+
+    def _cache_settings(self):
+        """The settings `_decode_fixed` depends on (JSON-able), for the
+        cache key."""
+        return {}
+
+    def cache_key(self, split, training=None):
+        """The key of a split's cache files: a hex digest of what they hold.
+
+        It changes with the reader's class, its decoding settings (preset,
+        sample rate, image size, normalization, ...), the split, the
+        training mode and every record: its fields, and the path, size and
+        modification time of each of its files.
+
+        Args:
+            split: str. A split name.
+            training: bool or None. Defaults to `None`: True for `"train"`
+                only, as in `as_dataset`.
+
+        Returns:
+            str. 64 hex digits.
+        """
+        if training is None:
+            training = split == "train"
+        records = self.samples(split)
+        stamps = []
+        for record in records:
+            files = [
+                _file_stamp(path)
+                for k in self.file_keys
+                if k in record
+                for path in record[k].split(SEPARATOR)
+            ]
+            stamps.append([record, files])
+        payload = {
+            "format": CACHE_FORMAT,
+            "reader": f"{type(self).__module__}.{type(self).__qualname__}",
+            "settings": self._cache_settings(),
+            "split": split,
+            "training": bool(training),
+            "on_error": self.on_error,
+            "records": stamps,
+        }
+        text = json.dumps(payload, sort_keys=True, default=repr)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def cache_path(self, split, training=None):
+        """The file prefix of a split's disk cache (None unless `cache` is a
+        directory): `<cache>/<name>-<split>-<train|eval>-<key>`."""
+        if self.cache in (None, "memory"):
+            return None
+        if training is None:
+            training = split == "train"
+        mode = "train" if training else "eval"
+        key = self.cache_key(split, training)[:24]
+        return os.path.join(self.cache, f"{self.name}-{split}-{mode}-{key}")
 
     def _diagnose(self, paths):
         """Which of a record's files failed to load, and why (called in
@@ -281,6 +420,8 @@ class Reader:
         return ds
 
     def _records_dataset(self, records, split, training, seed, shuffle):
+        if self.cache is not None:
+            return self._cached_dataset(records, split, training, seed, shuffle)
         columns = {k: [r[k] for r in records] for k in records[0]}
         file_keys = [k for k in self.file_keys if k in columns]
 
@@ -308,11 +449,89 @@ class Reader:
             ds = ds.apply(tf.data.experimental.assert_cardinality(len(records)))
         return ds
 
+    def _cached_dataset(self, records, split, training, seed, shuffle):
+        """`_records_dataset` with `_decode_fixed` cached (see `cache`).
+
+        The fixed part is decoded in record order by `decode_records` (the
+        same error policy), cached with `Dataset.cache`, then shuffled in
+        memory (a buffer of the whole split, reshuffled every pass) and
+        given `_augment` with the seeds the uncached pipeline uses: one
+        random number a pass (from `seed`) and the record's index. Without
+        shuffling, the samples equal the uncached pipeline's, pass by pass.
+        """
+        columns = {k: [r[k] for r in records] for k in records[0]}
+        columns["_index"] = np.arange(len(records), dtype=np.int64)
+        file_keys = [k for k in self.file_keys if k in columns]
+
+        def fixed(record, item_seed):
+            value = self._decode_fixed(record, training)
+            return record["_index"], value, self._target(record)
+
+        def paths(record):
+            return tf.strings.reduce_join(
+                tf.stack([record[k] for k in file_keys]), separator=SEPARATOR
+            )
+
+        ds = decode_records(
+            columns,
+            fixed,
+            paths,
+            self._diagnose,
+            self.on_error,
+            self.skip_report(split),
+            shuffle=False,
+        )
+        filename = self.cache_path(split, training) or ""
+        if filename:
+            _remove_stale_lock(filename)
+        ds = ds.cache(filename)
+        if shuffle:
+            ds = ds.shuffle(
+                len(records), seed=seed, reshuffle_each_iteration=True
+            )
+        # One random number a pass, as `decode_records` draws it.
+        rands = tf.data.Dataset.random(
+            seed=seed, rerandomize_each_iteration=True
+        )
+        per_pass = rands.take(1).flat_map(
+            lambda r: tf.data.Dataset.from_tensors(r).repeat()
+        )
+
+        def augment(item, rand):
+            index, value, target = item
+            item_seed = tf.cast(tf.stack([rand, index]) % (2**31 - 1), tf.int32)
+            return self._augment(value, training, item_seed), target
+
+        ds = tf.data.Dataset.zip((ds, per_pass)).map(
+            augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+        if self.on_error == "raise":
+            ds = ds.apply(tf.data.experimental.assert_cardinality(len(records)))
+        return ds
+
     def __repr__(self):
         return (
             f"{type(self).__name__}(root={self.root!r}, "
             f"num_classes={self.num_classes})"
         )
+
+
+def _remove_stale_lock(filename):
+    """Removes the lock file of a disk cache that an interrupted run left.
+
+    `Dataset.cache` writes `<filename>_0.lockfile` while it fills the cache
+    and `<filename>.index` when it completes it; a lock file without an
+    index is left by a run that stopped in its first pass, and would make
+    every later run fail. (Two runs filling the same cache at once are not
+    supported.)
+    """
+    lock = f"{filename}_0.lockfile"
+    if os.path.exists(lock) and not os.path.exists(f"{filename}.index"):
+        logger.warning("Removing a stale cache lock file: %s", lock)
+        try:
+            os.remove(lock)
+        except OSError:
+            pass
 
 
 def log_kept(name, kept, dropped, why):

@@ -4,12 +4,12 @@ The whole transform runs inside the input pipeline. 16-bit PCM WAV files
 (the layout of every audio-visual set here) decode with
 `tf.audio.decode_wav`. Other files (FLAC, OGG/Vorbis, MP3, float or 24-bit
 WAV) decode with `soundfile` (libsndfile) through `tf.numpy_function`
-(tensorflow-io's `decode_flac`/`decode_mp3`/`decode_vorbis` return no
-sample rate, so they cannot drive the resampling and are not used).
 Resampling (only where a file's rate differs from the target) uses
-tensorflow-io where it is installed and its native ops load (probed once,
-quietly: its wheels do not load on TensorFlow 2.21), else `soxr` (the
-resampler of `librosa.load`, a dependency of keras-olm).
+`soxr` "HQ" (the resampler of `librosa.load`, a dependency of keras-olm)
+through `tf.numpy_function`. tensorflow-io is not used: its wheels' native
+ops do not load on the TensorFlow this package pins, and where they do
+(TensorFlow 2.17) its resampler delays the signal and departs from
+`librosa.load` (see the README's dependency notes).
 
 PCM WAV and soundfile both scale to [-1, 1] (`x / 32768` for 16 bits),
 and multichannel audio is averaged to mono, as `librosa.load` does.
@@ -30,11 +30,8 @@ Two reference conventions are reproduced numerically:
 """
 
 import dataclasses
-import functools
-import importlib.util
 import logging
 import os
-import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -178,40 +175,6 @@ def get_audio_preset(name):
     return AUDIO_PRESETS[name]
 
 
-# --------------------------------------------------------------------------
-# Optional tensorflow-io, probed once.
-
-
-@functools.lru_cache(maxsize=1)
-def tfio_available():
-    """Whether tensorflow-io is installed and its native audio ops load.
-
-    Probed once, quietly: tensorflow-io wheels built for other TensorFlow
-    versions import but fail when an op runs, so the probe runs one tiny
-    resample eagerly. Any failure means "not available".
-
-    Returns:
-        bool.
-    """
-    if importlib.util.find_spec("tensorflow_io") is None:
-        return False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import tensorflow_io as tfio
-
-            out = tfio.audio.resample(
-                tf.zeros([8, 1], tf.float32),
-                rate_in=tf.constant(2, tf.int64),
-                rate_out=tf.constant(1, tf.int64),
-            )
-            _ = out.numpy()
-        return True
-    except Exception as e:  # Any failure: fall back without noise.
-        logger.debug("tensorflow-io unusable (%s); using fallbacks.", e)
-        return False
-
-
 def _soundfile_read(path, target_rate):
     """Reads any libsndfile format as mono float32 at `target_rate`."""
     import soundfile
@@ -252,8 +215,7 @@ def _resample_np(wave, rate_in, rate_out):
 def resample(wave, rate_in, rate_out):
     """Resamples a mono waveform inside a tf graph.
 
-    Uses tensorflow-io where it works, else `soxr` ("HQ", as
-    `librosa.load`) via `tf.numpy_function`.
+    Uses `soxr` ("HQ", as `librosa.load`) via `tf.numpy_function`.
 
     Args:
         wave: float32 tensor of shape `(samples,)`.
@@ -263,15 +225,6 @@ def resample(wave, rate_in, rate_out):
     Returns:
         float32 tensor of shape `(new_samples,)`.
     """
-    if tfio_available():
-        import tensorflow_io as tfio
-
-        out = tfio.audio.resample(
-            wave[:, None],
-            rate_in=tf.cast(rate_in, tf.int64),
-            rate_out=tf.cast(rate_out, tf.int64),
-        )
-        return out[:, 0]
     out = tf.numpy_function(
         _resample_np,
         [wave, tf.cast(rate_in, tf.int64), tf.constant(rate_out, tf.int64)],
@@ -286,7 +239,7 @@ def _is_pcm16_wav(contents):
     """True where `contents` is a canonical 16-bit PCM WAV.
 
     `tf.audio.decode_wav` reads exactly these; anything else goes to the
-    soundfile (or tensorflow-io) fallback.
+    soundfile fallback.
     """
     riff = tf.strings.substr(contents, 0, 4) == b"RIFF"
     wave = tf.strings.substr(contents, 8, 8) == b"WAVEfmt "
@@ -495,13 +448,29 @@ def load_clip(path, config="cremad", start=None):
     ```
     """
     config = get_audio_preset(config)
+    return fix_length(load_clip_wave(path, config), config.num_samples, start)
+
+
+def load_clip_wave(path, config="cremad"):
+    """Reads a non-empty audio file at `config`'s rate, before `fix_length`.
+
+    `load_clip(path, config, start)` is
+    `fix_length(load_clip_wave(path, config), config.num_samples, start)`.
+
+    Args:
+        path: scalar string tensor. The audio file.
+        config: `SpectrogramConfig` or preset name. Defaults to `"cremad"`.
+
+    Returns:
+        float32 tensor `(samples,)`; an empty clip fails.
+    """
+    config = get_audio_preset(config)
     wave, _ = load_audio(path, config.sample_rate)
     check = tf.debugging.Assert(
         tf.shape(wave)[0] > 0, ["Empty (zero-length) audio clip:", path]
     )
     with tf.control_dependencies([check]):
-        wave = tf.identity(wave)
-    return fix_length(wave, config.num_samples, start)
+        return tf.identity(wave)
 
 
 def audio_to_spectrogram(path, config="cremad", start=None, channel_axis=True):

@@ -1,7 +1,5 @@
 """Audio pipeline: shapes and values against librosa / scipy."""
 
-import warnings
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,7 +13,6 @@ from keras_olm.data import fix_length
 from keras_olm.data import get_audio_preset
 from keras_olm.data import load_audio
 from keras_olm.data import spectrogram
-from keras_olm.data import tfio_available
 
 librosa = pytest.importorskip("librosa")
 signal = pytest.importorskip("scipy.signal")
@@ -153,62 +150,6 @@ def test_corrupt_file_error_names_file(tmp_path):
     path.write_bytes(b"this is not audio" * 10)
     with pytest.raises(Exception, match="bad.wav"):
         audio_to_spectrogram(tf.constant(str(path)), "cremad")
-
-
-def test_tfio_probe_is_quiet():
-    tfio_available.cache_clear()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert tfio_available() in (True, False)
-
-
-def _fake_tfio(monkeypatch, resample):
-    import importlib.machinery
-    import sys
-    import types
-
-    module = types.ModuleType("tensorflow_io")
-    module.__spec__ = importlib.machinery.ModuleSpec("tensorflow_io", None)
-    module.audio = types.SimpleNamespace(resample=resample)
-    monkeypatch.setitem(sys.modules, "tensorflow_io", module)
-    tfio_available.cache_clear()
-
-
-def test_broken_tensorflow_io_falls_back_quietly(monkeypatch, tmp_path):
-    def broken(*args, **kwargs):
-        raise NotImplementedError("unable to open file: libtensorflow_io.so")
-
-    _fake_tfio(monkeypatch, broken)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            assert tfio_available() is False
-        path = str(tmp_path / "clip16k.wav")
-        write_wav(path, tone(0.5, sr=16000), sr=16000)
-        wave, rate = load_audio(tf.constant(path), 22050)
-        assert int(rate) == 22050 and wave.shape[0] == 11025
-    finally:
-        tfio_available.cache_clear()
-
-
-def test_working_tensorflow_io_is_used_for_resampling(monkeypatch, tmp_path):
-    calls = []
-
-    def resample(x, rate_in, rate_out):
-        calls.append(1)
-        n = tf.cast(tf.shape(x)[0], tf.int64) * rate_out // rate_in
-        return tf.image.resize(x[None, :, :, None], [n, 1])[0, :, :, 0]
-
-    _fake_tfio(monkeypatch, resample)
-    try:
-        assert tfio_available() is True
-        path = str(tmp_path / "clip16k.wav")
-        write_wav(path, tone(0.5, sr=16000), sr=16000)
-        wave, rate = load_audio(tf.constant(path), 22050)
-        assert int(rate) == 22050 and wave.shape[0] == 11025
-        assert len(calls) == 2  # The probe, then the pipeline.
-    finally:
-        tfio_available.cache_clear()
 
 
 @pytest.mark.parametrize("preset", sorted(AUDIO_PRESETS))
