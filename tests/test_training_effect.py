@@ -54,9 +54,8 @@ def test_olm_raises_the_slow_heads_accuracy(test_set):
     print("olm", olm_acc, olm_norm)
     # Joint training leaves the slow modality behind the fused model.
     assert plain_acc["slow"] < plain_acc["fused"] - 0.15
-    # OLM trains it further: measured on TF/JAX/torch: +0.03 to +0.06.
-    # (The default's closed form gives the slow head a coefficient above 1
-    # here, so its raw logit norm need not grow: 1.07-1.81x plain's.)
+    # OLM's per-head losses train it further until head stopping stops
+    # them: measured on TF/JAX/torch +0.019, +0.052, +0.035.
     assert olm_acc["slow"] >= plain_acc["slow"] + 0.015
     # And the fused prediction is not worse for it.
     assert olm_acc["fused"] >= plain_acc["fused"] - 0.01
@@ -79,7 +78,7 @@ def test_authors_coefficients_collapse():
     assert authors_coef[:, -1].max() < 0.05
 
 
-def test_default_settles_inside_the_clip_bounds_and_keeps_up_with_heads(
+def test_default_keeps_up_with_heads_and_joint_training_on_a_long_run(
     test_set,
 ):
     # A long run (60 epochs, ~850 steps) on 900 training samples: every
@@ -87,7 +86,11 @@ def test_default_settles_inside_the_clip_bounds_and_keeps_up_with_heads(
     data = make_imbalanced(1000, seed=0)
     (x, y), held_out = keras_olm.split_held_out(data, 0.1, seed=0)
     figures = {}
-    for name, balancer in (("heads", "heads"), ("olm", keras_olm.OLM())):
+    for name, balancer in (
+        ("joint", None),
+        ("heads", "heads"),
+        ("olm", keras_olm.OLM()),
+    ):
         keras.utils.set_random_seed(0)
         model = keras_olm.BalancedMultimodalModel(
             {"fast": encoder(), "slow": encoder()},
@@ -104,19 +107,18 @@ def test_default_settles_inside_the_clip_bounds_and_keeps_up_with_heads(
             verbose=0,
         ).history
         figures[name] = (head_figures(model, test_set)[0]["fused"], history)
+        if name == "olm":
+            stopped = keras.ops.convert_to_numpy(model.balancer.stopped)
     history = figures["olm"][1]
     coef = np.array([history[f"{h}_coef"] for h in ("fast", "slow", "fused")])
     low, high = keras_olm.OLM().coefficient_range
-    print("heads", figures["heads"][0], "olm", figures["olm"][0])
-    print(
-        "coefficients", coef[:, -1], "last 10 epochs", np.ptp(coef[:, -10:], 1)
-    )
-    # Every epoch, every head: strictly inside the clip bounds, and settled
-    # over the last 10 epochs (largest swing measured on TF/JAX/torch:
-    # 0.05, 0.08, 0.05).
+    print({name: acc for name, (acc, _) in figures.items()}, stopped)
+    # Every epoch, every head: strictly inside the clip bounds.
     assert coef.min() > low + 0.1 and coef.max() < high - 1.0
-    assert np.ptp(coef[:, -10:], axis=1).max() < 0.2
-    # Fused accuracy not below the unmodulated heads by more than a point
-    # (measured, OLM against heads: TF 0.842 / 0.834, JAX 0.848 / 0.840,
-    # torch 0.846 / 0.848).
+    # Head stopping stopped both modality heads within the run.
+    assert stopped[:2].tolist() == [1.0, 1.0]
+    # Fused accuracy not below the unmodulated heads or joint training by
+    # more than a point (measured, joint / heads / OLM: TF 0.869 / 0.834 /
+    # 0.860, JAX 0.864 / 0.840 / 0.864, torch 0.867 / 0.848 / 0.865).
     assert figures["olm"][0] >= figures["heads"][0] - 0.01
+    assert figures["olm"][0] >= figures["joint"][0] - 0.01
