@@ -62,6 +62,7 @@ def methods():
         "heads": lambda: "heads",
         "pmr": lambda: "pmr",
         "olm": lambda: olm(),
+        "olm-modulated": lambda: olm(modulation_strength=-2.0),
         "olm-lambda-every-step": lambda: olm(lambda_momentum=0.0),
         "olm-optimizer": lambda: olm(
             coefficient_update="optimizer", lambda_momentum=0.0
