@@ -51,6 +51,11 @@ def make_model(activation="relu"):
         balancer=keras_olm.OLM(
             held_out_schedule="periodic",
             held_out_every=2,
+            # The modulation on, and every head stopped at the second
+            # held-out measurement: the last steps run with the gates shut.
+            modulation_strength=-2.0,
+            head_stopping=1,
+            head_stopping_min_delta=0.5,
         ),
     )
     model.build({"fast": (None, 16), "slow": (None, 64)})

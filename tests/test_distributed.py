@@ -38,6 +38,7 @@ def reference():
     assert out["steps"] == 6 and out["held_out_steps"] == 3
     assert np.ptp(out["coefficients"]) > 1e-2
     assert np.ptp(out["lambdas"]) > 1e-2
+    assert list(out["stopped"]) == [1.0, 1.0, 1.0]
     return out
 
 
