@@ -521,8 +521,9 @@ Every late fusion and every balancer registered in
 on the embedded AV digits (audio spectrogram + one frame, 10 classes,
 split by speaker) and RGB-D rooms (32x32, 19 classes). The checkpoint
 (epoch) is chosen by fused accuracy on a validation split of the training
-data and scored once on test; OLM and G-Blend hold their held-out data out
-of the training pool. The Ensemble row averages the unimodal models'
+data and scored once on test; every row trains on the same pool, and the
+`held_out` split that OLM and G-Blend read is training data for no row.
+The Ensemble row averages the unimodal models'
 probabilities (its s/epoch is the sum of theirs). mAP is the macro mean of
 one-vs-rest average precision; s/epoch excludes the first (tracing) epoch.
 Mean ± std over seeds {seeds}; {keras.backend.backend()} backend,
