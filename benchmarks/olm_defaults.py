@@ -125,11 +125,11 @@ def make_balancer(method):
     """The `balancer=` argument of `method`.
 
     Besides the names of `methods()`, "olm-stop<p>" is the default OLM
-    with `head_stopping=p`, optionally followed by "d<x>"
-    (`head_stopping_min_delta=x`) and "m<x>" (`head_stopping_momentum=x`);
-    "heads-stop..." is the same without modulation
-    (`modulation_strength=0`: every coefficient 1); "olm-nostop" is the
-    default with `head_stopping=None`.
+    with a patience of p held-out measurements (`head_stopping=20 p`),
+    optionally followed by "d<x>" (`head_stopping_min_delta=x`) and
+    "m<x>" (`head_stopping_momentum=x`); "heads-stop..." is the same
+    without modulation (`modulation_strength=0`: every coefficient 1);
+    "olm-nostop" is the default with `head_stopping=None`.
     """
     if method == "olm-nostop":
         return keras_olm.OLM(head_stopping=None)
@@ -142,7 +142,8 @@ def make_balancer(method):
                 "m": "head_stopping_momentum",
             }
             kwargs = {names[k]: float(v) for k, v in parts}
-            kwargs["head_stopping"] = int(kwargs["head_stopping"])
+            # <p> counts held-out measurements (every 20 steps here).
+            kwargs["head_stopping"] = int(kwargs["head_stopping"]) * 20
             if strength is not None:
                 kwargs["modulation_strength"] = strength
             return keras_olm.OLM(**kwargs)

@@ -365,7 +365,7 @@ def test_the_default_does_not_modulate():
     olm = make_olm(loss_momentum=0.0, lambda_momentum=0.0)
     assert olm.coefficient_update == "closed_form"
     assert olm.modulation_strength == 0.0
-    assert olm.head_stopping == 2
+    assert olm.head_stopping == 40 and olm.head_stopping_patience == 2
     measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
     measure(olm, LOGITS, [0.5, 0.9, 0.8], [0.5, 1.0, 1.0])
     assert np.ptp(np_(olm.lambdas)) > 0.1
@@ -416,8 +416,12 @@ def test_stopping_step_by_hand():
 
 def test_head_stopping_stops_a_head_after_its_patience():
     olm = make_olm(
-        head_stopping=2, head_stopping_min_delta=0.0, head_stopping_momentum=0
+        head_stopping=2,
+        head_stopping_min_delta=0.0,
+        head_stopping_momentum=0,
+        held_out_every=1,
     )
+    assert olm.head_stopping_patience == 2
     assert make_olm(head_stopping=None).unimodal_gradient_gates() is None
     np.testing.assert_allclose(np_(olm.gates), [1.0, 1.0, 1.0])
     losses = [1.0, 1.0, 1.0]
@@ -451,3 +455,11 @@ def test_head_stopping_momentum_averages_the_held_out_losses():
     np.testing.assert_allclose(
         np_(olm.best_stopping_losses), [2.0, 2.0, 1.5], rtol=1e-6
     )
+
+
+def test_head_stopping_patience_counts_steps():
+    # 40 steps: 2 measurements every 20 steps, 40 every step, 1 at most.
+    assert OLM().head_stopping_patience == 2
+    assert OLM(held_out_schedule="step").head_stopping_patience == 40
+    assert OLM(head_stopping=30, held_out_every=20).head_stopping_patience == 2
+    assert OLM(head_stopping=5, held_out_every=20).head_stopping_patience == 1

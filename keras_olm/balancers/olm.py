@@ -294,7 +294,7 @@ class OLM(Balancer):
     (`olm.steps`, `olm.held_out_steps`).
 
     By default every modality head stops training its encoder once its
-    held-out loss has stopped improving (`head_stopping=2`), and the
+    held-out loss has stopped improving (`head_stopping=40` steps), and the
     coefficients are the closed form of λ with strength 0, i.e. all 1: on
     the problems measured (`benchmarks/olm_defaults.py`), no logit
     modulation beat the same heads unmodulated, and head stopping kept
@@ -302,10 +302,11 @@ class OLM(Balancer):
     heads fell up to 8 points behind it on long runs. With a nonzero
     `modulation_strength` γ the coefficients follow λ, settle when λ
     does and stay between (H / (e + H - 1))^γ and (H e / (e + H - 1))^γ
-    (λ temperature 1; for three heads and γ = -2, [0.33, 2.47]). `coefficient_update="optimizer"` integrates
-    L_logit as Algorithm 1 (the coefficients then run to the clip bounds
-    on long runs); `OLM.authors()` reproduces the authors' code, including
-    its collapse (λ one-hot, coefficients to 0) on imbalanced problems.
+    (λ temperature 1; for three heads and γ = -2, [0.33, 2.47]).
+    `coefficient_update="optimizer"` integrates L_logit as Algorithm 1
+    (the coefficients then run to the clip bounds on long runs);
+    `OLM.authors()` reproduces the authors' code, including its collapse
+    (λ one-hot, coefficients to 0) on imbalanced problems.
 
     Args:
         held_out_schedule: str. Where the held-out losses come from.
@@ -377,17 +378,18 @@ class OLM(Balancer):
             by a median 0.05 over the last 10 of 100 epochs (0.33 with
             0), at the same accuracy.
         head_stopping: int or `None`. Early stopping per modality head,
-            with this patience in held-out measurements: once a head's
-            held-out loss has not improved (by `head_stopping_min_delta`)
-            for that many measurements, its loss stops training its
-            encoder for good (`stopping_step`); the head itself goes on
-            training as a linear probe, and the fused head is never
-            stopped. The held-out losses of Eq. 6 show when a unimodal
-            head starts to overfit; from then on its loss only makes its
-            encoder memorize, and the fused head learns to trust features
-            that do not generalize. `None` switches it off (every head's
-            loss always reaches its encoder, as in the paper). Defaults
-            to `None`.
+            with this patience in training steps: once a head's held-out
+            loss has not improved (by `head_stopping_min_delta`) over that
+            many steps (counted in held-out measurements:
+            `head_stopping_patience`), its loss stops training its encoder
+            for good (`stopping_step`); the head itself goes on training
+            as a linear probe, and the fused head is never stopped. The
+            held-out losses of Eq. 6 show when a unimodal head starts to
+            overfit; from then on its loss only makes its encoder
+            memorize, and the fused head learns to trust features that do
+            not generalize. `None` switches it off (every head's loss
+            always reaches its encoder, as in the paper). Defaults to
+            `40`: two held-out measurements with the default schedule.
         head_stopping_min_delta: float >= 0. The relative fall of a head's
             held-out loss that counts as an improvement. Defaults to
             `0.01`.
@@ -433,7 +435,7 @@ class OLM(Balancer):
         coefficient_update="closed_form",
         modulation_strength=0.0,
         lambda_momentum=0.9,
-        head_stopping=2,
+        head_stopping=40,
         head_stopping_min_delta=0.01,
         head_stopping_momentum=0.5,
         eps=1e-6,
@@ -464,8 +466,8 @@ class OLM(Balancer):
             int(head_stopping) != head_stopping or head_stopping < 1
         ):
             raise ValueError(
-                "head_stopping must be a patience >= 1 (held-out "
-                f"measurements) or None; got {head_stopping}"
+                "head_stopping must be a patience >= 1 (training steps) "
+                f"or None; got {head_stopping}"
             )
         if not float(head_stopping_min_delta) >= 0:
             raise ValueError(
@@ -617,6 +619,13 @@ class OLM(Balancer):
         return ops.stop_gradient(self.gates[:-1])
 
     @property
+    def head_stopping_patience(self):
+        """`head_stopping` in held-out measurements: its steps divided by
+        `held_out_period`, rounded up (at least 1)."""
+        steps = self.head_stopping
+        return max(1, -(-steps // self.held_out_period))
+
+    @property
     def gates(self):
         """1 - `stopped`, `(H,)`: the factor on each head's gradient into
         its encoder (the fused head's entry is never applied)."""
@@ -663,7 +672,7 @@ class OLM(Balancer):
                 ops.where(first, stop, old["best_stopping_losses"]),
                 ops.where(first, -1.0, old["stopping_waits"]),
                 old["stopped"],
-                self.head_stopping,
+                self.head_stopping_patience,
                 self.head_stopping_min_delta,
             )
             for name, value in zip(stopping, (best, waits, stopped)):
