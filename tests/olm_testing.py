@@ -106,3 +106,34 @@ def run_in_backend(backend, code):
             f"{backend} run failed:\n{proc.stdout}\n{proc.stderr[-3000:]}"
         )
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def gradients(loss_fn, variables):
+    """Gradient of `loss_fn()` w.r.t. `variables`, on any backend; a
+    variable the loss does not reach gets zeros."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = loss_fn()
+        grads = tape.gradient(loss, variables)
+    elif backend == "torch":
+        import torch
+
+        grads = torch.autograd.grad(
+            loss_fn(), [v.value for v in variables], allow_unused=True
+        )
+    else:
+        import jax
+
+        def pure(values):
+            mapping = list(zip(variables, values))
+            with keras.StatelessScope(state_mapping=mapping):
+                return loss_fn()
+
+        return jax.grad(pure)([v.value for v in variables])
+    return [
+        keras.ops.zeros(v.shape) if g is None else g
+        for g, v in zip(grads, variables)
+    ]

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from olm_testing import gradients
 from olm_testing import tiny_model
 
 import keras_olm
@@ -143,8 +144,7 @@ def test_unimodal_heads_are_probes_without_a_balancer(data):
 
     loss_fn = keras_olm.balancers.base.cross_entropy
     y8 = keras.ops.convert_to_tensor(y[:8])
-    grads = _gradients(
-        model,
+    grads = gradients(
         lambda: loss_fn(y8, model.head_logits(batch, training=True)["slow"]),
         [slow_kernel, fast_head],
     )
@@ -170,8 +170,7 @@ def test_head_stopping_cuts_the_unimodal_gradient_into_its_encoder(data):
         state[rows.index("stopped")] = [0.0, stopped, 0.0]
         olm.state.assign(state)
         logits = model.head_logits(batch, training=True)["slow"]
-        grads = _gradients(
-            model,
+        grads = gradients(
             lambda: loss_fn(
                 y8, model.head_logits(batch, training=True)["slow"]
             ),
@@ -186,40 +185,6 @@ def test_head_stopping_cuts_the_unimodal_gradient_into_its_encoder(data):
     assert np.all(stopped_grads[0] == 0)
     np.testing.assert_array_equal(stopped_logits, open_logits)
     np.testing.assert_allclose(stopped_grads[1], open_grads[1], rtol=1e-6)
-
-
-def _gradients(model, loss_fn, variables):
-    """Gradient of loss_fn w.r.t. variables, on any backend (test helper)."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        with tf.GradientTape() as tape:
-            loss = loss_fn()
-        grads = tape.gradient(loss, variables)
-        return [
-            keras.ops.zeros(v.shape) if g is None else g
-            for g, v in zip(grads, variables)
-        ]
-    if backend == "torch":
-        import torch
-
-        loss = loss_fn()
-        grads = torch.autograd.grad(
-            loss, [v.value for v in variables], allow_unused=True
-        )
-        return [
-            keras.ops.zeros(v.shape) if g is None else g
-            for g, v in zip(grads, variables)
-        ]
-    import jax
-
-    values = [v.value for v in variables]
-
-    def pure(values):
-        mapping = list(zip(variables, values))
-        with keras.StatelessScope(state_mapping=mapping):
-            return loss_fn()
-
-    return jax.grad(pure)(values)
 
 
 def test_dataset_input_with_split_held_out():
