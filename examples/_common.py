@@ -22,6 +22,7 @@ own folder.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import time
@@ -39,6 +40,64 @@ RUN_TITLES = {
     "heads": "heads, no modulation",
     "olm": "OLM",
 }
+
+
+# --- backend settings on a CPU -----------------------------------------
+
+# XLA's algebraic simplifier swaps a convolution's operands when the
+# feature map is smaller than the kernel (ResNet18's last stage at 64x64
+# input: 3x3 kernels on 2x2 maps); the swapped convolution falls off
+# XLA:CPU's Eigen path and took 0.54 s instead of 6 ms here, most of a
+# JAX training step of the main job (benchmarks/README.md, "backends.py").
+JAX_CPU_XLA_FLAGS = "--xla_disable_hlo_passes=algsimp"
+# Packages that give JAX a GPU or TPU; with one installed the examples
+# leave XLA's passes alone.
+JAX_ACCELERATOR_PLUGINS = (
+    "jax_cuda12_plugin",
+    "jax_cuda13_plugin",
+    "jax_rocm60_plugin",
+    "jax_rocm7_plugin",
+    "libtpu",
+)
+
+
+def cpu_settings(backend, environ, accelerator):
+    """The environment variables the examples add for `backend` on a CPU.
+
+    Nothing that `environ` already has is changed: a user who sets
+    `XLA_FLAGS` (even to an empty string) keeps exactly that.
+
+    Args:
+        backend: str. The Keras backend's name.
+        environ: mapping. The process environment.
+        accelerator: bool. Whether the backend may run on a GPU or TPU.
+
+    Returns:
+        A dict of the variables to add (empty when none).
+    """
+    if backend == "jax" and not accelerator and "XLA_FLAGS" not in environ:
+        platforms = environ.get("JAX_PLATFORMS", "")
+        if platforms in ("", "cpu"):
+            return {"XLA_FLAGS": JAX_CPU_XLA_FLAGS}
+    return {}
+
+
+def apply_cpu_settings():
+    """Adds `cpu_settings` to `os.environ` and says what it added.
+
+    Called by the examples' `__main__` blocks, before the backend runs
+    its first operation (JAX reads `XLA_FLAGS` when it starts its CPU
+    client, not when it is imported).
+    """
+    accelerator = any(
+        importlib.util.find_spec(name) is not None
+        for name in JAX_ACCELERATOR_PLUGINS
+    )
+    added = cpu_settings(keras.backend.backend(), os.environ, accelerator)
+    for name, value in added.items():
+        os.environ[name] = value
+        print(f"CPU setting: {name}={value} (set {name} to choose your own)")
+    return added
 
 
 # --- command line ------------------------------------------------------

@@ -311,4 +311,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    _common.apply_cpu_settings()
     main()

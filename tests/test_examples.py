@@ -205,3 +205,77 @@ def test_data_dir_reads_allsplit_mat(example, tmp_path):
     x, y = next(iter(data["train"]))
     assert tuple(x["depth"].shape) == (4, 32, 32, 1)
     assert 0 <= int(np.min(y)) and int(np.max(y)) < 19
+
+
+@pytest.fixture(scope="module")
+def common():
+    path = EXAMPLE.parent / "_common.py"
+    spec = importlib.util.spec_from_file_location("examples_common", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_settings_only_jax_on_cpu_and_never_over_the_user(common):
+    flags = {"XLA_FLAGS": "--xla_disable_hlo_passes=algsimp"}
+    assert common.cpu_settings("jax", {}, accelerator=False) == flags
+    assert common.cpu_settings("jax", {"JAX_PLATFORMS": "cpu"}, False) == flags
+    # The user's own flags, even empty ones, are kept as they are.
+    assert common.cpu_settings("jax", {"XLA_FLAGS": ""}, False) == {}
+    assert common.cpu_settings("jax", {"XLA_FLAGS": "--x=1"}, False) == {}
+    # A GPU or TPU may run the model: XLA's passes are left alone.
+    assert common.cpu_settings("jax", {}, accelerator=True) == {}
+    assert common.cpu_settings("jax", {"JAX_PLATFORMS": "cuda"}, False) == {}
+    for backend in ("tensorflow", "torch"):
+        assert common.cpu_settings(backend, {}, accelerator=False) == {}
+
+
+def test_apply_cpu_settings_sets_the_environment(common, monkeypatch, capsys):
+    import keras
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    monkeypatch.setattr(common.importlib.util, "find_spec", lambda _: None)
+    added = common.apply_cpu_settings()
+    if keras.backend.backend() == "jax":
+        assert added == {"XLA_FLAGS": common.JAX_CPU_XLA_FLAGS}
+        assert common.os.environ["XLA_FLAGS"] == common.JAX_CPU_XLA_FLAGS
+        assert "CPU setting: XLA_FLAGS=" in capsys.readouterr().out
+    else:
+        assert added == {}
+        assert "XLA_FLAGS" not in common.os.environ
+
+
+_SWAP_PROBE = """
+import jax, jax.numpy as jnp
+x = jnp.zeros((2, 2, 2, 8)); w = jnp.zeros((3, 3, 8, 8))
+conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+    x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+hlo = conv.lower(x, w).compile().as_text()
+line = next(l for l in hlo.splitlines() if " convolution(" in l)
+print("SWAPPED" if "rhs_reversal" in line else "KEPT")
+"""
+
+
+@pytest.mark.parametrize("flags, expected", [("", "SWAPPED"), (None, "KEPT")])
+def test_jax_cpu_flag_keeps_small_map_convolutions_unswapped(
+    common, flags, expected
+):
+    """XLA swaps a 3x3 convolution's operands on a 2x2 map (the slow
+    path the examples' flag avoids); with the flag it compiles as
+    written."""
+    pytest.importorskip("jax")
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = common.JAX_CPU_XLA_FLAGS if flags is None else flags
+    out = subprocess.run(
+        [sys.executable, "-c", _SWAP_PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == expected
