@@ -13,7 +13,7 @@ Data (decoded once by the package's readers and cached as `.npz` under
 - `digits`: the embedded audio-visual digits
   (`keras_olm.embedded.av_digits.generate`, read by `keras_olm.data.CremaD`
   in the CREMA-D layout): a 64 x 94 log-mel spectrogram and one 32x32
-  frame per clip, 10 classes, split by speaker (1,431 training and 366
+  frame per clip, 10 classes, split by speaker (1,459 training and 338
   test clips).
 - `rooms`: the embedded RGB-D rooms (`keras_olm.embedded.rgbd_rooms`, read
   by `keras_olm.data.SunRGBD`) at 32x32, 19 scene classes (760 training

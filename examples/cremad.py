@@ -137,15 +137,15 @@ def load_data(args):
     if args.data_dir is None:
         from keras_olm.embedded import av_digits
 
+        # Options left at None take the generator's defaults.
+        knobs = {
+            "num_speakers": args.num_speakers,
+            "snr_db": args.snr_db,
+            "image_noise": args.image_noise,
+        }
         root = av_digits.generate(
             num_clips=args.num_clips,
-            num_speakers=args.num_speakers,
-            snr_db=args.snr_db,
-            **(
-                {}
-                if args.image_noise is None
-                else {"image_noise": args.image_noise}
-            ),
+            **{k: v for k, v in knobs.items() if v is not None},
             seed=args.data_seed,
         )
         class_names = av_digits.LABELS
@@ -269,15 +269,16 @@ def parse_args(argv=None):
     parser.add_argument(
         "--num-speakers",
         type=int,
-        default=64,
-        help="embedded digits: distinct voices (split by voice)",
+        default=None,
+        help="embedded digits: distinct voices (split by voice; default: "
+        "the generator's, 16)",
     )
     parser.add_argument(
         "--snr-db",
         type=float,
         default=None,
-        help="embedded digits: audio SNR against pink noise (default: "
-        "clean speech)",
+        help="embedded digits: audio SNR in dB against pink noise "
+        "(default: the generator's, 15)",
     )
     parser.add_argument(
         "--image-noise",
