@@ -37,6 +37,14 @@ run.
     python benchmarks/backends.py                    # all settings
     python benchmarks/backends.py --settings tensorflow jax-no-algsimp \\
         --models main --main-job tensorflow jax-no-algsimp
+    python benchmarks/backends.py --convs --settings tensorflow jax \\
+        jax-no-algsimp
+
+`--convs` times each of ResNet18's convolutions at 64x64 input (batch
+32) instead: the forward pass, the gradient with respect to the input and
+the one with respect to the kernel, each compiled alone (`jax.jit` of
+`lax.conv_general_dilated` and its `vjp`; `tf.function` of TensorFlow's
+three convolution kernels), median of 5 calls.
 
 `--cores 0` pins every process to core 0 (`taskset`), for runs that
 share the machine with another job on the other core.
@@ -67,6 +75,22 @@ SETTINGS = {
     "torch": ("torch", {}),
     "torch-1-thread": ("torch", {"OMP_NUM_THREADS": "1"}),
 }
+
+# ResNet18's convolutions at 64x64 input, batch 32: (map size, filters
+# in, filters out, kernel, stride, how many in the network).
+CONVS = (
+    (64, 3, 64, 7, 2, 1),
+    (16, 64, 64, 3, 1, 4),
+    (16, 64, 128, 3, 2, 1),
+    (16, 64, 128, 1, 2, 1),
+    (8, 128, 128, 3, 1, 3),
+    (8, 128, 256, 3, 2, 1),
+    (8, 128, 256, 1, 2, 1),
+    (4, 256, 256, 3, 1, 3),
+    (4, 256, 512, 3, 2, 1),
+    (4, 256, 512, 1, 2, 1),
+    (2, 512, 512, 3, 1, 3),
+)
 
 MODELS = {
     # name: (input shapes, classes, batch size)
@@ -163,6 +187,95 @@ def child(args):
         )
 
 
+def conv_child(args):
+    """Times every ResNet18 convolution's forward pass and its two
+    gradients (input, kernel) on the process's backend; prints JSON."""
+    import keras
+    import numpy as np
+
+    backend = keras.backend.backend()
+    rng = np.random.default_rng(0)
+    if backend == "jax":
+        import jax
+
+        def functions(stride):
+            def conv(x, w):
+                return jax.lax.conv_general_dilated(
+                    x,
+                    w,
+                    (stride, stride),
+                    "SAME",
+                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                )
+
+            def grad_x(x, w, g):
+                return jax.vjp(lambda v: conv(v, w), x)[1](g)[0]
+
+            def grad_w(x, w, g):
+                return jax.vjp(lambda v: conv(x, v), w)[1](g)[0]
+
+            return [jax.jit(f) for f in (conv, grad_x, grad_w)]
+
+        def run(f, *a):
+            return jax.block_until_ready(f(*a))
+
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        def functions(stride):
+            s = [1, stride, stride, 1]
+
+            def conv(x, w):
+                return tf.nn.conv2d(x, w, s, "SAME")
+
+            def grad_x(x, w, g):
+                return tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=tf.shape(x),
+                    filter=w,
+                    out_backprop=g,
+                    strides=s,
+                    padding="SAME",
+                )
+
+            def grad_w(x, w, g):
+                return tf.raw_ops.Conv2DBackpropFilter(
+                    input=x,
+                    filter_sizes=tf.shape(w),
+                    out_backprop=g,
+                    strides=s,
+                    padding="SAME",
+                )
+
+            return [tf.function(f) for f in (conv, grad_x, grad_w)]
+
+        def run(f, *a):
+            return f(*a).numpy()
+
+    else:
+        raise SystemExit("--model convs runs under jax or tensorflow")
+
+    for size, c_in, c_out, k, stride, count in CONVS:
+        x = rng.normal(size=(32, size, size, c_in)).astype("float32")
+        w = rng.normal(size=(k, k, c_in, c_out)).astype("float32")
+        conv, grad_x, grad_w = functions(stride)
+        g = np.ones_like(np.asarray(run(conv, x, w)))
+        row = {"conv": f"{size}x{size}x{c_in}, {k}x{k}/{stride}, {c_out}"}
+        for name, f, a in (
+            ("forward", conv, (x, w)),
+            ("grad input", grad_x, (x, w, g)),
+            ("grad kernel", grad_w, (x, w, g)),
+        ):
+            run(f, *a)
+            times = []
+            for _ in range(5):
+                start = time.perf_counter()
+                run(f, *a)
+                times.append(time.perf_counter() - start)
+            row[name] = float(np.median(times))
+        row["count"] = count
+        print(json.dumps(row), flush=True)
+
+
 def run_setting(name, args, extra):
     """Runs `extra` (a child's or the example's arguments) in a process
     with `name`'s backend and environment; returns (stdout, seconds)."""
@@ -189,6 +302,49 @@ def run_setting(name, args, extra):
     return done.stdout, seconds
 
 
+def convs(args):
+    """Prints the per-convolution table of `--convs`."""
+    results = {}
+    for name in args.settings:
+        out, _ = run_setting(
+            name,
+            args,
+            [
+                str(pathlib.Path(__file__).resolve()),
+                "--child",
+                "--model",
+                "convs",
+            ],
+        )
+        results[name] = [
+            json.loads(line)
+            for line in out.splitlines()
+            if line.startswith("{")
+        ]
+    parts = ("forward", "grad input", "grad kernel")
+    print(
+        "| convolution (map x filters, kernel/stride, filters out), "
+        "count | "
+        + " | ".join(
+            f"{name}: {part}, ms" for name in results for part in parts
+        )
+        + " |"
+    )
+    print("|---" * (1 + len(results) * len(parts)) + "|")
+    first = next(iter(results.values()))
+    for i, row in enumerate(first):
+        cells = [f"{row['conv']}, x{row['count']}"]
+        for rows in results.values():
+            cells += [f"{1000 * rows[i][p]:.1f}" for p in parts]
+        print("| " + " | ".join(cells) + " |")
+    cells = ["whole network (x count)"]
+    for rows in results.values():
+        cells += [
+            f"{1000 * sum(r[p] * r['count'] for r in rows):.0f}" for p in parts
+        ]
+    print("| " + " | ".join(cells) + " |")
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -211,11 +367,23 @@ def main():
         "(its defaults)",
     )
     parser.add_argument("--cores", default="", help="taskset core list")
+    parser.add_argument(
+        "--convs",
+        action="store_true",
+        help="instead: each ResNet18 convolution (64x64 input, batch 32), "
+        "forward and both gradients, per setting (jax, tensorflow)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args)
+        if args.model == "convs":
+            conv_child(args)
+        else:
+            child(args)
+        return
+    if args.convs:
+        convs(args)
         return
 
     settings = list(args.settings) + [args.settings[0]]

@@ -37,11 +37,14 @@ encoders. Full-width ResNet18 (`--width 1`) is the default;
 `--width 0.5` keeps ResNet18's block layout with narrower stages 2-4
 (keras-hub requires 64 filters in stage 1).
 
-Run (the default: two runs, each training two ResNet18 encoders for 6
-epochs at 64x64; its accuracies and times are in `examples/README.md`). On
-CPU the TensorFlow backend is much the fastest for these convolutions, so
-with torch or JAX on a CPU use fewer epochs, `--width 0.5` or
-`--samples-per-class 40`, or a GPU:
+Run (the default: three runs, joint training, heads and OLM, each
+training two ResNet18 encoders for 6 epochs at 64x64; its accuracies and
+times are in `examples/README.md`: on one CPU core about 10 minutes with
+TensorFlow, 1.4 times that with torch and 1.5 times with JAX). Under
+JAX on a CPU-only machine it sets
+`XLA_FLAGS=--xla_disable_hlo_passes=algsimp` unless `XLA_FLAGS` is set
+(the README's backend section says why). Quicker runs: fewer epochs,
+`--width 0.5` or `--samples-per-class 40`, or a GPU:
 
     pip install -e ".[examples]"
     python examples/sunrgbd_depth.py
