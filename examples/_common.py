@@ -46,9 +46,9 @@ RUN_TITLES = {
 
 # XLA's algebraic simplifier swaps a convolution's operands when the
 # feature map is smaller than the kernel (ResNet18's last stage at 64x64
-# input: 3x3 kernels on 2x2 maps); the swapped convolution falls off
-# XLA:CPU's Eigen path and took 0.54 s instead of 6 ms here, most of a
-# JAX training step of the main job (benchmarks/README.md, "backends.py").
+# input: 3x3 kernels on 2x2 maps); XLA:CPU runs the swapped convolution
+# about 90 times slower (0.54 s instead of 6 ms here), most of a JAX
+# training step of the main job (benchmarks/README.md, "backends.py").
 JAX_CPU_XLA_FLAGS = "--xla_disable_hlo_passes=algsimp"
 # Packages that give JAX a GPU or TPU; with one installed the examples
 # leave XLA's passes alone.
