@@ -302,25 +302,29 @@ def run_setting(name, args, extra):
     return done.stdout, seconds
 
 
+def run_child(name, args, model):
+    """Runs this script's child for `model` (a `MODELS` name or
+    `"convs"`) under setting `name`; returns the rows it printed."""
+    out, _ = run_setting(
+        name,
+        args,
+        [
+            str(pathlib.Path(__file__).resolve()),
+            "--child",
+            "--model",
+            model,
+            "--steps",
+            str(args.steps),
+            "--turns",
+            str(args.turns),
+        ],
+    )
+    return [json.loads(line) for line in out.splitlines() if line[:1] == "{"]
+
+
 def convs(args):
     """Prints the per-convolution table of `--convs`."""
-    results = {}
-    for name in args.settings:
-        out, _ = run_setting(
-            name,
-            args,
-            [
-                str(pathlib.Path(__file__).resolve()),
-                "--child",
-                "--model",
-                "convs",
-            ],
-        )
-        results[name] = [
-            json.loads(line)
-            for line in out.splitlines()
-            if line.startswith("{")
-        ]
+    results = {name: run_child(name, args, "convs") for name in args.settings}
     parts = ("forward", "grad input", "grad kernel")
     print(
         "| convolution (map x filters, kernel/stride, filters out), "
@@ -382,6 +386,9 @@ def main():
         else:
             child(args)
         return
+    missing = [n for n in args.main_job if n not in args.settings]
+    if missing:
+        parser.error(f"--main-job {missing} not among --settings")
     if args.convs:
         convs(args)
         return
@@ -391,23 +398,9 @@ def main():
     for i, name in enumerate(settings):
         label = name if i < len(args.settings) else f"{name} (again)"
         for model in args.models:
-            out, _ = run_setting(
-                name,
-                args,
-                [
-                    str(pathlib.Path(__file__).resolve()),
-                    "--child",
-                    "--model",
-                    model,
-                    "--steps",
-                    str(args.steps),
-                    "--turns",
-                    str(args.turns),
-                ],
-            )
-            for line in out.splitlines():
-                if line.startswith("{"):
-                    rows.append(dict(json.loads(line), setting=label))
+            rows += [
+                dict(row, setting=label) for row in run_child(name, args, model)
+            ]
         if name in args.main_job and label == name:
             out_dir = f"outputs/backends/{name}"
             _, walls[name] = run_setting(

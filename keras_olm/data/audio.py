@@ -134,7 +134,7 @@ AUDIO_PRESETS = {
         sample_rate=16000, num_samples=80000, n_fft=256, hop_length=128
     ),
     # The embedded AV digits (`keras_olm.embedded.av_digits`): 1.5 s (the
-    # whole clip, tiled: version 4's clips last about 0.7 s), 64 mel
+    # whole clip, tiled: the clips last about 0.7 s), 64 mel
     # bands, z-scored: 64 x 94.
     "digits": SpectrogramConfig(
         sample_rate=22050,
