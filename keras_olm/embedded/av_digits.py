@@ -14,8 +14,7 @@ contrast, occlusion, clutter strokes, rotation and shear, pixel noise)
 set how informative each modality is.
 
 The defaults (version 5) aim at the imbalance of CREMA-D as the field
-measures it (`benchmarks/imbalance.py`; figures in
-`benchmarks/README.md`): audio that fits the training set within a few
+measures it: audio that fits the training set within a few
 epochs but generalizes less than perfectly, and frames that are learned
 more slowly. The audio carries the class in the spoken word: 16 plain
 voices that differ by accent and espeak-ng variant only, spoken slowly
@@ -376,11 +375,9 @@ def generate(
     is synthesised in a fresh subprocess (see `_espeak`).
 
     With the defaults audio is the dominant modality and the frames are
-    weak but informative; `benchmarks/imbalance.py` measures each modality
-    alone, joint training and the unimodal ensemble with small CNNs (table
-    in `benchmarks/README.md`). `python -m keras_olm.embedded._measure
-    av_digits` is a quicker check with logistic regression on fixed
-    features.
+    weak but informative. `python -m keras_olm.embedded._measure
+    av_digits` checks each modality alone with logistic regression on
+    fixed features.
 
     Args:
         root: str or path. Directory to write the dataset into (must be

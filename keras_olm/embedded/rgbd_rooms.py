@@ -30,8 +30,7 @@ depth alone is weaker and slower, and it is the only cue on dark
 samples. Under joint training RGB fits the training set first and the
 depth encoder stops short of the pillars (a linear probe on it scores
 well below depth alone), while the average of the unimodal models, where
-depth alone answers for the dark samples, beats the jointly trained one
-(`benchmarks/imbalance.py`; figures in `benchmarks/README.md`).
+depth alone answers for the dark samples, beats the jointly trained one.
 Per-sample variation (room size, camera pose and field of view, object
 placement and size, light position, intensity and tint, colour jitter,
 sensor noise, depth holes) keeps either modality alone from being
@@ -765,12 +764,10 @@ def generate(
 
     With the defaults RGB dominates (as in SUN RGB-D), depth is weaker
     and slower to learn, and neither is perfect (see the module
-    docstring); `benchmarks/imbalance.py` measures each alone,
-    joint training and the unimodal ensemble with small CNNs (table in
-    `benchmarks/README.md`); `python -m keras_olm.embedded._measure
-    rgbd_rooms` is a quicker check with logistic regression on pixels.
-    Generating the defaults (1,520 samples) takes about 15 s on a shared
-    2-core machine.
+    docstring); `python -m keras_olm.embedded._measure rgbd_rooms`
+    checks each modality alone with logistic regression on pixels.
+    Generating the defaults (1,520 samples) takes about 15 s on two CPU
+    cores.
 
     Args:
         root: str or path. Directory to write the dataset into (must be
