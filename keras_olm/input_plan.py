@@ -169,13 +169,8 @@ class InputPlan:
 
     def for_fit(
         self,
-        x,
-        y=None,
+        fit_inputs,
         *,
-        sample_weight=None,
-        batch_size=None,
-        shuffle=True,
-        class_weight=None,
         validation_split=0.0,
         validation_data=None,
         held_out_data=None,
@@ -197,14 +192,16 @@ class InputPlan:
         the model is built from `build_shapes`.
 
         Args:
-            x, y, sample_weight, batch_size, shuffle, class_weight,
-                validation_split, validation_data, held_out_data,
+            fit_inputs: a `held_out.FitInputs` of `fit`'s `x`, `y`,
+                `sample_weight`, `batch_size`, `shuffle` and `class_weight`.
+            validation_split, validation_data, held_out_data,
                 held_out_split, held_out_seed, verbose: `fit`'s arguments.
             balancer: the model's `Balancer`, or `None`.
 
         Returns:
             A `FitPlan`.
         """
+        x, y, sample_weight, batch_size, shuffle, class_weight = fit_inputs
         held_out_for = None
         if balancer is not None and balancer.needs_held_out:
             held_out_for = type(balancer).__name__
@@ -511,6 +508,16 @@ class InputPlan:
                 f"{where}: the input dict must have exactly the encoders' "
                 f"keys {sorted(expected)}; " + " and ".join(parts) + "."
             )
+
+    def check_build_shape(self, input_shape):
+        """Checks the input shape the model is built with: a dict with
+        the encoders' keys."""
+        if not isinstance(input_shape, dict):
+            raise ValueError(
+                "BalancedMultimodalModel inputs are dicts from modality name "
+                f"to tensor; got input shape {input_shape}."
+            )
+        self.check_modalities(input_shape, "build")
 
     def check_call_inputs(self, inputs):
         """Checks what the model is called on: a dict with the encoders'

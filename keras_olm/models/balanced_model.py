@@ -1,9 +1,10 @@
 """`BalancedMultimodalModel`: encoders, a fusion layer, heads, a balancer.
 
 The model holds what a Keras model is (its layers, `call`, its config);
-its training and test steps are `keras_olm.trainers`' (the shared step in
-`trainers/step.py` and one short trainer per backend), and held-out
-batches for the balancer are `keras_olm.held_out`'s.
+its input checks are `keras_olm.input_plan`'s, its training and test steps
+`keras_olm.trainers`' (the shared step in `trainers/step.py` and one short
+trainer per backend), and held-out batches for the balancer are
+`keras_olm.held_out`'s.
 """
 
 import math
@@ -15,6 +16,7 @@ from keras import ops
 from keras_olm import balancers as balancers_lib
 from keras_olm.balancers.base import Balancer
 from keras_olm.balancers.base import JointTraining
+from keras_olm.held_out import FitInputs
 from keras_olm.input_plan import InputPlan
 from keras_olm.input_plan import check_encoders
 from keras_olm.inputs import LABEL
@@ -66,9 +68,9 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
 
     Calling the model returns the fused head's class probabilities, so
     `predict` gives `(batch, num_classes)` probabilities. The raw logits of
-    every head come from `head_logits` (tensors) or `predict_heads`
-    (numpy). OLM's coefficients play no part at inference, as in the
-    paper: they only scale the logits inside the training loss.
+    every head come from `head_logits` (tensors) or `predict_heads` (numpy).
+    OLM's coefficients play no part at inference, as in the paper: they
+    only scale the logits inside the training loss.
 
     `fit` reports the total loss, each head's loss and accuracy (e.g.
     `audio_loss`, `audio_acc`, `fused_acc`) and, for OLM, each head's
@@ -76,19 +78,18 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
     `val_` for validation data.
 
     Regression heads (optional, e.g. MER-MULTI's valence): with
-    `regression_targets={"valence": 1}` a linear layer on the fused
-    feature predicts each target (there are no unimodal regression
-    heads; a one-modality model's fused feature is that modality's, so
-    it gives the unimodal regression baseline). Their mean squared
-    errors, times `regression_weight`, are added to the balancer's loss:
-    the balancer (OLM) modulates and balances the classification heads
-    only. Targets are then a dict `{"label": class ids, "valence":
-    values}` (arrays, or a dataset yielding such dicts), checked for
-    missing or unknown keys and non-finite values; `fit` logs
-    `valence_mse` and `valence_mae` (and `val_...`). Calling the model (and
-    `predict`) then returns a dict `{"label": (batch, num_classes)
-    probabilities, "valence": (batch, 1)}`; without regression heads it
-    returns the probabilities alone.
+    `regression_targets={"valence": 1}` a linear layer on the fused feature
+    predicts each target (there are no unimodal regression heads; a
+    one-modality model's fused feature is that modality's, so it gives the
+    unimodal regression baseline). Their mean squared errors, times
+    `regression_weight`, are added to the balancer's loss: the balancer
+    (OLM) modulates and balances the classification heads only. Targets
+    are then a dict `{"label": class ids, "valence": values}` (arrays, or a
+    dataset yielding such dicts), checked for missing or unknown keys and
+    non-finite values; `fit` logs `valence_mse` and `valence_mae` (and
+    `val_...`). Calling the model (and `predict`) then returns a dict
+    `{"label": (batch, num_classes) probabilities, "valence": (batch, 1)}`;
+    without regression heads it returns the probabilities alone.
 
     Args:
         encoders: dict from modality name to a Keras layer or model. Inputs
@@ -199,12 +200,7 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
     # --- forward -----------------------------------------------------------
 
     def build(self, input_shape):
-        if not isinstance(input_shape, dict):
-            raise ValueError(
-                "BalancedMultimodalModel inputs are dicts from modality name "
-                f"to tensor; got input shape {input_shape}."
-            )
-        self.input_plan.check_modalities(input_shape, "build")
+        self.input_plan.check_build_shape(input_shape)
         symbolic = {
             m: keras.KerasTensor(tuple(input_shape[m])) for m in self.modalities
         }
@@ -346,22 +342,22 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
 
         `x` takes what Keras' `fit` takes: a dict of arrays keyed like the
         encoders (or a list of arrays in the encoders' order) with labels
-        `y`, a `tf.data.Dataset`, a `keras.utils.PyDataset`, a generator
-        or (torch backend) a torch `DataLoader` of `(inputs, labels[,
+        `y`, a `tf.data.Dataset`, a `keras.utils.PyDataset`, a generator or
+        (torch backend) a torch `DataLoader` of `(inputs, labels[,
         sample_weight])` batches. `validation_split` (arrays only: the last
         fraction, before shuffling, as Keras), `validation_data`,
-        `class_weight`, `sample_weight`, `initial_epoch` and
-        `steps_per_epoch` work as in Keras.
+        `class_weight`, `sample_weight`, `initial_epoch` and `steps_per_epoch`
+        work as in Keras.
 
-        Arrays and datasets are checked before any step runs: input keys
-        must match the encoders', every modality must have the labels'
-        batch size, labels must lie in `[0, num_classes)` (labels of shape
-        `(n, 1)` are taken as `(n,)`), `sample_weight` must hold one
-        weight per sample, and a built model's encoders must take each
-        modality's input shape. There must be at least one batch (a
-        dataset of unknown length is asked for its first batch). Held-out
-        data are checked the same way, and must besides be finite: all of
-        them, by one pass over them before the first step.
+        Arrays and datasets are checked (by the model's `input_plan`) before
+        any step runs: input keys must match the encoders', every modality
+        must have the labels' batch size, labels must lie in `[0,
+        num_classes)` (labels of shape `(n, 1)` are taken as `(n,)`),
+        `sample_weight` must hold one weight per sample, and a built model's
+        encoders must take each modality's input shape. There must be at
+        least one batch (a dataset of unknown length is asked for its first
+        batch). Held-out data are checked the same way, and must besides be
+        finite: all of them, by one pass over them before the first step.
 
         Args:
             y: labels for array inputs; with regression heads a dict
@@ -385,12 +381,7 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             The `History` object.
         """
         plan = self.input_plan.for_fit(
-            x,
-            y,
-            sample_weight=sample_weight,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            class_weight=class_weight,
+            FitInputs(x, y, sample_weight, batch_size, shuffle, class_weight),
             validation_split=validation_split,
             validation_data=validation_data,
             held_out_data=held_out_data,
@@ -413,33 +404,25 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             LogOrder(self.modalities, self.regression_targets),
             *(callbacks or []),
         ]
-        return self._run_fit(
-            fit_inputs,
-            callbacks=callbacks,
-            epochs=epochs,
-            verbose=verbose,
-            validation_split=plan.validation_split,
-            validation_data=plan.validation_data,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=steps_per_epoch,
-            validation_steps=validation_steps,
-            validation_batch_size=validation_batch_size,
-            validation_freq=validation_freq,
-        )
-
-    def _run_fit(self, fit_inputs, **kwargs):
-        """Keras' `fit` on `fit_inputs` (a `held_out.FitInputs`), with the
-        fault counts reset first and the training state kept on error."""
         self.training_state.reset_faults()
         try:
             return super().fit(
                 fit_inputs.x,
                 fit_inputs.y,
                 batch_size=fit_inputs.batch_size,
+                epochs=epochs,
+                verbose=verbose,
+                callbacks=callbacks,
+                validation_split=plan.validation_split,
+                validation_data=plan.validation_data,
                 shuffle=fit_inputs.shuffle,
                 class_weight=fit_inputs.class_weight,
                 sample_weight=fit_inputs.sample_weight,
-                **kwargs,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=steps_per_epoch,
+                validation_steps=validation_steps,
+                validation_batch_size=validation_batch_size,
+                validation_freq=validation_freq,
             )
         except BaseException:
             # Keep what the finished steps trained (JAX holds it apart
