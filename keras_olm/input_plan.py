@@ -201,7 +201,8 @@ class InputPlan:
         Returns:
             A `FitPlan`.
         """
-        x, y, sample_weight, batch_size, shuffle, class_weight = fit_inputs
+        x, y = fit_inputs.x, fit_inputs.y
+        sample_weight, shuffle = fit_inputs.sample_weight, fit_inputs.shuffle
         held_out_for = None
         if balancer is not None and balancer.needs_held_out:
             held_out_for = type(balancer).__name__
@@ -257,8 +258,8 @@ class InputPlan:
             # on, as it is by default.
             shuffle = False
         return FitPlan(
-            fit_inputs=held_out_lib.FitInputs(
-                x, y, sample_weight, batch_size, shuffle, class_weight
+            fit_inputs=fit_inputs._replace(
+                x=x, y=y, sample_weight=sample_weight, shuffle=shuffle
             ),
             validation_split=validation_split,
             validation_data=validation_data,
