@@ -21,14 +21,12 @@ A step receives `(x, y[, sample_weight], HeldOutBatch)` and `unpack`
 turns any batch into a `StepBatch`.
 """
 
-import types
 from typing import Any
 from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
-from keras_olm import inputs as inputs_lib
 from keras_olm.inputs import LABEL
 
 _GOLDEN = 2654435761  # Knuth's multiplicative hash constant.
@@ -243,110 +241,6 @@ def with_held_out_slots(train, held_out, period, global_step):
         # The infinite held-out stream hides the length from tf.data.
         joined = joined.apply(tf.data.experimental.assert_cardinality(steps))
     return joined.prefetch(tf.data.AUTOTUNE)
-
-
-def as_dataset(
-    data,
-    modalities,
-    num_classes,
-    batch_size,
-    regression_targets=None,
-    where="held_out_data",
-):
-    """Held-out data in any input form `fit` takes, as a checked, batched
-    `tf.data.Dataset`.
-
-    The held-out data are checked as training data are (the modalities,
-    the labels' range, the batch sizes) and besides must be finite and
-    hold at least one sample: arrays with numpy, other forms by one pass
-    over their batches here (a dataset that repeats forever is an error),
-    so that bad held-out data stop `fit` before its first step.
-
-    Args:
-        data: a `tf.data.Dataset`, an `(inputs, labels[, sample_weight])`
-            tuple of arrays (inputs a dict, or a list in the encoders'
-            order), or a `keras.utils.PyDataset`, a generator or a torch
-            `DataLoader` of such batches. A generator is read once and its
-            batches kept in memory for the later passes.
-        modalities: list of str. The encoders' keys.
-        num_classes: int.
-        batch_size: int. Batch size for arrays.
-        regression_targets: dict or `None`. The model's regression heads.
-        where: str. The argument's name, for error messages.
-    """
-    if isinstance(data, (tuple, list)) and len(data) in (2, 3):
-        x = inputs_lib.inputs_as_dict(data[0], modalities, where)
-        if inputs_lib.is_arrays(x):
-            data = (x, *data[1:])
-    if isinstance(data, (tuple, list)) and inputs_lib.is_arrays(data[0]):
-        dataset = inputs_lib.as_dataset(
-            data, modalities, num_classes, batch_size, where, regression_targets
-        )
-        inputs_lib.check_finite_arrays(data[0], where)
-        if len(data) == 3:
-            inputs_lib.check_sample_weight(
-                data[2], len(data[0][modalities[0]]), where
-            )
-        return dataset
-    if isinstance(data, tf.data.Dataset):
-        dataset = inputs_lib.check_dataset(
-            data, modalities, num_classes, where, regression_targets
-        )
-        _check_batches(dataset, where)
-        return dataset
-    from keras.src.trainers.data_adapters import get_data_adapter
-
-    try:
-        adapter = get_data_adapter(data)
-    except ValueError as error:
-        raise TypeError(
-            f"{where} must be a tf.data.Dataset, an (inputs, labels) tuple "
-            "of arrays, a keras.utils.PyDataset, a generator or a torch "
-            f"DataLoader; got {type(data).__name__}."
-        ) from error
-    dataset = adapter.get_tf_dataset()
-    if isinstance(data, types.GeneratorType):
-        dataset = dataset.cache()
-    dataset = inputs_lib.check_dataset(
-        dataset, modalities, num_classes, where, regression_targets
-    )
-    batches = _check_batches(dataset, where)
-    if dataset.cardinality() < 0:
-        # Counted now: the schedule needs the count (`num_batches`).
-        dataset = dataset.apply(
-            tf.data.experimental.assert_cardinality(batches)
-        )
-    return dataset
-
-
-def _check_batches(dataset, where):
-    """Reads every batch of a checked held-out dataset once: its
-    in-pipeline checks run, floating-point inputs must be finite, and
-    there must be at least one batch. Returns the number of batches."""
-    if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
-        raise ValueError(
-            f"{where}: the dataset repeats forever; pass a finite held-out "
-            "set (the held-out batches cycle through it on their own)."
-        )
-    batches = 0
-    for x, *_ in dataset.as_numpy_iterator():
-        for m, values in x.items():
-            if not np.issubdtype(values.dtype, np.inexact):
-                continue
-            finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-            if not finite.all():
-                raise ValueError(
-                    f"{where}: modality '{m}' must be finite; batch "
-                    f"{batches} holds NaN or inf in sample "
-                    f"{int(np.argmin(finite))}."
-                )
-        batches += 1
-    if not batches:
-        raise ValueError(
-            f"{where}: the held-out data yield no batches; OLM needs at "
-            "least one held-out sample."
-        )
-    return batches
 
 
 def _num_samples(y):

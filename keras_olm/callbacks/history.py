@@ -14,7 +14,6 @@ import warnings
 import keras
 import numpy as np
 
-from keras_olm import inputs as inputs_lib
 from keras_olm.callbacks.tables import CSV_NAME
 from keras_olm.callbacks.tables import column_order
 from keras_olm.callbacks.tables import write_csv
@@ -284,22 +283,12 @@ class LogitNormHistory(keras.callbacks.Callback):
     def _check_data(self, model):
         # Models with regression heads take {"label": ..., name: ...}
         # targets; the diagnostics read the class labels only.
-        targets = getattr(model, "regression_targets", None) or None
         if self._arrays is not None:
             x, y = self._arrays
-            inputs_lib.check_arrays(
-                x,
-                y,
-                model.modalities,
-                model.num_classes,
-                _WHERE,
-                regression_targets=targets,
-            )
+            model.input_plan.check_arrays(x, y, _WHERE)
             return
         spec = self._dataset.element_spec
-        inputs_lib.check_dataset_spec(
-            spec, model.modalities, _WHERE, regression_targets=targets
-        )
+        model.input_plan.check_dataset_spec(spec, _WHERE)
         labels = spec[1]["label"] if isinstance(spec[1], dict) else spec[1]
         if labels.shape.rank == 0:
             raise ValueError(

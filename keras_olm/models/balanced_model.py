@@ -1,9 +1,10 @@
 """`BalancedMultimodalModel`: encoders, a fusion layer, heads, a balancer.
 
 The model holds what a Keras model is (its layers, `call`, its config);
-its training and test steps are `keras_olm.trainers`' (the shared step in
-`trainers/step.py` and one short trainer per backend), and held-out
-batches for the balancer are `keras_olm.held_out`'s.
+its input checks are `keras_olm.input_plan`'s, its training and test steps
+`keras_olm.trainers`' (the shared step in `trainers/step.py` and one short
+trainer per backend), and held-out batches for the balancer are
+`keras_olm.held_out`'s.
 """
 
 import math
@@ -13,10 +14,12 @@ import numpy as np
 from keras import ops
 
 from keras_olm import balancers as balancers_lib
-from keras_olm import held_out as held_out_lib
-from keras_olm import inputs as inputs_lib
 from keras_olm.balancers.base import Balancer
 from keras_olm.balancers.base import JointTraining
+from keras_olm.held_out import FitInputs
+from keras_olm.input_plan import InputPlan
+from keras_olm.input_plan import check_encoders
+from keras_olm.inputs import LABEL
 from keras_olm.layers.base import FUSED
 from keras_olm.layers.fusion import LateFusion
 from keras_olm.trainers import StepMixin
@@ -25,37 +28,6 @@ from keras_olm.trainers.step import LogOrder
 from keras_olm.trainers.step import NonFiniteGuard
 from keras_olm.trainers.step import TrainingState
 from keras_olm.trainers.step import non_finite_error
-
-
-def _resolve_regression_targets(targets):
-    if targets is None:
-        return {}
-    if isinstance(targets, str):
-        targets = [targets]
-    if isinstance(targets, (list, tuple)):
-        targets = {name: 1 for name in targets}
-    if not isinstance(targets, dict):
-        raise TypeError(
-            "regression_targets must be None, a list of names or a dict "
-            f"from name to width; got {type(targets).__name__}."
-        )
-    out = {}
-    for name, width in targets.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(
-                f"regression target names must be strings; got {name!r}."
-            )
-        if name == inputs_lib.LABEL:
-            raise ValueError(
-                f"'{inputs_lib.LABEL}' holds the class labels; rename that "
-                "regression target."
-            )
-        if isinstance(width, bool) or int(width) != width or width < 1:
-            raise ValueError(
-                f"regression target '{name}' needs a width >= 1; got {width!r}."
-            )
-        out[name] = int(width)
-    return out
 
 
 class _HeadLogits(keras.Model):
@@ -68,35 +40,6 @@ class _HeadLogits(keras.Model):
 
     def call(self, inputs, training=False):
         return self.model.head_logits(inputs, training=training)
-
-
-def _dtype_name(array):
-    dtype = getattr(array, "dtype", None)
-    try:
-        return keras.backend.standardize_dtype(dtype)
-    except Exception:
-        return None
-
-
-def _trace(layer, shape, dtype):
-    """Runs `layer` on a traced (not symbolic) tensor of this shape, as a
-    step would call it; raises where the layer does not take it.
-
-    (A symbolic call checks more than a step does: a `Sequential` built
-    for one sequence length rejects another there, and takes it in a
-    step.)
-    """
-    from keras.src.backend import compute_output_spec
-
-    compute_output_spec(
-        lambda t: layer(t, training=False), keras.KerasTensor(shape, dtype)
-    )
-
-
-def _tf_dataset_type():
-    import tensorflow as tf
-
-    return tf.data.Dataset
 
 
 def _resolve_balancer(balancer):
@@ -125,9 +68,9 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
 
     Calling the model returns the fused head's class probabilities, so
     `predict` gives `(batch, num_classes)` probabilities. The raw logits of
-    every head come from `head_logits` (tensors) or `predict_heads`
-    (numpy). OLM's coefficients play no part at inference, as in the
-    paper: they only scale the logits inside the training loss.
+    every head come from `head_logits` (tensors) or `predict_heads` (numpy).
+    OLM's coefficients play no part at inference, as in the paper: they
+    only scale the logits inside the training loss.
 
     `fit` reports the total loss, each head's loss and accuracy (e.g.
     `audio_loss`, `audio_acc`, `fused_acc`) and, for OLM, each head's
@@ -135,19 +78,18 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
     `val_` for validation data.
 
     Regression heads (optional, e.g. MER-MULTI's valence): with
-    `regression_targets={"valence": 1}` a linear layer on the fused
-    feature predicts each target (there are no unimodal regression
-    heads; a one-modality model's fused feature is that modality's, so
-    it gives the unimodal regression baseline). Their mean squared
-    errors, times `regression_weight`, are added to the balancer's loss:
-    the balancer (OLM) modulates and balances the classification heads
-    only. Targets are then a dict `{"label": class ids, "valence":
-    values}` (arrays, or a dataset yielding such dicts), checked for
-    missing or unknown keys and non-finite values; `fit` logs
-    `valence_mse` and `valence_mae` (and `val_...`). Calling the model (and
-    `predict`) then returns a dict `{"label": (batch, num_classes)
-    probabilities, "valence": (batch, 1)}`; without regression heads it
-    returns the probabilities alone.
+    `regression_targets={"valence": 1}` a linear layer on the fused feature
+    predicts each target (there are no unimodal regression heads; a
+    one-modality model's fused feature is that modality's, so it gives the
+    unimodal regression baseline). Their mean squared errors, times
+    `regression_weight`, are added to the balancer's loss: the balancer
+    (OLM) modulates and balances the classification heads only. Targets
+    are then a dict `{"label": class ids, "valence": values}` (arrays, or a
+    dataset yielding such dicts), checked for missing or unknown keys and
+    non-finite values; `fit` logs `valence_mse` and `valence_mae` (and
+    `val_...`). Calling the model (and `predict`) then returns a dict
+    `{"label": (batch, num_classes) probabilities, "valence": (batch, 1)}`;
+    without regression heads it returns the probabilities alone.
 
     Args:
         encoders: dict from modality name to a Keras layer or model. Inputs
@@ -205,29 +147,7 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not isinstance(encoders, dict) or len(encoders) < 1:
-            raise ValueError(
-                "encoders must be a non-empty dict from modality name to a "
-                f"Keras layer; got {type(encoders).__name__}."
-            )
-        for name, encoder in encoders.items():
-            if not isinstance(name, str) or not name:
-                raise TypeError(
-                    "The modality names (the keys of `encoders`) must be "
-                    f"non-empty strings; got {name!r} "
-                    f"({type(name).__name__})."
-                )
-            if name == FUSED:
-                raise ValueError(
-                    f"'{FUSED}' is the fused head's name; rename that modality."
-                )
-            if not isinstance(encoder, keras.layers.Layer):
-                raise TypeError(
-                    f"The encoder of modality '{name}' must be a Keras "
-                    f"layer or model; got {type(encoder).__name__}."
-                )
-        if int(num_classes) < 2:
-            raise ValueError(f"num_classes must be >= 2; got {num_classes}")
+        check_encoders(encoders, num_classes)
         self.modalities = list(encoders)
         self.encoders = dict(encoders)
         self.num_classes = int(num_classes)
@@ -249,9 +169,14 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             keras.metrics.SparseCategoricalAccuracy(name=f"{h}_acc")
             for h in self.head_names
         ]
-        self.regression_targets = _resolve_regression_targets(
-            regression_targets
+        self.input_plan = InputPlan(
+            self.modalities,
+            self.num_classes,
+            regression_targets,
+            encoders=self.encoders,
+            built_shapes=self._built_input_shapes,
         )
+        self.regression_targets = self.input_plan.regression_targets
         regression_weight = float(regression_weight)
         if not math.isfinite(regression_weight) or regression_weight < 0:
             raise ValueError(
@@ -275,12 +200,7 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
     # --- forward -----------------------------------------------------------
 
     def build(self, input_shape):
-        if not isinstance(input_shape, dict):
-            raise ValueError(
-                "BalancedMultimodalModel inputs are dicts from modality name "
-                f"to tensor; got input shape {input_shape}."
-            )
-        inputs_lib.check_modalities(input_shape, self.modalities, "build")
+        self.input_plan.check_build_shape(input_shape)
         symbolic = {
             m: keras.KerasTensor(tuple(input_shape[m])) for m in self.modalities
         }
@@ -288,28 +208,13 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         self._regress(features)
         self.built = True
 
-    def _check_inputs(self, inputs):
-        if not isinstance(inputs, dict):
-            raise ValueError(
-                "BalancedMultimodalModel inputs must be a dict from modality "
-                f"name to tensor; got {type(inputs).__name__}."
-            )
-        inputs_lib.check_modalities(inputs.keys(), self.modalities, "inputs")
-        sizes = {m: inputs[m].shape[0] for m in self.modalities}
-        known = {m: s for m, s in sizes.items() if s is not None}
-        if len(set(known.values())) > 1:
-            raise ValueError(
-                "inputs: every modality must have the same batch size; got "
-                f"{known}."
-            )
-
     def _forward(self, inputs, training=False):
         """Raw logits of every head, as a dict."""
         return self._forward_with_features(inputs, training)[0]
 
     def _forward_with_features(self, inputs, training=False):
         """Raw logits of every head and the features the heads read."""
-        self._check_inputs(inputs)
+        self.input_plan.check_call_inputs(inputs)
         encoded = {
             m: self.encoders[m](inputs[m], training=training)
             for m in self.modalities
@@ -343,7 +248,7 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         probs = ops.softmax(logits[FUSED], axis=-1)
         if not self.regression_heads:
             return probs
-        return {inputs_lib.LABEL: probs, **self._regress(features)}
+        return {LABEL: probs, **self._regress(features)}
 
     def head_logits(self, inputs, training=False):
         """Raw (unmodulated) logits of every head.
@@ -380,7 +285,7 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             # Kept out of Keras' layer tracking: the wrapper holds this
             # model, not the other way round.
             self.__dict__["_head_logits_model"] = _HeadLogits(self)
-        x = self._prediction_inputs(x, "predict_heads")
+        x = self.input_plan.for_predict(x, "predict_heads")
         logits = self._head_logits_model.predict(
             x,
             batch_size=batch_size,
@@ -437,22 +342,22 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
 
         `x` takes what Keras' `fit` takes: a dict of arrays keyed like the
         encoders (or a list of arrays in the encoders' order) with labels
-        `y`, a `tf.data.Dataset`, a `keras.utils.PyDataset`, a generator
-        or (torch backend) a torch `DataLoader` of `(inputs, labels[,
+        `y`, a `tf.data.Dataset`, a `keras.utils.PyDataset`, a generator or
+        (torch backend) a torch `DataLoader` of `(inputs, labels[,
         sample_weight])` batches. `validation_split` (arrays only: the last
         fraction, before shuffling, as Keras), `validation_data`,
-        `class_weight`, `sample_weight`, `initial_epoch` and
-        `steps_per_epoch` work as in Keras.
+        `class_weight`, `sample_weight`, `initial_epoch` and `steps_per_epoch`
+        work as in Keras.
 
-        Arrays and datasets are checked before any step runs: input keys
-        must match the encoders', every modality must have the labels'
-        batch size, labels must lie in `[0, num_classes)` (labels of shape
-        `(n, 1)` are taken as `(n,)`), `sample_weight` must hold one
-        weight per sample, and a built model's encoders must take each
-        modality's input shape. There must be at least one batch (a
-        dataset of unknown length is asked for its first batch). Held-out
-        data are checked the same way, and must besides be finite: all of
-        them, by one pass over them before the first step.
+        Arrays and datasets are checked (by the model's `input_plan`) before
+        any step runs: input keys must match the encoders', every modality
+        must have the labels' batch size, labels must lie in `[0,
+        num_classes)` (labels of shape `(n, 1)` are taken as `(n,)`),
+        `sample_weight` must hold one weight per sample, and a built model's
+        encoders must take each modality's input shape. There must be at
+        least one batch (a dataset of unknown length is asked for its first
+        batch). Held-out data are checked the same way, and must besides be
+        finite: all of them, by one pass over them before the first step.
 
         Args:
             y: labels for array inputs; with regression heads a dict
@@ -475,89 +380,24 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         Returns:
             The `History` object.
         """
-        import tensorflow as tf
-
-        needs_held_out = self.balancer.needs_held_out
-        held_out_where = "held_out_data"
-        x = inputs_lib.inputs_as_dict(x, self.modalities, "fit")
-        if inputs_lib.is_arrays(x):
-            if y is None:
-                raise ValueError("fit: labels `y` are required with arrays.")
-            self._check_arrays(x, y, "fit", sample_weight)
-            y = inputs_lib.normalize_targets(y, self.regression_targets, "fit")
-            if validation_split and validation_data is None:
-                from keras.src.trainers.data_adapters import array_slicing
-
-                (x, y, sample_weight), validation_data = (
-                    array_slicing.train_validation_split(
-                        (x, y, sample_weight),
-                        validation_split=validation_split,
-                    )
-                )
-            validation_split = 0.0
-            if needs_held_out and held_out_data is None:
-                held_out_where = (
-                    f"the held-out part of `x` (held_out_split="
-                    f"{held_out_split})"
-                )
-                (x, y, sample_weight), held_out_data = (
-                    held_out_lib.split_arrays(
-                        x, y, sample_weight, held_out_split, held_out_seed
-                    )
-                )
-                if verbose != 0:
-                    n = len(held_out_data[1])
-                    total = n + len(next(iter(x.values())))
-                    print(
-                        f"{type(self.balancer).__name__}: held out {n} of "
-                        f"the {total} training samples (held_out_split="
-                        f"{held_out_split}, seed {held_out_seed}) for its "
-                        "held-out losses; they are not trained on. Pass "
-                        "held_out_data= to choose them."
-                    )
-        elif isinstance(x, tf.data.Dataset):
-            if y is not None or sample_weight is not None:
-                raise ValueError(
-                    "fit: with a dataset, labels and sample weights come "
-                    "from the dataset; do not pass `y` or `sample_weight`."
-                )
-            x = self._standard_inputs(x, None, "fit")[0]
-        inputs_lib.check_not_empty(x, "fit", "x")
-        if not self.built:
-            self._build_from(x)
-        if needs_held_out and held_out_data is None:
-            raise ValueError(
-                f"{type(self.balancer).__name__} measures losses on "
-                "held-out training data: pass fit(..., held_out_data=...), "
-                "e.g. from `keras_olm.split_held_out(unbatched_ds, 0.1)` "
-                "(a split of the training data, never the test set)."
-            )
-        batch = batch_size or 32
-        if needs_held_out:
-            held_out = held_out_lib.as_dataset(
-                held_out_data,
-                self.modalities,
-                self.num_classes,
-                batch,
-                self.regression_targets,
-                where=held_out_where,
-            )
-            self._check_dataset_shapes(held_out, held_out_where)
-        if validation_data is not None:
-            validation_data = self._check_validation_data(validation_data)
-        if not inputs_lib.is_arrays(x) and not isinstance(
-            x, keras.utils.PyDataset
-        ):
-            # Keras ignores `shuffle` for datasets, generators and
-            # DataLoaders (they come shuffled or not) and warns when it is
-            # on, as it is by default.
-            shuffle = False
-        fit_inputs = held_out_lib.FitInputs(
-            x, y, sample_weight, batch_size, shuffle, class_weight
+        plan = self.input_plan.for_fit(
+            FitInputs(x, y, sample_weight, batch_size, shuffle, class_weight),
+            validation_split=validation_split,
+            validation_data=validation_data,
+            held_out_data=held_out_data,
+            held_out_split=held_out_split,
+            held_out_seed=held_out_seed,
+            balancer=self.balancer,
+            verbose=verbose,
         )
-        if needs_held_out:
+        if not self.built and plan.build_shapes is not None:
+            with self._build_scope():
+                self.build(plan.build_shapes)
+        plan = self.input_plan.finish_fit(plan)
+        fit_inputs = plan.fit_inputs
+        if plan.held_out is not None:
             fit_inputs = self._attach_held_out(
-                fit_inputs, held_out, self.balancer.held_out_period
+                fit_inputs, plan.held_out, self.balancer.held_out_period
             )
         callbacks = [
             NonFiniteGuard(self.fault_names()),
@@ -573,8 +413,8 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
                 epochs=epochs,
                 verbose=verbose,
                 callbacks=callbacks,
-                validation_split=validation_split,
-                validation_data=validation_data,
+                validation_split=plan.validation_split,
+                validation_data=plan.validation_data,
                 shuffle=fit_inputs.shuffle,
                 class_weight=fit_inputs.class_weight,
                 sample_weight=fit_inputs.sample_weight,
@@ -597,13 +437,13 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         encoders' order. Returns the metrics in `metrics_names` order."""
         if not kwargs.get("_use_cached_eval_dataset"):
             # (fit's validation passes were checked when fit began)
-            x, y = self._standard_inputs(x, y, "evaluate")
+            x, y = self.input_plan.for_evaluate(x, y, "evaluate")
         return super().evaluate(x, y, *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):
         """`keras.Model.predict`; inputs also as a list of arrays in the
         encoders' order."""
-        x = self._prediction_inputs(x, "predict")
+        x = self.input_plan.for_predict(x, "predict")
         return super().predict(x, *args, **kwargs)
 
     def train_on_batch(
@@ -656,134 +496,10 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             filepath, skip_mismatch=skip_mismatch, **kwargs
         )
 
-    def _prediction_inputs(self, x, where):
-        """Inputs to predict from, with array inputs checked."""
-        x = inputs_lib.inputs_as_dict(x, self.modalities, where)
-        if isinstance(x, dict) and inputs_lib.is_arrays(x):
-            self._check_inputs(x)
-            self._check_input_shapes(
-                {m: (np.shape(v), _dtype_name(v)) for m, v in x.items()},
-                where,
-            )
-        return x
-
-    def _standard_inputs(self, x, y, where):
-        """Array inputs as a checked dict with normalised targets."""
-        x = inputs_lib.inputs_as_dict(x, self.modalities, where)
-        if inputs_lib.is_arrays(x) and y is not None:
-            self._check_arrays(x, y, where)
-            y = inputs_lib.normalize_targets(y, self.regression_targets, where)
-        elif isinstance(x, _tf_dataset_type()):
-            x = inputs_lib.check_dataset(
-                x,
-                self.modalities,
-                self.num_classes,
-                where,
-                self.regression_targets,
-            )
-            self._check_dataset_shapes(x, where)
-        return x, y
-
-    def _check_arrays(self, x, y, where, sample_weight=None):
-        inputs_lib.check_arrays(
-            x,
-            y,
-            self.modalities,
-            self.num_classes,
-            where,
-            self.regression_targets,
-        )
-        inputs_lib.check_sample_weight(
-            sample_weight, len(x[self.modalities[0]]), where
-        )
-        self._check_input_shapes(
-            {m: (np.shape(v), _dtype_name(v)) for m, v in x.items()}, where
-        )
-
-    def _check_input_shapes(self, specs, where):
-        """Raises a clear error naming the modality when an input's shape
-        does not fit the built model.
-
-        An input whose shape (past the batch axis) matches the shape the
-        model was built with passes, a dimension that is unknown on either
-        side matching any. Another shape passes where the modality's
-        encoder takes it (a traced call, e.g. another sequence length for
-        a sequence encoder) and raises `ValueError` where it does not.
-
-        Args:
-            specs: dict from modality name to `(shape, dtype)`; `shape`
-                includes the batch axis, with `None` for unknown
-                dimensions, or is `None` for an unknown rank.
-            where: str. The call or argument, for the error message.
-        """
+    def _built_input_shapes(self):
+        """The input shapes the model was built with, or `None`."""
         config = self.get_build_config() if self.built else None
-        built = (config or {}).get("input_shape")
-        if not isinstance(built, dict):
-            return
-        for m in self.modalities:
-            shape, dtype = specs.get(m, (None, None))
-            if shape is None or m not in built:
-                continue
-            expected = tuple(built[m])[1:]
-            got = tuple(shape)[1:]
-            if len(got) == len(expected) and all(
-                a is None or b is None or a == b for a, b in zip(got, expected)
-            ):
-                continue
-            if len(got) == len(expected):
-                probe = [e if g is None else g for g, e in zip(got, expected)]
-            else:
-                probe = [1 if g is None else g for g in got]
-            try:
-                _trace(self.encoders[m], (2, *probe), dtype or "float32")
-            except Exception as error:
-                raise ValueError(
-                    f"{where}: modality '{m}' has inputs of shape "
-                    f"{tuple(shape)}, but the model was built for "
-                    f"{(None, *expected)} and the encoder of '{m}' does not "
-                    f"take them: {error}"
-                ) from error
-
-    def _check_dataset_shapes(self, dataset, where):
-        """`_check_input_shapes` on a dataset's element spec."""
-        spec = dataset.element_spec[0]
-        self._check_input_shapes(
-            {
-                m: (
-                    None if s.shape.rank is None else tuple(s.shape),
-                    s.dtype.name,
-                )
-                for m, s in spec.items()
-            },
-            where,
-        )
-
-    def _check_validation_data(self, data):
-        """`validation_data` with array inputs checked (a list of arrays
-        becomes a dict); datasets get in-pipeline checks; other forms go
-        to Keras as they are."""
-        if isinstance(data, (tuple, list)) and len(data) in (2, 3):
-            x, y = self._standard_inputs(data[0], data[1], "validation_data")
-            if len(data) == 3 and isinstance(x, dict):
-                inputs_lib.check_sample_weight(
-                    data[2], len(x[self.modalities[0]]), "validation_data"
-                )
-            return (x, y, *data[2:])
-        return self._standard_inputs(data, None, "validation_data")[0]
-
-    def _build_from(self, x):
-        """Builds the model from array or dataset inputs; other forms are
-        built by Keras from their first batch."""
-        if isinstance(x, dict) and inputs_lib.is_arrays(x):
-            inputs_lib.check_modalities(x.keys(), self.modalities, "fit")
-            shapes = {m: (None, *np.shape(x[m])[1:]) for m in x}
-        elif isinstance(x, _tf_dataset_type()):
-            spec = x.element_spec[0]
-            shapes = {m: (None, *spec[m].shape[1:]) for m in spec}
-        else:
-            return
-        with self._build_scope():
-            self.build(shapes)
+        return (config or {}).get("input_shape")
 
     # --- serialization -----------------------------------------------------
 
