@@ -268,20 +268,17 @@ class TrainingStep:
 
     def _held_out_losses(self, batch):
         """Per-head losses on the `HeldOutBatch` `batch` (or zeros), and
-        the flag that says whether they were measured."""
-        zeros = ops.zeros((len(self.head_names),))
+        the flag that says whether they were measured.
+
+        The feed adds held-out batches only to the steps that read them
+        (`HeldOutFeed`): a step with one measures it, and nothing is
+        branched on in the compiled step.
+        """
         if batch is None or not self.balancer.needs_held_out:
-            return zeros, ops.zeros(())
-
-        def measure():
-            logits = self._forward(batch.x, training=False)
-            return ops.stop_gradient(self._raw_head_losses(batch.y, logits))
-
-        if batch.flag is None:
-            # Fed from the host, which adds held-out batches only to the
-            # steps that read them: nothing to branch on.
-            return measure(), ops.ones(())
-        return ops.cond(batch.flag > 0, measure, lambda: zeros), batch.flag
+            return ops.zeros((len(self.head_names),)), ops.zeros(())
+        logits = self._forward(batch.x, training=False)
+        losses = ops.stop_gradient(self._raw_head_losses(batch.y, logits))
+        return losses, ops.ones(())
 
     def _gradient_groups_by_modality(self):
         """Indices into `trainable_variables` of each encoder's variables."""
