@@ -98,7 +98,7 @@ def test_tensorflow_mirrored_strategy_on_two_logical_cpus(reference):
 def test_tensorflow_mirrored_strategy_with_several_steps_per_execution(
     reference,
 ):
-    (there,) = launch("tf_mirrored_steps_per_execution", count=1)
+    (there,) = launch("tf_mirrored_steps_per_execution", count=1, timeout=300)
     assert there["replicas"] == DEVICES
     assert there["replica_spread"] == 0.0
     assert_matches(reference, there)

@@ -27,10 +27,10 @@ backends, as Keras' own `keras/src/backend/*/trainer.py` do:
   JAX: the step's state tuple, mapped onto the variables).
 
 and overrides, where its backend needs it, `_apply_if_finite`,
-`_balancer_update`, `_held_out_batches`, `_attach_held_out`, `_build_scope`,
-`_global_batch`, `_any_replica` and
-`_sync_training_state`. It also wires the `HeldOutFeed` into its
-`make_train_function`.
+`_balancer_update`, `_held_out_batches`, `_build_scope`, `_global_batch`,
+`_any_replica` and `_sync_training_state`. It also wires the
+`HeldOutFeed` into its `make_train_function` (`HeldOutFeed.merge` on the
+host batches of the steps that read held-out data).
 """
 
 import contextlib
