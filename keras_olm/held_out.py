@@ -10,15 +10,29 @@ alone says which held-out batch a step reads: the same on every backend,
 and the same after a resume as in an uninterrupted run
 (`start_position`).
 
-A held-out batch does not travel in the training input pipeline: the
-`HeldOutFeed` adds it to the training batch on the host, and only on the
-steps that read one; the other steps run the plain compiled step, which
-has no held-out pass in it. (TensorFlow with `steps_per_execution > 1`
-runs several steps in one compiled call, so there the held-out batches are
-zipped into the pipeline instead: `with_held_out_slots`.)
+A held-out batch reaches the training step one way on every backend: the
+`HeldOutFeed` adds it to the training batch on the host
+(`HeldOutFeed.merge`), on the steps that read one and on no other; those
+run the plain step, which has no held-out pass in it. The training batch
+is a `(x, y[, sample_weight], HeldOutBatch)` tuple then, and `unpack`
+turns any batch into a `StepBatch`. That one path serves:
 
-A step receives `(x, y[, sample_weight], HeldOutBatch)` and `unpack`
-turns any batch into a `StepBatch`.
+- several steps per compiled call (`steps_per_execution > 1`): JAX's
+  trainer takes each step's batch from the host iterator, which the feed
+  wraps; TensorFlow's runs a compiled call in which no step is due as it
+  is, and a call in which one is on a list of batches taken on the host,
+  each merged (Keras' step function takes a list as well as an iterator);
+  torch runs one step per call;
+- distribution: the held-out batch is an ordinary input of the step. A
+  `tf.distribute` strategy hands it to every replica whole (it is no
+  per-replica value), JAX's `keras.distribution` lays it out over the
+  devices as a training batch (`_held_out_batches`), and each torch
+  process reads its own; the step averages the held-out losses over the
+  replicas or processes (`_global_batch`);
+- exact resume (`BackupAndRestore`, `load_model` with `initial_epoch`):
+  the feed finds its place from the global step when the first step asks
+  for it, after the callbacks' `on_train_begin`, where a model is
+  restored; nothing of the schedule lives in the input pipeline.
 """
 
 from typing import Any
@@ -38,14 +52,10 @@ class HeldOutBatch(NamedTuple):
     Args:
         x: dict from modality name to a batch.
         y: the batch's labels (or targets).
-        flag: float scalar tensor or `None`. `None` when the batch was fed
-            from the host (every step that carries one reads it); in a
-            zipped pipeline 1 for a real batch, 0 for an empty slot.
     """
 
     x: Any
     y: Any
-    flag: Any = None
 
 
 class StepBatch(NamedTuple):
@@ -139,7 +149,9 @@ class HeldOutFeed:
     The feed finds its place when the first step asks for it (after the
     callbacks' `on_train_begin`, where `BackupAndRestore` restores a
     model): the global step then says which step is due and which held-out
-    batch comes next (`start_position`).
+    batch comes next (`start_position`). It counts the steps it is asked
+    about (`due`, `merge`); `sync` sets the count to the global step where
+    the steps a call ran are not known on the host.
 
     Args:
         make_batches: a callable that takes the number of held-out batches
@@ -149,6 +161,12 @@ class HeldOutFeed:
         period: int. A held-out batch on global steps 0, k, 2k, ...
         global_step: a callable that returns the global step.
         num_held_out_batches: int. Batches in one pass of the held-out set.
+
+    Example:
+    ```python
+    feed = HeldOutFeed(make_batches, 3, lambda: 0, num_batches(held_out))
+    batches = [feed.merge(batch) for batch in train]  # steps 0, 3, ...
+    ```
     """
 
     def __init__(self, make_batches, period, global_step, num_held_out_batches):
@@ -164,6 +182,21 @@ class HeldOutFeed:
             self.global_step(), self.period, self.num_held_out_batches
         )
         self.batches = self.make_batches(skip)
+
+    def sync(self):
+        """Sets the step count to the global step (starting the feed if
+        it has not started)."""
+        if self.batches is None:
+            self._start()
+        else:
+            self.count = int(self.global_step())
+
+    def due_within(self, steps):
+        """Whether any of the next `steps` steps reads held-out data;
+        counts nothing."""
+        if self.count is None:
+            self._start()
+        return -self.count % self.period < steps
 
     def due(self):
         """Counts one step; whether it is a step that reads held-out data."""
@@ -188,59 +221,6 @@ class HeldOutFeed:
             yield self.merge(data)
 
 
-def with_held_out_slots(train, held_out, period, global_step):
-    """Zips training batches with held-out slots (in the pipeline).
-
-    Every element becomes `(x, y[, sample_weight], HeldOutBatch)`. With
-    `period` k > 1 only the slots of global steps 0, k, 2k, ... carry a
-    real held-out batch; the others carry empty (0-sample) batches and
-    flag 0, and the training step skips the held-out forward pass for
-    them. Each pass over the zipped dataset (each epoch) starts at the
-    slot of `global_step`, read when the pass starts.
-
-    Args:
-        train: the batched training dataset.
-        held_out: the batched held-out dataset (finite).
-        period: int. Steps between two held-out batches.
-        global_step: a scalar int variable, the global step.
-    """
-    cycle = num_batches(held_out) * period
-    held_out = held_out.map(lambda *e: (e[0], e[1], tf.constant(1.0)))
-    if period > 1:
-        # The slots between two held-out batches carry empty (0-sample)
-        # constants: nothing to produce per step, nothing to transfer.
-        def empty(spec):
-            inner = [1 if d is None else d for d in spec.shape[1:]]
-            return tf.zeros([0, *inner], spec.dtype)
-
-        blank = tf.data.Dataset.from_tensors(
-            tf.nest.map_structure(empty, held_out.element_spec[:2])
-            + (tf.constant(0.0),)
-        ).repeat(period - 1)
-
-        def expand(x, y, flag):
-            real = tf.data.Dataset.from_tensors((x, y, flag))
-            return real.concatenate(blank)
-
-        slots = held_out.flat_map(expand)
-    else:
-        slots = held_out
-
-    def from_global_step(_):
-        start = tf.cast(global_step, tf.int64) % cycle
-        return slots.repeat().skip(start)
-
-    slots = tf.data.Dataset.from_tensors(0).flat_map(from_global_step)
-
-    def join(batch, slot):
-        return (*batch, HeldOutBatch(*slot))
-
-    joined = tf.data.Dataset.zip((train, slots)).map(join)
-    steps = train.cardinality()
-    if steps >= 0:
-        # The infinite held-out stream hides the length from tf.data.
-        joined = joined.apply(tf.data.experimental.assert_cardinality(steps))
-    return joined.prefetch(tf.data.AUTOTUNE)
 
 
 def _num_samples(y):

@@ -35,7 +35,7 @@ def make_data():
     return x, y, held_out
 
 
-def make_model(activation="relu"):
+def make_model(activation="relu", steps_per_execution=1):
     """The tiny OLM model, built, with fixed weights, compiled (Adam)."""
     import keras
     import numpy as np
@@ -62,7 +62,10 @@ def make_model(activation="relu"):
     rng = np.random.default_rng(0)
     for v in model.trainable_variables:
         v.assign(rng.normal(scale=0.3, size=v.shape).astype("float32"))
-    model.compile(optimizer=keras.optimizers.Adam(0.01))
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        steps_per_execution=steps_per_execution,
+    )
     return model
 
 
@@ -166,6 +169,18 @@ def tf_mirrored():
     strategy = _mirrored_strategy()
     with strategy.scope():
         model = make_model()
+    out = fit(model)
+    out["replicas"] = strategy.num_replicas_in_sync
+    out["replica_spread"] = _replica_spread(model)
+    return out
+
+
+def tf_mirrored_steps_per_execution():
+    """`tf_mirrored` with four steps per compiled call: calls with a
+    held-out batch run on a list of batches taken on the host."""
+    strategy = _mirrored_strategy()
+    with strategy.scope():
+        model = make_model(steps_per_execution=4)
     out = fit(model)
     out["replicas"] = strategy.num_replicas_in_sync
     out["replica_spread"] = _replica_spread(model)

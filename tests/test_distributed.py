@@ -95,6 +95,16 @@ def test_tensorflow_mirrored_strategy_on_two_logical_cpus(reference):
 
 
 @backend_is("tensorflow")
+def test_tensorflow_mirrored_strategy_with_several_steps_per_execution(
+    reference,
+):
+    (there,) = launch("tf_mirrored_steps_per_execution", count=1, timeout=300)
+    assert there["replicas"] == DEVICES
+    assert there["replica_spread"] == 0.0
+    assert_matches(reference, there)
+
+
+@backend_is("tensorflow")
 def test_tensorflow_mirrored_strategy_skips_a_non_finite_step():
     # The inf is in the second replica's half of the second batch.
     (there,) = launch("tf_mirrored_non_finite", count=1)

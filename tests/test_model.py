@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from olm_testing import gradients
+from olm_testing import set_weights_from_numpy
 from olm_testing import tiny_model
 
 import keras_olm
@@ -103,6 +104,63 @@ def test_several_steps_per_execution_read_held_out_data(data):
     model.fit(x, y, epochs=1, batch_size=32, verbose=0)
     assert int(np_(model.balancer.steps)) == 8
     assert int(np_(model.balancer.held_out_steps)) == 2
+
+
+def _olm_state_after(data, steps_per_execution):
+    """OLM's state and the weights after two epochs of seven steps, a
+    held-out batch every fourth global step (0, 4, 8, 12)."""
+    x, y, xv, yv = data
+    x = {m: v[:224] for m, v in x.items()}
+    model = tiny_model(balancer=keras_olm.OLM(held_out_every=4))
+    model.build({m: (None, *v.shape[1:]) for m, v in x.items()})
+    set_weights_from_numpy(model)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        steps_per_execution=steps_per_execution,
+    )
+    model.fit(
+        x,
+        y[:224],
+        epochs=2,
+        batch_size=32,
+        shuffle=False,
+        held_out_data=(xv, yv),
+        verbose=0,
+    )
+    assert int(np_(model.balancer.steps)) == 14
+    assert int(np_(model.balancer.held_out_steps)) == 4
+    # The whole state: the held-out losses of the last held-out step too.
+    return [np_(model.balancer.state)] + [
+        np_(v) for v in model.trainable_variables
+    ]
+
+
+def test_several_steps_per_execution_read_the_same_held_out_batches(data):
+    # With two steps per call the last call of an epoch runs one step: the
+    # held-out batches must stay on global steps 0, 4, 8, 12 across it.
+    if keras.backend.backend() == "torch":
+        pytest.skip("Keras' torch trainer runs one step per execution")
+    one = _olm_state_after(data, 1)
+    two = _olm_state_after(data, 2)
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_held_out_feed_follows_the_global_step():
+    from keras_olm import held_out as held_out_lib
+
+    step = [5]
+    feed = held_out_lib.HeldOutFeed(
+        lambda skip: iter(range(skip, 10**6)), 4, lambda: step[0], 3
+    )
+    # From global step 5: steps 0 and 4 read held-out batches 0 and 1,
+    # step 8 reads batch 2.
+    assert feed.due_within(4) and not feed.due_within(3)
+    assert [feed.due() for _ in range(4)] == [False, False, False, True]
+    step[0] = 7
+    feed.sync()
+    assert feed.count == 7 and feed.due_within(2)
+    assert next(feed.batches) == 2
 
 
 # torch.compile takes about 100 s for this model on 2 cores.

@@ -14,6 +14,7 @@ import warnings
 import keras
 import numpy as np
 
+from keras_olm.callbacks.plots import plot_diagnostics
 from keras_olm.callbacks.tables import CSV_NAME
 from keras_olm.callbacks.tables import column_order
 from keras_olm.callbacks.tables import write_csv
@@ -199,9 +200,6 @@ class LogitNormHistory(keras.callbacks.Callback):
             self._writer = None
         if self.out_dir is None or not self.plot or not self.history:
             return
-        # Imported here: the figures module reads `LogitNormHistory` runs.
-        from keras_olm.callbacks.plots import plot_diagnostics
-
         try:
             plot_diagnostics(self.history, self.out_dir)
         except Exception as error:  # training must still end well

@@ -12,7 +12,6 @@ import os
 
 import numpy as np
 
-from keras_olm.callbacks.history import LogitNormHistory
 from keras_olm.callbacks.tables import read_csv
 from keras_olm.callbacks.tables import typed_records
 
@@ -28,9 +27,16 @@ PER_CLASS_VALUES = {
 # --- runs ------------------------------------------------------------------
 
 
+def _is_callback(run):
+    """Whether `run` is a `LogitNormHistory` (or any object that keeps its
+    rows as a list in `history`), recognised without importing it: the
+    callback's module draws its figures with this one."""
+    return isinstance(getattr(run, "history", None), list)
+
+
 def _load_run(run):
     """One run's rows from a path, a DataFrame, a callback or rows."""
-    if isinstance(run, LogitNormHistory):
+    if _is_callback(run):
         return run.history
     if isinstance(run, str | os.PathLike):
         return read_csv(run)
@@ -46,7 +52,8 @@ def _load_run(run):
 
 def _load_runs(runs, labels):
     single = (
-        isinstance(runs, str | os.PathLike | LogitNormHistory)
+        isinstance(runs, str | os.PathLike)
+        or _is_callback(runs)
         or hasattr(runs, "to_dict")
         or (
             isinstance(runs, list | tuple)

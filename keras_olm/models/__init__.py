@@ -1,6 +1,6 @@
 """Models."""
 
 from keras_olm.models.balanced_model import BalancedMultimodalModel
-from keras_olm.trainers.step import NonFiniteLossError
+from keras_olm.trainers.state import NonFiniteLossError
 
 __all__ = ["BalancedMultimodalModel", "NonFiniteLossError"]

@@ -10,7 +10,6 @@ trainer per backend), and held-out batches for the balancer are
 import math
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_olm import balancers as balancers_lib
@@ -23,11 +22,11 @@ from keras_olm.inputs import LABEL
 from keras_olm.layers.base import FUSED
 from keras_olm.layers.fusion import LateFusion
 from keras_olm.trainers import StepMixin
-from keras_olm.trainers.step import FAULTS_LOG
-from keras_olm.trainers.step import LogOrder
-from keras_olm.trainers.step import NonFiniteGuard
-from keras_olm.trainers.step import TrainingState
-from keras_olm.trainers.step import non_finite_error
+from keras_olm.trainers.callbacks import LogOrder
+from keras_olm.trainers.callbacks import NonFiniteGuard
+from keras_olm.trainers.state import NonFiniteLossError
+from keras_olm.trainers.state import TrainingState
+from keras_olm.trainers.state import raise_if_faulted
 
 
 class _HeadLogits(keras.Model):
@@ -463,17 +462,16 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             class_weight=class_weight,
             return_dict=True,
         )
-        faults = logs.pop(FAULTS_LOG, None)
-        if faults is not None:
-            faults = np.asarray(faults).reshape(-1)
-            if faults[:-1].any():
-                # The next call starts clean, as the next `fit` does.
-                self.training_state.reset_faults()
-                raise non_finite_error(
-                    self.fault_names(),
-                    faults,
-                    f"global step {int(faults[-1])} (train_on_batch)",
-                )
+        try:
+            raise_if_faulted(
+                logs,
+                self.fault_names(),
+                lambda step: f"global step {step} (train_on_batch)",
+            )
+        except NonFiniteLossError:
+            # The next call starts clean, as the next `fit` does.
+            self.training_state.reset_faults()
+            raise
         if return_dict:
             return logs
         return self._flatten_metrics_in_order(logs)

@@ -6,13 +6,15 @@
    held-out batch, measures every head's held-out loss;
 2. computes the loss and its gradients (`_loss_and_gradients`);
 3. lets the balancer transform the gradients and compute its new state
-   (`_balancer_step`), nothing assigned yet;
+   (`_balancer_step`: `transform_gradients` and `update`), before the
+   optimizer step: from this step's forward pass and the weights it
+   read; nothing assigned yet;
 4. checks the loss, every head's loss, the gradients, the held-out losses
    and the balancer's new state for NaN and infinity (`TrainingState`);
-5. if all are finite, applies the gradients (`_apply_if_finite`) and
+5. if all are finite, applies the gradients (`_apply_if_finite`), then
    assigns the balancer's new state, and counts the step;
 6. updates the metrics. `NonFiniteGuard` raises after a step that was
-   not finite.
+   not finite (`state.raise_if_faulted`).
 
 Each backend's trainer (`keras_olm/trainers/{tensorflow,jax,torch}_trainer
 .py`) derives from it and provides the two things that differ between
@@ -25,16 +27,15 @@ backends, as Keras' own `keras/src/backend/*/trainer.py` do:
   JAX: the step's state tuple, mapped onto the variables).
 
 and overrides, where its backend needs it, `_apply_if_finite`,
-`_balancer_update`, `_held_out_batches`, `_attach_held_out`, `_build_scope`,
-`_global_batch`, `_any_replica` and
-`_sync_training_state`. It also wires the `HeldOutFeed` into its
-`make_train_function`.
+`_balancer_update`, `_held_out_batches`, `_build_scope`, `_global_batch`,
+`_any_replica` and `_sync_training_state`. It also wires the
+`HeldOutFeed` into its `make_train_function` (`HeldOutFeed.merge` on the
+host batches of the steps that read held-out data).
 """
 
 import contextlib
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_olm import held_out as held_out_lib
@@ -42,12 +43,9 @@ from keras_olm.balancers.base import Balancer
 from keras_olm.balancers.base import StepRecord
 from keras_olm.inputs import LABEL
 from keras_olm.layers.base import FUSED
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Raised when a training step produced a NaN or an infinity: in its
-    loss, a head's loss, the gradients, the held-out losses or the
-    balancer's new state."""
+from keras_olm.trainers.state import FAULTS_LOG
+from keras_olm.trainers.state import any_non_finite
+from keras_olm.trainers.state import is_float
 
 
 class TrainingStep:
@@ -270,20 +268,17 @@ class TrainingStep:
 
     def _held_out_losses(self, batch):
         """Per-head losses on the `HeldOutBatch` `batch` (or zeros), and
-        the flag that says whether they were measured."""
-        zeros = ops.zeros((len(self.head_names),))
+        the flag that says whether they were measured.
+
+        The feed adds held-out batches only to the steps that read them
+        (`HeldOutFeed`): a step with one measures it, and nothing is
+        branched on in the compiled step.
+        """
         if batch is None or not self.balancer.needs_held_out:
-            return zeros, ops.zeros(())
-
-        def measure():
-            logits = self._forward(batch.x, training=False)
-            return ops.stop_gradient(self._raw_head_losses(batch.y, logits))
-
-        if batch.flag is None:
-            # Fed from the host, which adds held-out batches only to the
-            # steps that read them: nothing to branch on.
-            return measure(), ops.ones(())
-        return ops.cond(batch.flag > 0, measure, lambda: zeros), batch.flag
+            return ops.zeros((len(self.head_names),)), ops.zeros(())
+        logits = self._forward(batch.x, training=False)
+        losses = ops.stop_gradient(self._raw_head_losses(batch.y, logits))
+        return losses, ops.ones(())
 
     def _gradient_groups_by_modality(self):
         """Indices into `trainable_variables` of each encoder's variables."""
@@ -303,10 +298,12 @@ class TrainingStep:
         """The balancer's gradient hook and its state update, not assigned.
 
         Both run before the optimizer step, on what the forward pass
-        measured, so that their new state can be checked with the loss
-        and the gradients before anything is applied. The gradient hook
-        also gets the batch's inputs, a `forward` on altered inputs and
-        the separate head-loss gradients (`head_grads`) in its
+        measured and on the weights as the forward pass read them (the
+        optimizer step has not moved them yet), so that their new state
+        can be checked with the loss and the gradients before anything is
+        applied; the caller assigns it after the optimizer step. The
+        gradient hook also gets the batch's inputs, a `forward` on altered
+        inputs and the separate head-loss gradients (`head_grads`) in its
         `StepRecord`.
 
         Returns:
@@ -377,7 +374,7 @@ class TrainingStep:
         infinity: bool scalars in `fault_names` order."""
         _, head_losses, _, _ = aux
         held_out_losses, held_out_flag = held_out
-        flags = [_any_non_finite([total])]
+        flags = [any_non_finite([total])]
         flags += [
             ops.logical_not(ops.isfinite(head_losses[i]))
             for i in range(len(self.head_names))
@@ -385,19 +382,17 @@ class TrainingStep:
         groups = self._gradient_groups_by_modality()
         grouped = set()
         for m in self.modalities:
-            flags.append(_any_non_finite([grads[i] for i in groups[m]]))
+            flags.append(any_non_finite([grads[i] for i in groups[m]]))
             grouped.update(groups[m])
         flags.append(
-            _any_non_finite(
-                [g for i, g in enumerate(grads) if i not in grouped]
-            )
+            any_non_finite([g for i, g in enumerate(grads) if i not in grouped])
         )
         flags.append(
             ops.logical_and(
-                held_out_flag > 0, _any_non_finite([held_out_losses])
+                held_out_flag > 0, any_non_finite([held_out_losses])
             )
         )
-        flags.append(_any_non_finite([v for _, v in new_state if _is_float(v)]))
+        flags.append(any_non_finite([v for _, v in new_state if is_float(v)]))
         return flags
 
     def fault_names(self):
@@ -466,120 +461,6 @@ def squared_error(target, prediction, sample_weight=None):
     return ops.mean(per_sample)
 
 
-def _is_float(value):
-    return "float" in str(getattr(value, "dtype", ""))
-
-
-#: Dtypes summed as they are by `_any_non_finite`; others are cast to
-#: float32 first (a float16 sum overflows sooner).
-WIDE_FLOATS = ("float32", "float64")
-
-
-def _any_non_finite(tensors):
-    """Whether any of `tensors` holds a NaN or an infinity (a bool scalar).
-
-    One sum per tensor: a sum is NaN or infinite when an element is, and
-    it reads each tensor once without writing a tensor of its size. A
-    finite tensor whose sum overflows float32 counts as non-finite too.
-    """
-    sums = [
-        ops.sum(
-            t
-            if keras.backend.standardize_dtype(t.dtype) in WIDE_FLOATS
-            else ops.cast(t, "float32")
-        )
-        for t in tensors
-        if t is not None
-    ]
-    if not sums:
-        return ops.zeros((), "bool")
-    return ops.logical_not(ops.isfinite(sum(sums[1:], sums[0])))
-
-
-#: The log key under which a training step reports its non-finite checks;
-#: `NonFiniteGuard` removes it before any other callback sees the logs.
-FAULTS_LOG = "non_finite"
-
-
-@keras.saving.register_keras_serializable(package="keras_olm")
-class TrainingState(keras.layers.Layer):
-    """The training step's own state, saved with the model's weights.
-
-    `steps` counts the training steps applied over every `fit` call (the
-    global step): the held-out schedule and the position in the held-out
-    set derive from it, so a resumed run reads the held-out batches an
-    uninterrupted one would. `faults` holds the first non-finite step of
-    the current `fit`: one flag per checked part (see
-    `BalancedMultimodalModel.fault_names`) and that step's global step;
-    all zeros while every step was finite. Once a step is not finite,
-    every later step of the same compiled call is skipped as well.
-
-    Args:
-        num_checks: int. Number of checked parts of a step.
-        **kwargs: passed to `keras.layers.Layer`.
-    """
-
-    def __init__(self, num_checks, **kwargs):
-        kwargs.setdefault("trainable", False)
-        super().__init__(**kwargs)
-        self.num_checks = int(num_checks)
-        self.steps = self.add_weight(
-            name="steps",
-            shape=(),
-            dtype="int32",
-            initializer="zeros",
-            trainable=False,
-        )
-        self.faults = self.add_weight(
-            name="faults",
-            shape=(self.num_checks + 1,),
-            dtype="int32",
-            initializer="zeros",
-            trainable=False,
-        )
-        self.built = True
-
-    def record(self, flags):
-        """Records a step's checks.
-
-        Args:
-            flags: bool tensor `(num_checks,)`, True where a part of the
-                step is not finite.
-
-        Returns:
-            `(faults, ok)`: the fault vector after this step and whether
-            the step may be applied.
-        """
-        if flags.shape[0] != self.num_checks:
-            raise ValueError(
-                f"Expected {self.num_checks} checks; got {flags.shape[0]}."
-            )
-        earlier = self.faults.value
-        current = ops.concatenate(
-            [
-                ops.cast(flags, "int32"),
-                ops.reshape(self.steps.value, (1,)),
-            ]
-        )
-        faults = ops.where(ops.any(earlier[:-1] > 0), earlier, current)
-        self.faults.assign(faults)
-        return faults, ops.logical_not(ops.any(faults[:-1] > 0))
-
-    def count_step(self, ok):
-        """Counts a step that was applied."""
-        self.steps.assign(self.steps.value + ops.cast(ok, "int32"))
-
-    def reset_faults(self):
-        """Clears the faults; `fit` calls it before its first step."""
-        self.faults.assign(ops.zeros_like(self.faults.value))
-
-    def get_config(self):
-        config = super().get_config()
-        config.pop("trainable", None)
-        config["num_checks"] = self.num_checks
-        return config
-
-
 def _detached(aux):
     """Detached `(logits, head_losses, features, regression)` of a step."""
     logits, head_losses, features, predictions = aux
@@ -589,145 +470,3 @@ def _detached(aux):
         {m: ops.stop_gradient(v) for m, v in features.items()},
         {n: ops.stop_gradient(v) for n, v in predictions.items()},
     )
-
-
-def ordered_logs(logs, modalities, regression_targets=()):
-    """`logs` in the order the progress bar shows them.
-
-    The loss, the compiled metrics, the fused head's loss and accuracy,
-    regression errors, each modality's loss and accuracy, the balancer's
-    logs (e.g. OLM's coefficients) in head order; then the same for the
-    `val_` logs.
-    """
-    heads = [FUSED, *modalities]
-    prefixes = tuple(f"{h}_" for h in heads)
-    per_head = [f"{h}_{k}" for h in heads for k in ("loss", "acc")]
-    regression = [
-        f"{n}_{k}" for n in regression_targets for k in ("mse", "mae")
-    ]
-
-    def order(keys):
-        compiled = [
-            k
-            for k in keys
-            if k != "loss"
-            and k not in regression
-            and not k.startswith(prefixes)
-        ]
-        first = ["loss", *compiled, *per_head[:2], *regression, *per_head[2:]]
-        rest = [
-            k
-            for h in [*modalities, FUSED]
-            for k in keys
-            if k.startswith(f"{h}_") and k not in first
-        ]
-        known = [k for k in first + rest if k in keys]
-        return known + [k for k in keys if k not in known]
-
-    train = [k for k in logs if not k.startswith("val_")]
-    val = [k[len("val_") :] for k in logs if k.startswith("val_")]
-    keys = order(train) + ["val_" + k for k in order(val)]
-    return {k: logs[k] for k in dict.fromkeys(keys)}
-
-
-class LogOrder(keras.callbacks.Callback):
-    """Puts the logs every later callback sees (the progress bar, History)
-    in `ordered_logs`' order; Keras hands them over sorted by name."""
-
-    def __init__(self, modalities, regression_targets=()):
-        super().__init__()
-        self.modalities = list(modalities)
-        self.regression_targets = list(regression_targets)
-        self._orders = {}
-
-    def _reorder(self, logs):
-        if not logs:
-            return
-        # The keys repeat from step to step: their order is worked out once.
-        keys = tuple(logs)
-        order = self._orders.get(keys)
-        if order is None:
-            order = tuple(
-                ordered_logs(
-                    dict.fromkeys(keys),
-                    self.modalities,
-                    self.regression_targets,
-                )
-            )
-            self._orders[keys] = order
-        values = dict(logs)
-        logs.clear()
-        logs.update((k, values[k]) for k in order)
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._reorder(logs)
-
-    def on_test_batch_end(self, batch, logs=None):
-        self._reorder(logs)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._reorder(logs)
-
-
-def non_finite_error(fault_names, faults, when):
-    """The `NonFiniteLossError` for a step's fault vector.
-
-    Args:
-        fault_names: list of str. What each check covers, in order.
-        faults: int array. The fault vector (flags, then the global step).
-        when: str. Which step, e.g. "epoch 1, step 3 (global step 2)".
-    """
-    parts = [n for n, f in zip(fault_names, faults[:-1]) if f]
-    return NonFiniteLossError(
-        f"Non-finite values at {when} in: {'; '.join(parts)}. Training "
-        "stopped; nothing of that step was applied: the weights, the "
-        "optimizer state and the balancer state are as after the last "
-        "finite step."
-    )
-
-
-class NonFiniteGuard(keras.callbacks.Callback):
-    """Stops training at the first step with a NaN or an infinity.
-
-    The step checks its loss, every head's loss, the gradients, the
-    held-out losses and the balancer's new state, and applies nothing when
-    one of them is not finite. This callback reads those checks from the
-    logs (and removes them, so that no later callback sees them) and
-    raises `NonFiniteLossError` naming what was not finite, the epoch and
-    the step. It must come first among the callbacks.
-
-    Args:
-        fault_names: list of str. What each check covers, in order.
-    """
-
-    def __init__(self, fault_names):
-        super().__init__()
-        self.fault_names = list(fault_names)
-        self.epoch = 0
-        self.first_step = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-        self.first_step = int(
-            keras.ops.convert_to_numpy(self.model.training_state.steps.value)
-        )
-
-    def on_train_batch_end(self, batch, logs=None):
-        faults = logs.pop(FAULTS_LOG, None) if logs else None
-        if faults is None:
-            return
-        faults = np.asarray(faults).reshape(-1)
-        if not faults[:-1].any():
-            return
-        step = int(faults[-1]) - self.first_step + 1
-        self.model.stop_training = True
-        raise non_finite_error(
-            self.fault_names,
-            faults,
-            f"epoch {self.epoch + 1}, step {step} (global step "
-            f"{int(faults[-1])})",
-        )
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs:
-            logs.pop(FAULTS_LOG, None)

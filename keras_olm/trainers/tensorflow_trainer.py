@@ -22,7 +22,6 @@ import contextlib
 import keras
 import tensorflow as tf
 
-from keras_olm import held_out as held_out_lib
 from keras_olm.trainers.step import TrainingStep
 
 
@@ -146,65 +145,47 @@ class StepMixin(TrainingStep):
         values = update(*measurements)
         return list(zip(variables, values))
 
-    def _attach_held_out(self, fit_inputs, dataset, period):
-        """Held-out batches from the host; zipped into the training
-        pipeline with several steps per execution (one compiled call then
-        runs several steps)."""
-        if self.steps_per_execution == 1:
-            return super()._attach_held_out(fit_inputs, dataset, period)
-        if self.distribute_strategy.num_replicas_in_sync > 1:
-            # A strategy splits every element of the pipeline over the
-            # replicas, and cannot split the slots' scalar flags.
-            raise ValueError(
-                f"{type(self.balancer).__name__} reads held-out batches, "
-                "which a tf.distribute strategy with several replicas "
-                "takes with steps_per_execution=1 only; got "
-                f"steps_per_execution={self.steps_per_execution}."
-            )
-        from keras.src.trainers.data_adapters import get_data_adapter
-
-        x, y, sample_weight, batch_size, shuffle, class_weight = fit_inputs
-        arrays = not isinstance(x, tf.data.Dataset) and y is not None
-        train = get_data_adapter(
-            x,
-            y,
-            sample_weight,
-            batch_size=batch_size or (32 if arrays else None),
-            shuffle=shuffle,
-            class_weight=class_weight,
-        ).get_tf_dataset()
-        return held_out_lib.FitInputs(
-            held_out_lib.with_held_out_slots(
-                train, dataset, period, self.training_state.steps.value
-            ),
-            shuffle=False,
-        )
-
     def _held_out_batches(self, dataset):
         """TensorFlow tensors straight from tf.data, as Keras' step gets."""
         return iter(dataset)
 
     def make_train_function(self, force=False):
-        """Keras' step, plus a second one for batches with held-out data.
+        """Keras' step; a compiled call with a held-out batch runs on a
+        list of batches taken from the iterator on the host.
 
-        The steps without a held-out batch run Keras' compiled step as it
-        is (it reads the training iterator inside the graph). On the steps
-        that read one, the training batch is taken from the iterator here
-        and passed, with the held-out batch, to a second compiled step
-        (Keras' step function accepts a list of batches as well as an
-        iterator). Both are traced once per model, not once per `fit`.
+        A call in which no step reads held-out data runs Keras' compiled
+        step as it is (it reads the training iterator inside the graph,
+        `steps_per_execution` steps at a time). For a call in which one
+        does, the call's training batches are taken from the iterator
+        here, the `HeldOutFeed` adds the held-out batches to the steps
+        that read them, and Keras' step function runs the list, one
+        compiled step per batch (it accepts a list of batches as well as
+        an iterator). Both are traced once per model, not once per `fit`.
+        The feed's count follows the global step: the last call of an
+        epoch may run fewer steps than `steps_per_execution`.
         """
         if self.train_function is not None and not force:
             return self.train_function
         super().make_train_function(force)
         step = self.train_function
-        step_with_held_out = self._make_function(self.train_step)
+        step_on_batches = self._make_function(self.train_step)
 
         def train_function(iterator):
             feed = self._held_out_feed
-            if feed is None or not feed.due():
+            if feed is None:
                 return step(iterator)
-            return step_with_held_out([feed.add(next(iterator))])
+            feed.sync()
+            if not feed.due_within(self.steps_per_execution):
+                return step(iterator)
+            batches = []
+            for _ in range(self.steps_per_execution):
+                try:
+                    batches.append(feed.merge(next(iterator)))
+                except (StopIteration, tf.errors.OutOfRangeError):
+                    break
+            if not batches:
+                raise StopIteration
+            return step_on_batches(batches)
 
         self.train_function = train_function
         return train_function
