@@ -273,9 +273,7 @@ class Balancer(keras.layers.Layer):
         `None` without head stopping."""
         if self.head_stopping is None:
             return None
-        return self.head_stopping.patience_in_measurements(
-            self.held_out_period
-        )
+        return self.head_stopping.patience_in_measurements(self.held_out_period)
 
     def add_state(self, name, value=0.0, shape=None, dtype="float32"):
         """A non-trainable state variable filled with `value`.
