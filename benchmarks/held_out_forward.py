@@ -1,7 +1,7 @@
 """The floor of OLM's per-step schedule: one inference forward pass against
 one training step, per backend.
 
-OLM's `held_out_schedule="step"` (the authors' schedule) measures the heads'
+OLM's `HeldOutSchedule("step")` (the authors' schedule) measures the heads'
 losses on one held-out batch, the size of a training batch, at every
 step: an inference forward pass more per step. Whatever the rest of OLM
 costs, a step with a held-out batch costs at least a plain step plus that

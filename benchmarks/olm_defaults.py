@@ -57,67 +57,52 @@ EMBEDDED_LEARNING_RATE = 3e-3
 def methods():
     """Method name -> a function returning the `balancer=` argument."""
     olm = keras_olm.OLM
+    parts = keras_olm.balancers
+    closed, descent = parts.ClosedForm, parts.LogitLossDescent
+    held_out = parts.HeldOutSchedule
+    still = parts.Rebalancing(momentum=0.0)  # λ of every step
+
+    def closed_form(strength, rebalancing=still):
+        return lambda: olm(
+            coefficient_law=closed(strength=strength), rebalancing=rebalancing
+        )
+
     return {
         "joint": lambda: None,
         "heads": lambda: "heads",
         "pmr": lambda: "pmr",
         "olm": lambda: olm(),
-        "olm-modulated": lambda: olm(modulation_strength=-2.0),
-        "olm-lambda-every-step": lambda: olm(lambda_momentum=0.0),
+        "olm-modulated": lambda: olm(coefficient_law=closed(strength=-2.0)),
+        "olm-lambda-every-step": lambda: olm(rebalancing=still),
         "olm-optimizer": lambda: olm(
-            coefficient_update="optimizer", lambda_momentum=0.0
+            coefficient_law=descent(), rebalancing=still
         ),
         "olm-authors": lambda: olm.authors(26),
+        "olm-paper": lambda: olm.paper(),
         # The held-out schedule (26 steps an epoch on the family).
-        "olm-held-out-every-step": lambda: olm(held_out_schedule="step"),
-        "olm-held-out-every-10": lambda: olm(held_out_every=10),
-        "olm-held-out-every-epoch": lambda: olm(held_out_every=26),
+        "olm-held-out-every-step": lambda: olm(held_out=held_out("step")),
+        "olm-held-out-every-10": lambda: olm(held_out=held_out(every=10)),
+        "olm-held-out-every-epoch": lambda: olm(held_out=held_out(every=26)),
         # Eq. 8 without the temperature; the optimizer path's options.
-        "olm-raw-softmax": lambda: olm(lambda_temperature=None),
+        "olm-raw-softmax": lambda: olm(
+            rebalancing=parts.Rebalancing(temperature=None)
+        ),
         "olm-optimizer-sgd": lambda: olm(
-            coefficient_update="optimizer", optimizer="sgd"
+            coefficient_law=descent(optimizer="sgd")
         ),
         "olm-optimizer-ce-grad": lambda: olm(
-            coefficient_update="optimizer", coefficient_ce_grad=True
+            coefficient_law=descent(coefficient_ce_grad=True)
         ),
         "olm-optimizer-faithful": lambda: olm(
-            coefficient_update="optimizer", targets="faithful"
+            coefficient_law=descent(targets="faithful")
         ),
-        "closed-1": lambda: olm(
-            coefficient_update="closed_form",
-            lambda_momentum=0.0,
-            modulation_strength=1.0,
-        ),
-        "closed-0.5": lambda: olm(
-            coefficient_update="closed_form",
-            lambda_momentum=0.0,
-            modulation_strength=0.5,
-        ),
-        "closed-1-slow": lambda: olm(
-            coefficient_update="closed_form",
-            lambda_momentum=0.9,
-            modulation_strength=1.0,
-        ),
-        "closed-2": lambda: olm(
-            coefficient_update="closed_form",
-            lambda_momentum=0.0,
-            modulation_strength=2.0,
-        ),
-        "closed-neg1": lambda: olm(
-            coefficient_update="closed_form",
-            lambda_momentum=0.0,
-            modulation_strength=-1.0,
-        ),
-        "closed-neg2": lambda: olm(
-            coefficient_update="closed_form",
-            lambda_momentum=0.0,
-            modulation_strength=-2.0,
-        ),
-        "closed-neg3": lambda: olm(
-            coefficient_update="closed_form",
-            lambda_momentum=0.0,
-            modulation_strength=-3.0,
-        ),
+        "closed-1": closed_form(1.0),
+        "closed-0.5": closed_form(0.5),
+        "closed-1-slow": closed_form(1.0, parts.Rebalancing(momentum=0.9)),
+        "closed-2": closed_form(2.0),
+        "closed-neg1": closed_form(-1.0),
+        "closed-neg2": closed_form(-2.0),
+        "closed-neg3": closed_form(-3.0),
     }
 
 
@@ -125,10 +110,10 @@ def make_balancer(method):
     """The `balancer=` argument of `method`.
 
     Besides the names of `methods()`, "olm-stop<p>" is the default OLM
-    with a patience of p held-out measurements (`head_stopping=20 p`),
-    optionally followed by "d<x>" (`head_stopping_min_delta=x`) and
-    "m<x>" (`head_stopping_momentum=x`); "heads-stop..." is the same
-    without modulation (`modulation_strength=0`: every coefficient 1);
+    with a patience of p held-out measurements
+    (`HeadStopping(patience=20 p)`), optionally followed by "d<x>"
+    (`min_delta=x`) and "m<x>" (`momentum=x`); "heads-stop..." is the same
+    without modulation (`ClosedForm(strength=0)`: every coefficient 1);
     "olm-nostop" is the default with `head_stopping=None`.
     """
     if method == "olm-nostop":
@@ -136,17 +121,18 @@ def make_balancer(method):
     for prefix, strength in (("olm-stop", None), ("heads-stop", 0.0)):
         if method.startswith(prefix):
             parts = re.findall(r"([dm]?)([0-9.]+)", method[len(prefix) :])
-            names = {
-                "": "head_stopping",
-                "d": "head_stopping_min_delta",
-                "m": "head_stopping_momentum",
-            }
+            names = {"": "patience", "d": "min_delta", "m": "momentum"}
             kwargs = {names[k]: float(v) for k, v in parts}
             # <p> counts held-out measurements (every 20 steps here).
-            kwargs["head_stopping"] = int(kwargs["head_stopping"]) * 20
+            kwargs["patience"] = int(kwargs["patience"]) * 20
+            olm_kwargs = {
+                "head_stopping": keras_olm.balancers.HeadStopping(**kwargs)
+            }
             if strength is not None:
-                kwargs["modulation_strength"] = strength
-            return keras_olm.OLM(**kwargs)
+                olm_kwargs["coefficient_law"] = keras_olm.balancers.ClosedForm(
+                    strength=strength
+                )
+            return keras_olm.OLM(**olm_kwargs)
     return methods()[method]()
 
 
@@ -210,7 +196,13 @@ class Curves(keras.callbacks.Callback):
             row["lambda"] = keras.ops.convert_to_numpy(
                 balancer.lambdas
             ).tolist()
-            row["gate"] = keras.ops.convert_to_numpy(balancer.gates).tolist()
+            stopping = balancer.head_stopping
+            gates = (
+                [1.0] * balancer.num_heads
+                if stopping is None
+                else keras.ops.convert_to_numpy(stopping.gates).tolist()
+            )
+            row["gate"] = gates
         self.rows.append(row)
 
 

@@ -244,7 +244,9 @@ def main():
         keras.utils.set_random_seed(0)
         balancer = kind
         if kind in ("periodic", "step"):
-            balancer = keras_olm.OLM(held_out_schedule=kind)
+            balancer = keras_olm.OLM(
+                held_out=keras_olm.balancers.HeldOutSchedule(kind)
+            )
         model = keras_olm.BalancedMultimodalModel(
             build_encoders(args),
             num_classes=args.classes,

@@ -49,13 +49,13 @@ def make_model(activation="relu", steps_per_execution=1):
         {"fast": encoder(), "slow": encoder()},
         num_classes=3,
         balancer=keras_olm.OLM(
-            held_out_schedule="periodic",
-            held_out_every=2,
+            held_out=keras_olm.balancers.HeldOutSchedule("periodic", 2),
             # The modulation on, and every head stopped at the second
             # held-out measurement: the last steps run with the gates shut.
-            modulation_strength=-2.0,
-            head_stopping=1,
-            head_stopping_min_delta=0.5,
+            coefficient_law=keras_olm.balancers.ClosedForm(strength=-2.0),
+            head_stopping=keras_olm.balancers.HeadStopping(
+                patience=1, min_delta=0.5
+            ),
         ),
     )
     model.build({"fast": (None, 16), "slow": (None, 64)})
@@ -69,10 +69,21 @@ def make_model(activation="relu", steps_per_execution=1):
     return model
 
 
+#: Head stopping's state rows, by the names `final_state` gives them.
+HEAD_STOPPING_ROWS = {
+    "losses": "stopping_losses",
+    "best_losses": "best_stopping_losses",
+    "waits": "stopping_waits",
+    "stopped": "stopped",
+}
+
+
 def final_state(model):
-    """OLM's state and counters and the trainable weights, as lists."""
+    """OLM's state and counters, head stopping's state and the trainable
+    weights, as lists."""
     import keras
 
+    from keras_olm.balancers.head_stopping import STATE_ROWS as STOPPING
     from keras_olm.balancers.olm import COUNTERS
     from keras_olm.balancers.olm import STATE_ROWS
 
@@ -82,6 +93,13 @@ def final_state(model):
     state = numpy(model.balancer.state.value)
     counters = numpy(model.balancer.counters.value)
     out = {name: state[i].tolist() for i, name in enumerate(STATE_ROWS)}
+    stopping = numpy(model.balancer.head_stopping.state.value)
+    out.update(
+        {
+            HEAD_STOPPING_ROWS[n]: stopping[i].tolist()
+            for i, n in enumerate(STOPPING)
+        }
+    )
     out.update({name: int(counters[i]) for i, name in enumerate(COUNTERS)})
     out["weights"] = [
         numpy(v).ravel().tolist() for v in model.trainable_variables

@@ -47,15 +47,13 @@ def deterministic_run(steps=6, epochs=2):
         {"fast": tiny_encoder(8), "slow": tiny_encoder(8)},
         num_classes=3,
         balancer=keras_olm.OLM(
-            held_out_schedule="periodic",
-            held_out_every=2,
-            optimizer="sgd",
-            learning_rate=0.05,
-            modulation_strength=-2.0,
+            held_out=keras_olm.balancers.HeldOutSchedule("periodic", 2),
+            coefficient_law=keras_olm.balancers.ClosedForm(strength=-2.0),
             # Every head stops at the second held-out measurement (no
             # fall counts as 50 %): the last steps train with the gates shut.
-            head_stopping=1,
-            head_stopping_min_delta=0.5,
+            head_stopping=keras_olm.balancers.HeadStopping(
+                patience=1, min_delta=0.5
+            ),
         ),
     )
     model.build({"fast": (None, 16), "slow": (None, 64)})
@@ -71,19 +69,23 @@ def deterministic_run(steps=6, epochs=2):
         verbose=0,
     )
     balancer = model.balancer
-    out = {
-        name: keras.ops.convert_to_numpy(getattr(balancer, name)).tolist()
+    stopping = balancer.head_stopping
+    values = {
+        name: getattr(balancer, name)
         for name in (
             "coefficients",
             "lambdas",
             "train_losses",
             "held_out_losses",
             "norms",
-            "stopping_losses",
-            "stopped",
             "steps",
             "held_out_steps",
         )
+    }
+    values.update(stopping_losses=stopping.losses, stopped=stopping.stopped)
+    out = {
+        name: keras.ops.convert_to_numpy(value).tolist()
+        for name, value in values.items()
     }
     out["history"] = {k: float(v[-1]) for k, v in history.history.items()}
     return out

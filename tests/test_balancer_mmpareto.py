@@ -98,6 +98,7 @@ class FusedGradientOnly(Balancer):
     """Trains with the step's separate fused-loss gradients alone."""
 
     head_gradients = ("fused",)
+    transforms_gradients = True
 
     def transform_gradients(self, grads, variables, groups, step):
         fused = step.head_gradients["fused"]

@@ -23,6 +23,7 @@ class Faulty(keras_olm.balancers.Balancer):
     step `at` (1-based)."""
 
     measures_steps = True
+    transforms_gradients = True
 
     def __init__(self, what, at, **kwargs):
         super().__init__(**kwargs)
@@ -151,7 +152,9 @@ def test_non_finite_held_out_losses_are_named(data):
     # Finite inputs whose logits overflow: the held-out losses are not
     # finite, the training losses are.
     held_out = ({m: np.full_like(v[:32], 3e38) for m, v in x.items()}, y[:32])
-    model = new_model(keras_olm.OLM(held_out_schedule="step"))
+    model = new_model(
+        keras_olm.OLM(held_out=keras_olm.balancers.HeldOutSchedule("step"))
+    )
     with pytest.raises(
         keras_olm.NonFiniteLossError, match=r"step 1 .*held-out losses"
     ):

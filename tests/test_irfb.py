@@ -382,7 +382,9 @@ def test_four_modalities_train_with_olm_and_round_trip(
         num_classes=3,
         fusion=fusion(),
         # A held-out batch every step and even batches: one traced step.
-        balancer=keras_olm.OLM(held_out_schedule="step"),
+        balancer=keras_olm.OLM(
+            held_out=keras_olm.balancers.HeldOutSchedule("step")
+        ),
     )
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     history = model.fit(

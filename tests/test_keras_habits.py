@@ -162,7 +162,11 @@ def test_the_olm_held_out_split_is_announced(data, capsys):
 def test_held_out_data_from_a_py_dataset(data):
     x, y = data
     held_out_x, held_out_y = make_imbalanced(64, seed=1)
-    model = tiny_model(balancer=keras_olm.OLM(held_out_schedule="step"))
+    model = tiny_model(
+        balancer=keras_olm.OLM(
+            held_out=keras_olm.balancers.HeldOutSchedule("step")
+        )
+    )
     model.compile(optimizer="adam")
     model.fit(
         x,

@@ -70,7 +70,11 @@ def test_fit_logs_every_head(data):
 
 def test_step_schedule_reads_a_held_out_batch_every_step(data):
     x, y, _, _ = data
-    model = tiny_model(balancer=keras_olm.OLM(held_out_schedule="step"))
+    model = tiny_model(
+        balancer=keras_olm.OLM(
+            held_out=keras_olm.balancers.HeldOutSchedule("step")
+        )
+    )
     model.compile(optimizer="adam")
     model.fit(x, y, epochs=1, batch_size=32, verbose=0)
     assert int(np_(model.balancer.held_out_steps)) == 8
@@ -83,7 +87,11 @@ def test_repeated_fits_release_their_held_out_data(data):
     if not os.path.isdir(tasks):
         pytest.skip("counts threads through /proc")
     x, y, _, _ = data
-    model = tiny_model(balancer=keras_olm.OLM(held_out_every=4))
+    model = tiny_model(
+        balancer=keras_olm.OLM(
+            held_out=keras_olm.balancers.HeldOutSchedule(every=4)
+        )
+    )
     model.compile(optimizer="adam")
     model.fit(x, y, epochs=1, batch_size=32, verbose=0)
     before = len(os.listdir(tasks))
@@ -99,7 +107,11 @@ def test_several_steps_per_execution_read_held_out_data(data):
     if keras.backend.backend() == "torch":
         pytest.skip("Keras' torch trainer runs one step per execution")
     x, y, _, _ = data
-    model = tiny_model(balancer=keras_olm.OLM(held_out_every=4))
+    model = tiny_model(
+        balancer=keras_olm.OLM(
+            held_out=keras_olm.balancers.HeldOutSchedule(every=4)
+        )
+    )
     model.compile(optimizer="adam", steps_per_execution=2)
     model.fit(x, y, epochs=1, batch_size=32, verbose=0)
     assert int(np_(model.balancer.steps)) == 8
@@ -174,7 +186,11 @@ def test_jit_compile_reads_held_out_data(data):
     # The held-out batches enter a compiled step (XLA; torch.compile, which
     # failed on numpy arrays that wrap TensorFlow buffers).
     x, y, _, _ = data
-    model = tiny_model(balancer=keras_olm.OLM(held_out_every=4))
+    model = tiny_model(
+        balancer=keras_olm.OLM(
+            held_out=keras_olm.balancers.HeldOutSchedule(every=4)
+        )
+    )
     model.compile(optimizer="adam", jit_compile=True)
     model.fit(x, y, epochs=2, batch_size=32, verbose=0)
     assert int(np_(model.balancer.steps)) == 16
@@ -213,7 +229,9 @@ def test_head_stopping_cuts_the_unimodal_gradient_into_its_encoder(data):
     """OLM's head stopping: a stopped head's loss no longer reaches its
     encoder; its own kernel and every forward value are unchanged."""
     x, y, _, _ = data
-    olm = keras_olm.OLM(head_stopping=3)
+    olm = keras_olm.OLM(
+        head_stopping=keras_olm.balancers.HeadStopping(patience=3)
+    )
     model = tiny_model(balancer=olm)
     model.build({"fast": (None, 16), "slow": (None, 64)})
     batch = {m: v[:8] for m, v in x.items()}
@@ -221,12 +239,12 @@ def test_head_stopping_cuts_the_unimodal_gradient_into_its_encoder(data):
     slow_head = model.heads["slow"].trainable_variables[0]
     loss_fn = keras_olm.balancers.base.cross_entropy
     y8 = keras.ops.convert_to_tensor(y[:8])
-    rows = keras_olm.balancers.olm.STATE_ROWS
+    rows = keras_olm.balancers.head_stopping.STATE_ROWS
 
     def slow_head_gradients(stopped):
-        state = np_(olm.state).copy()
+        state = np_(olm.head_stopping.state).copy()
         state[rows.index("stopped")] = [0.0, stopped, 0.0]
-        olm.state.assign(state)
+        olm.head_stopping.state.assign(state)
         logits = model.head_logits(batch, training=True)["slow"]
         grads = gradients(
             lambda: loss_fn(
@@ -238,7 +256,7 @@ def test_head_stopping_cuts_the_unimodal_gradient_into_its_encoder(data):
 
     open_logits, open_grads = slow_head_gradients(0.0)
     stopped_logits, stopped_grads = slow_head_gradients(1.0)
-    np.testing.assert_allclose(np_(olm.gates), [1.0, 0.0, 1.0])
+    np.testing.assert_allclose(np_(olm.head_stopping.gates), [1.0, 0.0, 1.0])
     assert np.abs(open_grads[0]).sum() > 0
     assert np.all(stopped_grads[0] == 0)
     np.testing.assert_array_equal(stopped_logits, open_logits)

@@ -8,6 +8,12 @@ import pytest
 from keras import ops
 
 from keras_olm.balancers import OLM
+from keras_olm.balancers import ClosedForm
+from keras_olm.balancers import HeadStopping
+from keras_olm.balancers import HeldOutSchedule
+from keras_olm.balancers import LogitLossDescent
+from keras_olm.balancers import RateEstimate
+from keras_olm.balancers import Rebalancing
 from keras_olm.balancers import StepRecord
 from keras_olm.balancers import olm as olm_lib
 
@@ -159,13 +165,14 @@ LOGITS = {
 
 def test_one_sgd_update_by_hand():
     olm = make_olm(
-        coefficient_update="optimizer",
-        optimizer="sgd",
-        learning_rate=0.1,
-        mean_one=False,
-        lambda_momentum=0.0,
-        coefficient_range=None,
-        loss_momentum=0.0,
+        coefficient_law=LogitLossDescent(
+            optimizer="sgd",
+            learning_rate=0.1,
+            mean_one=False,
+            coefficient_range=None,
+        ),
+        rebalancing=Rebalancing(momentum=0.0),
+        rate_estimate=RateEstimate(loss_momentum=0.0),
     )
     # First step: G = C = 0, so λ is uniform (1/3 each).
     measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.2, 1.1, 1.0])
@@ -198,11 +205,12 @@ def test_one_sgd_update_by_hand():
 
 def test_one_adam_update_moves_by_learning_rate():
     olm = make_olm(
-        coefficient_update="optimizer",
-        optimizer="adam",
-        learning_rate=0.01,
-        mean_one=False,
-        coefficient_range=None,
+        coefficient_law=LogitLossDescent(
+            optimizer="adam",
+            learning_rate=0.01,
+            mean_one=False,
+            coefficient_range=None,
+        )
     )
     measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
     # Adam's first step is lr * sign(grad); grad = (5, -1, 0).
@@ -213,11 +221,12 @@ def test_one_adam_update_moves_by_learning_rate():
 
 def test_mean_one_and_clipping():
     olm = make_olm(
-        coefficient_update="optimizer",
-        optimizer="sgd",
-        learning_rate=0.1,
-        mean_one=True,
-        coefficient_range=(0.6, 10.0),
+        coefficient_law=LogitLossDescent(
+            optimizer="sgd",
+            learning_rate=0.1,
+            mean_one=True,
+            coefficient_range=(0.6, 10.0),
+        )
     )
     measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
     # Unclipped (0.5, 1.1, 1.0) rescaled to mean 1: * 3 / 2.6; then clip.
@@ -226,7 +235,7 @@ def test_mean_one_and_clipping():
 
 
 def test_periodic_slot_without_dev_batch_keeps_dev_state():
-    olm = make_olm(optimizer="sgd", loss_momentum=0.0)
+    olm = make_olm(rate_estimate=RateEstimate(loss_momentum=0.0))
     measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.2, 1.1, 1.0])
     measure(olm, LOGITS, [0.5, 0.5, 0.5], [9.0, 9.0, 9.0], held_out_flag=0.0)
     np.testing.assert_allclose(np_(olm.held_out_losses), [1.2, 1.1, 1.0])
@@ -237,25 +246,30 @@ def test_periodic_slot_without_dev_batch_keeps_dev_state():
 def test_non_finite_step_leaves_state_unchanged():
     olm = make_olm()
     measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.2, 1.1, 1.0])
-    before = {v.name: np_(v).copy() for v in olm.non_trainable_weights}
+    # OLM's own state and its head stopping's.
+    assert len(olm.non_trainable_weights) == 4
+    before = {v.path: np_(v).copy() for v in olm.non_trainable_weights}
     measure(olm, LOGITS, [np.nan, 1.0, 1.0], [1.0, 1.0, 1.0], finite=False)
     for v in olm.non_trainable_weights:
-        np.testing.assert_array_equal(np_(v), before[v.name], err_msg=v.name)
+        np.testing.assert_array_equal(np_(v), before[v.path], err_msg=v.path)
 
 
 def test_authors_preset_and_config_round_trip():
     olm = OLM.authors(steps_per_epoch=50)
     config = olm.get_config()
-    assert config["held_out_schedule"] == "step"
-    assert config["optimizer"] == "adam"
-    assert config["learning_rate"] == pytest.approx(1e-3)
-    assert config["coefficient_ce_grad"] is True
-    assert config["targets"] == "faithful"
-    assert config["lambda_temperature"] is None
-    assert config["coefficient_range"] is None
-    assert config["warmup_steps"] == 50
-    assert config["coefficient_update"] == "optimizer"
-    assert config["lambda_momentum"] == 0.0
+    law = config["coefficient_law"]
+    assert law["class_name"] == "LogitLossDescent"
+    law = law["config"]
+    assert config["held_out"]["config"]["schedule"] == "step"
+    assert law["optimizer"] == "adam"
+    assert law["learning_rate"] == pytest.approx(1e-3)
+    assert law["coefficient_ce_grad"] is True
+    assert law["targets"] == "faithful"
+    assert config["rebalancing"]["config"]["temperature"] is None
+    assert law["coefficient_range"] is None
+    assert config["rate_estimate"]["config"]["warmup_steps"] == 50
+    assert config["rebalancing"]["config"]["momentum"] == 0.0
+    assert config["head_stopping"] is None
     clone = OLM.from_config(config)
     assert clone.get_config() == config
     restored = keras.saving.deserialize_keras_object(
@@ -265,26 +279,35 @@ def test_authors_preset_and_config_round_trip():
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "build, message",
     [
-        ({"held_out_schedule": "epoch"}, "held_out_schedule"),
-        ({"optimizer": "rmsprop"}, "optimizer"),
-        ({"targets": "sum"}, "targets"),
-        ({"held_out_every": 0}, "held_out_every"),
-        ({"loss_momentum": 1.0}, "loss_momentum"),
-        ({"lambda_temperature": 0.0}, "lambda_temperature"),
-        ({"coefficient_range": (2.0, 1.0)}, "coefficient_range"),
-        ({"coefficient_update": "exact"}, "coefficient_update"),
-        ({"lambda_momentum": 1.0}, "lambda_momentum"),
-        ({"head_stopping": 0}, "head_stopping"),
-        ({"head_stopping": 2.5}, "head_stopping"),
-        ({"head_stopping_min_delta": -0.1}, "head_stopping_min_delta"),
-        ({"head_stopping_momentum": 1.0}, "head_stopping_momentum"),
+        (lambda: HeldOutSchedule(schedule="epoch"), "held_out_schedule"),
+        (lambda: LogitLossDescent(optimizer="rmsprop"), "optimizer"),
+        (lambda: LogitLossDescent(targets="sum"), "targets"),
+        (lambda: HeldOutSchedule(every=0), "held_out_every"),
+        (lambda: RateEstimate(loss_momentum=1.0), "loss_momentum"),
+        (lambda: RateEstimate(form="abs"), "rate_form"),
+        (lambda: Rebalancing(temperature=0.0), "lambda_temperature"),
+        (
+            lambda: ClosedForm(coefficient_range=(2.0, 1.0)),
+            "coefficient_range",
+        ),
+        (
+            lambda: LogitLossDescent(coefficient_range=(2.0, 1.0)),
+            "coefficient_range",
+        ),
+        (lambda: OLM(coefficient_law=RateEstimate()), "coefficient_law"),
+        (lambda: Rebalancing(momentum=1.0), "lambda_momentum"),
+        (lambda: OLM(head_stopping=40), "head_stopping"),
+        (lambda: HeadStopping(patience=0), "patience"),
+        (lambda: HeadStopping(patience=2.5), "patience"),
+        (lambda: HeadStopping(min_delta=-0.1), "min_delta"),
+        (lambda: HeadStopping(momentum=1.0), "momentum"),
     ],
 )
-def test_bad_arguments_name_the_argument(kwargs, message):
+def test_bad_arguments_name_the_argument(build, message):
     with pytest.raises(ValueError, match=message):
-        OLM(**kwargs)
+        build()
 
 
 def test_closed_form_coefficients_by_hand():
@@ -313,10 +336,9 @@ def test_closed_form_coefficients_by_hand():
 
 def test_closed_form_update_by_hand():
     olm = make_olm(
-        coefficient_update="closed_form",
-        modulation_strength=1.0,
-        loss_momentum=0.0,
-        lambda_momentum=0.0,
+        coefficient_law=ClosedForm(strength=1.0),
+        rate_estimate=RateEstimate(loss_momentum=0.0),
+        rebalancing=Rebalancing(momentum=0.0),
     )
     # First step: λ uniform, so w = 1; the logit norms do not enter.
     measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.2, 1.1, 1.0])
@@ -339,10 +361,9 @@ def test_closed_form_update_by_hand():
 
 def test_lambda_momentum_moves_lambda_on_held_out_steps_only():
     olm = make_olm(
-        coefficient_update="closed_form",
-        modulation_strength=1.0,
-        loss_momentum=0.0,
-        lambda_momentum=0.5,
+        coefficient_law=ClosedForm(strength=1.0),
+        rate_estimate=RateEstimate(loss_momentum=0.0),
+        rebalancing=Rebalancing(momentum=0.5),
     )
     measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.2, 1.1, 1.0])
     measure(olm, LOGITS, [0.4, 0.9, 0.6], [0.6, 1.0, 0.8])
@@ -362,10 +383,14 @@ def test_lambda_momentum_moves_lambda_on_held_out_steps_only():
 
 def test_the_default_does_not_modulate():
     # modulation_strength 0: λ moves, every coefficient stays 1.
-    olm = make_olm(loss_momentum=0.0, lambda_momentum=0.0)
-    assert olm.coefficient_update == "closed_form"
-    assert olm.modulation_strength == 0.0
-    assert olm.head_stopping == 40 and olm.head_stopping_patience == 2
+    olm = make_olm(
+        rate_estimate=RateEstimate(loss_momentum=0.0),
+        rebalancing=Rebalancing(momentum=0.0),
+    )
+    assert isinstance(olm.coefficient_law, ClosedForm)
+    assert olm.coefficient_law.strength == 0.0
+    assert olm.head_stopping.patience == 40
+    assert olm.head_stopping_patience == 2
     measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
     measure(olm, LOGITS, [0.5, 0.9, 0.8], [0.5, 1.0, 1.0])
     assert np.ptp(np_(olm.lambdas)) > 0.1
@@ -377,9 +402,11 @@ def test_negative_strength_stays_inside_its_bounds():
     # coefficient. With λ temperature 1 and three heads, H·λ lies in
     # [3 / (e + 2), 3e / (e + 2)], so w = (H·λ)^-2 in [0.335, 2.47].
     olm = make_olm(
-        loss_momentum=0.0, lambda_momentum=0.0, modulation_strength=-2.0
+        rate_estimate=RateEstimate(loss_momentum=0.0),
+        rebalancing=Rebalancing(momentum=0.0),
+        coefficient_law=ClosedForm(strength=-2.0),
     )
-    assert OLM().lambda_momentum == 0.9
+    assert OLM().rebalancing.momentum == 0.9
     measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
     # Head a: C ~ 0 (its held-out loss falls with its training loss), so
     # its share is ~1 and λ = (e, 1, 1) / (e + 2).
@@ -416,50 +443,55 @@ def test_stopping_step_by_hand():
 
 def test_head_stopping_stops_a_head_after_its_patience():
     olm = make_olm(
-        head_stopping=2,
-        head_stopping_min_delta=0.0,
-        head_stopping_momentum=0,
-        held_out_every=1,
+        head_stopping=HeadStopping(patience=2, min_delta=0.0, momentum=0),
+        held_out=HeldOutSchedule(every=1),
     )
+    stopping = olm.head_stopping
     assert olm.head_stopping_patience == 2
     assert make_olm(head_stopping=None).unimodal_gradient_gates() is None
-    np.testing.assert_allclose(np_(olm.gates), [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(np_(stopping.gates), [1.0, 1.0, 1.0])
     losses = [1.0, 1.0, 1.0]
     measure(olm, LOGITS, losses, [2.0, 2.0, 2.0])
-    np.testing.assert_allclose(np_(olm.best_stopping_losses), [2.0] * 3)
-    np.testing.assert_allclose(np_(olm.stopping_waits), [0.0] * 3)
+    np.testing.assert_allclose(np_(stopping.best_losses), [2.0] * 3)
+    np.testing.assert_allclose(np_(stopping.waits), [0.0] * 3)
     # a improves; b and fused do not.
     measure(olm, LOGITS, losses, [1.5, 2.1, 2.0])
-    np.testing.assert_allclose(np_(olm.stopping_waits), [0.0, 1.0, 1.0])
+    np.testing.assert_allclose(np_(stopping.waits), [0.0, 1.0, 1.0])
     # A step without a held-out batch changes nothing.
     measure(olm, LOGITS, losses, [9.0, 9.0, 9.0], held_out_flag=0.0)
-    np.testing.assert_allclose(np_(olm.stopping_waits), [0.0, 1.0, 1.0])
+    np.testing.assert_allclose(np_(stopping.waits), [0.0, 1.0, 1.0])
     # Second measurement without improvement: b and fused stop.
     measure(olm, LOGITS, losses, [1.4, 2.0, 2.2])
-    np.testing.assert_allclose(np_(olm.gates), [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(np_(stopping.gates), [1.0, 0.0, 0.0])
     # Only the modality heads are gated; a stopped head stays stopped.
     measure(olm, LOGITS, losses, [1.3, 0.5, 0.5])
     np.testing.assert_allclose(np_(olm.unimodal_gradient_gates()), [1, 0])
 
 
 def test_head_stopping_momentum_averages_the_held_out_losses():
-    olm = make_olm(head_stopping=5, head_stopping_momentum=0.5)
+    olm = make_olm(head_stopping=HeadStopping(patience=5, momentum=0.5))
     losses = [1.0, 1.0, 1.0]
     measure(olm, LOGITS, losses, [2.0, 2.0, 2.0])
     measure(olm, LOGITS, losses, [2.0, 2.4, 1.0])
     # 0.5 * 2.0 + 0.5 * new; the best is the lowest average (with the
     # default min_delta of 1 %).
     np.testing.assert_allclose(
-        np_(olm.stopping_losses), [2.0, 2.2, 1.5], rtol=1e-6
+        np_(olm.head_stopping.losses), [2.0, 2.2, 1.5], rtol=1e-6
     )
     np.testing.assert_allclose(
-        np_(olm.best_stopping_losses), [2.0, 2.0, 1.5], rtol=1e-6
+        np_(olm.head_stopping.best_losses), [2.0, 2.0, 1.5], rtol=1e-6
     )
 
 
 def test_head_stopping_patience_counts_steps():
     # 40 steps: 2 measurements every 20 steps, 40 every step, 1 at most.
+    def patience(steps=40, **held_out):
+        return OLM(
+            held_out=HeldOutSchedule(**held_out),
+            head_stopping=HeadStopping(patience=steps),
+        ).head_stopping_patience
+
     assert OLM().head_stopping_patience == 2
-    assert OLM(held_out_schedule="step").head_stopping_patience == 40
-    assert OLM(head_stopping=30, held_out_every=20).head_stopping_patience == 2
-    assert OLM(head_stopping=5, held_out_every=20).head_stopping_patience == 1
+    assert patience(schedule="step") == 40
+    assert patience(30, every=20) == 2
+    assert patience(5, every=20) == 1

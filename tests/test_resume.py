@@ -25,7 +25,9 @@ def np_(v):
 
 def make_balancer(name):
     if name == "olm":
-        return keras_olm.OLM(held_out_every=3)
+        return keras_olm.OLM(
+            held_out=keras_olm.balancers.HeldOutSchedule(every=3)
+        )
     if name == "gblend":
         return keras_olm.balancers.GBlend(held_out_every=3)
     return name

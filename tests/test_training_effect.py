@@ -108,10 +108,12 @@ def test_default_keeps_up_with_heads_and_joint_training_on_a_long_run(
         ).history
         figures[name] = (head_figures(model, test_set)[0]["fused"], history)
         if name == "olm":
-            stopped = keras.ops.convert_to_numpy(model.balancer.stopped)
+            stopped = keras.ops.convert_to_numpy(
+                model.balancer.head_stopping.stopped
+            )
     history = figures["olm"][1]
     coef = np.array([history[f"{h}_coef"] for h in ("fast", "slow", "fused")])
-    low, high = keras_olm.OLM().coefficient_range
+    low, high = keras_olm.OLM().coefficient_law.coefficient_range
     print({name: acc for name, (acc, _) in figures.items()}, stopped)
     # Every epoch, every head: strictly inside the clip bounds.
     assert coef.min() > low + 0.1 and coef.max() < high - 1.0

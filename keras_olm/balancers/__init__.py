@@ -2,10 +2,13 @@
 
 from keras_olm.balancers.agm import AGM
 from keras_olm.balancers.base import Balancer
+from keras_olm.balancers.base import HeldOutSchedule
 from keras_olm.balancers.base import JointTraining
+from keras_olm.balancers.base import ModalityBalancer
 from keras_olm.balancers.base import StepRecord
 from keras_olm.balancers.gblend import GBlend
 from keras_olm.balancers.gradnorm import GradNorm
+from keras_olm.balancers.head_stopping import HeadStopping
 from keras_olm.balancers.mla import MLA
 from keras_olm.balancers.mla import SharedHead
 from keras_olm.balancers.mla import UncertaintyFusion
@@ -14,6 +17,10 @@ from keras_olm.balancers.mmcosine import MMCosine
 from keras_olm.balancers.mmpareto import MMPareto
 from keras_olm.balancers.ogm_ge import OGMGE
 from keras_olm.balancers.olm import OLM
+from keras_olm.balancers.olm import ClosedForm
+from keras_olm.balancers.olm import LogitLossDescent
+from keras_olm.balancers.olm import RateEstimate
+from keras_olm.balancers.olm import Rebalancing
 from keras_olm.balancers.pmr import PMR
 from keras_olm.balancers.pmr import PrototypeHead
 
@@ -67,9 +74,16 @@ __all__ = [
     "PMR",
     "REGISTRY",
     "Balancer",
+    "ClosedForm",
     "CosineHead",
+    "HeadStopping",
+    "HeldOutSchedule",
     "JointTraining",
+    "LogitLossDescent",
+    "ModalityBalancer",
     "PrototypeHead",
+    "RateEstimate",
+    "Rebalancing",
     "SharedHead",
     "StepRecord",
     "UncertaintyFusion",

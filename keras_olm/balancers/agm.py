@@ -69,7 +69,7 @@ import math
 import keras
 from keras import ops
 
-from keras_olm.balancers.base import Balancer
+from keras_olm.balancers.base import ModalityBalancer
 from keras_olm.balancers.common import EpochWindow
 from keras_olm.layers.base import FUSED
 
@@ -180,7 +180,7 @@ def agm_coefficients(scores, running_scores, alpha, cap=7.0):
 
 
 @keras.saving.register_keras_serializable(package="keras_olm")
-class AGM(Balancer):
+class AGM(ModalityBalancer):
     """AGM: per-modality gradient coefficients from Shapley mono scores.
 
     The model trains on the fused head's cross-entropy (unimodal heads are
@@ -193,7 +193,9 @@ class AGM(Balancer):
     counted with `steps_per_epoch` as in `OGMGE`. The running mean scores,
     the last coefficients and scores and the step counter are
     non-trainable variables, saved with the model; logged as
-    `<modality>_agm_coef` and `<modality>_agm_score`.
+    `<modality>_agm_coef` and `<modality>_agm_score`. AGM takes no
+    `head_stopping`: its modality heads are linear probes whose losses
+    never reach the encoders.
 
     Args:
         alpha: float. The modulation strength α (the official code's
@@ -221,6 +223,8 @@ class AGM(Balancer):
     """
 
     detach_unimodal_heads = True
+    accepts_head_stopping = False
+    transforms_gradients = True
 
     def __init__(
         self,
@@ -240,12 +244,6 @@ class AGM(Balancer):
 
     def build_heads(self, head_names, num_classes):
         super().build_heads(head_names, num_classes)
-        self.modalities = self.head_names[:-1]
-        if len(self.modalities) < 2:
-            raise ValueError(
-                "AGM compares modalities: it needs at least 2; got "
-                f"{self.modalities}."
-            )
         m = (len(self.modalities),)
         self.running_scores = self.add_state("running_scores", shape=m)
         self.scores = self.add_state("scores", shape=m)
@@ -285,13 +283,7 @@ class AGM(Balancer):
         coefficients = ops.where(
             active, coefficients, ops.ones_like(coefficients)
         )
-        grads = list(grads)
-        for i, m in enumerate(self.modalities):
-            for j in groups.get(m, []):
-                if grads[j] is not None:
-                    grads[j] = grads[j] * ops.cast(
-                        coefficients[i], grads[j].dtype
-                    )
+        grads = self.scale_modality_gradients(grads, groups, coefficients)
         return grads, [
             (self.running_scores, running),
             (self.scores, scores),
@@ -304,6 +296,7 @@ class AGM(Balancer):
         for i, m in enumerate(self.modalities):
             logs[f"{m}_agm_coef"] = self.coefficients.value[i]
             logs[f"{m}_agm_score"] = self.scores.value[i]
+        logs.update(super().step_logs())
         return logs
 
     def get_config(self):

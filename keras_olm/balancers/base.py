@@ -15,8 +15,8 @@ The hooks, in the order a training step calls them:
 2. `detach_unimodal_heads`: whether the unimodal heads read detached
    features (then they are linear probes that cannot train the encoders);
    `unimodal_gradient_gates()`: a factor in [0, 1] per modality on the
-   gradient each unimodal head sends into its encoder (OLM's head
-   stopping); the forward values are unchanged.
+   gradient each unimodal head sends into its encoder (head stopping);
+   the forward values are unchanged.
 3. `modulate(logits)`: map raw per-head logits to the logits the loss
    sees (OLM multiplies each head by its coefficient).
 4. `compute_loss(y, logits, sample_weight, features)`: the training loss
@@ -24,9 +24,11 @@ The hooks, in the order a training step calls them:
    terms).
 5. `transform_gradients(grads, variables, groups, step)`: rescale
    gradients per modality (OGM-GE); returns the gradients and the
-   balancer's new state.
-6. `update(step)`: the balancer's new state from what the step measured
-   (OLM's coefficients, G-Blend's weights).
+   balancer's new state. A balancer that overrides it declares
+   `transforms_gradients = True`.
+6. `state_update(step)`: the balancer's new state from what the step
+   measured: its own `update` (OLM's coefficients, G-Blend's weights)
+   and its head stopping's, composed.
 7. `step_logs()`: scalars shown in the progress bar and `History`.
 
 Two more hooks shape the forward pass and what the step measures:
@@ -37,10 +39,16 @@ apart from the total's (MMPareto's multimodal gradient); the gradient
 hook also gets `StepRecord.forward`, which runs the model on altered
 inputs (AGM's Shapley mono scores).
 
-The training step runs 5 and 6 before the optimizer step, checks their
-new state with the loss and the gradients, and assigns it only if all of
-it is finite (`assign_if_finite`); `apply_transform_gradients` and
-`apply_update` do the same for one hook on its own.
+Head stopping (`HeadStopping`) is a part that every balancer whose
+unimodal heads train their encoders takes (`head_stopping=`): the base
+class builds it, reads held-out losses for it, composes its update with
+the balancer's own, gates the unimodal heads with it and logs the gates.
+
+The training step runs 5 and 6 before the optimizer step, on the
+forward pass's measurements, checks their new state with the loss and
+the gradients, and assigns it only if all of it is finite
+(`assign_if_finite`); `apply_transform_gradients` and `apply_update` do
+the same for one hook on its own.
 """
 
 import dataclasses
@@ -49,14 +57,48 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_olm.balancers.common import HeadLayers
 from keras_olm.balancers.common import check_choice
 from keras_olm.balancers.common import cross_entropy
+from keras_olm.balancers.head_stopping import HeadStopping
 from keras_olm.layers.base import FUSED
 
 #: Where a balancer that reads held-out losses gets them: `"periodic"`,
 #: one held-out batch every `held_out_every` steps, or `"step"`, one every
 #: step.
 HELD_OUT_SCHEDULES = ("periodic", "step")
+
+
+@keras.saving.register_keras_serializable(package="keras_olm")
+@dataclasses.dataclass(frozen=True)
+class HeldOutSchedule:
+    """When a balancer that reads held-out losses gets a held-out batch.
+
+    Args:
+        schedule: str. `"periodic"`: one held-out batch every `every`
+            steps (steps 0, k, 2k, ... of each `fit` call; the batches
+            between carry no held-out data and cost nothing). `"step"`:
+            one held-out batch every step, as OLM's authors do (one extra
+            forward pass per step). Defaults to `"periodic"`.
+        every: int >= 1. The period of the `"periodic"` schedule, in
+            steps. Defaults to `20`.
+    """
+
+    schedule: str = "periodic"
+    every: int = 20
+
+    def __post_init__(self):
+        check_choice("held_out_schedule", self.schedule, HELD_OUT_SCHEDULES)
+        if int(self.every) < 1:
+            raise ValueError(f"held_out_every must be >= 1; got {self.every}")
+        object.__setattr__(self, "every", int(self.every))
+
+    def get_config(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -127,6 +169,13 @@ class Balancer(keras.layers.Layer):
     head names, before any training.
 
     Args:
+        head_stopping: `HeadStopping`, `True` for `HeadStopping()`, or
+            `None`. Early stopping of each modality head's gradient into
+            its encoder, on held-out losses; with it the balancer needs
+            held-out data (`needs_held_out`) and its state update runs
+            every step. A balancer whose modality heads have no losses
+            that train their encoders (`accepts_head_stopping` false)
+            raises a `ValueError`. Defaults to `None`.
         **kwargs: passed to `keras.layers.Layer`.
 
     Example:
@@ -143,9 +192,16 @@ class Balancer(keras.layers.Layer):
     #: steps, read when `needs_held_out`; see `held_out_period`.
     held_out_schedule = "periodic"
     held_out_every = 20
-    #: Whether `update` reads the step's measurements (else it is skipped
-    #: and the step does not compute them).
+    #: Whether `state_update` reads the step's measurements (else it is
+    #: skipped and the step does not compute them). Set on an instance
+    #: given head stopping.
     measures_steps = False
+    #: Whether the balancer overrides `transform_gradients`.
+    transforms_gradients = False
+    #: Whether the modality heads have losses that train their encoders
+    #: beside the fused head's, so that `head_stopping` has a gradient to
+    #: stop.
+    accepts_head_stopping = True
     #: Whether `update` reads `step.features` (else they are not passed).
     update_reads_features = False
     #: Whether unimodal heads read detached features (linear probes).
@@ -154,9 +210,32 @@ class Balancer(keras.layers.Layer):
     #: total's, for `transform_gradients` (`StepRecord.head_gradients`).
     head_gradients = ()
 
-    def __init__(self, **kwargs):
+    def __init__(self, head_stopping=None, **kwargs):
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
+        if isinstance(head_stopping, dict):
+            head_stopping = keras.saving.deserialize_keras_object(head_stopping)
+        elif head_stopping is True:
+            head_stopping = HeadStopping()
+        elif head_stopping is False:
+            head_stopping = None
+        if head_stopping is not None:
+            if not isinstance(head_stopping, HeadStopping):
+                raise ValueError(
+                    "head_stopping must be a keras_olm.balancers."
+                    f"HeadStopping or None; got {head_stopping!r}"
+                )
+            if not self.accepts_head_stopping:
+                name = type(self).__name__
+                raise ValueError(
+                    f"{name} takes no head_stopping: head stopping cuts a "
+                    "modality head's loss off its encoder while the fused "
+                    f"head's loss trains on, and {name} has no modality "
+                    "head losses beside a fused one that train the encoders."
+                )
+            self.needs_held_out = True
+            self.measures_steps = True
+        self.head_stopping = head_stopping
         self.head_names = None
         self.num_classes = None
 
@@ -169,6 +248,8 @@ class Balancer(keras.layers.Layer):
         """
         self.head_names = list(head_names)
         self.num_classes = int(num_classes)
+        if self.head_stopping is not None:
+            self.head_stopping.build_heads(self.num_heads, self.held_out_period)
         self.built = True
 
     def set_held_out_schedule(self, schedule, every):
@@ -184,6 +265,15 @@ class Balancer(keras.layers.Layer):
         """Steps between two held-out batches: 1 for `"step"`, else
         `held_out_every`."""
         return 1 if self.held_out_schedule == "step" else self.held_out_every
+
+    @property
+    def head_stopping_patience(self):
+        """Head stopping's patience in held-out measurements of this
+        balancer's schedule (`HeadStopping.patience_in_measurements`), or
+        `None` without head stopping."""
+        if self.head_stopping is None:
+            return None
+        return self.head_stopping.patience_in_measurements(self.held_out_period)
 
     def add_state(self, name, value=0.0, shape=None, dtype="float32"):
         """A non-trainable state variable filled with `value`.
@@ -218,9 +308,12 @@ class Balancer(keras.layers.Layer):
             tensor `(num_heads - 1,)` in [0, 1], one per modality head in
             `head_names` order: the gradient that head m's loss sends into
             the features it reads is multiplied by entry m. The head's own
-            kernel trains as before, and no forward value changes.
+            kernel trains as before, and no forward value changes. Here,
+            head stopping's gates, or `None` without it.
         """
-        return None
+        if self.head_stopping is None:
+            return None
+        return ops.stop_gradient(self.head_stopping.gates[:-1])
 
     def modulate(self, logits):
         """Maps raw per-head logits to the logits the loss sees."""
@@ -283,7 +376,7 @@ class Balancer(keras.layers.Layer):
         return grads, []
 
     def update(self, step):
-        """The balancer's new state after a step; none here.
+        """The balancer's own new state after a step; none here.
 
         Args:
             step: `StepRecord` of the step's forward pass (the optimizer
@@ -293,6 +386,24 @@ class Balancer(keras.layers.Layer):
             A list of `(variable, new value)` pairs.
         """
         return []
+
+    def state_update(self, step):
+        """The balancer's whole new state after a step: `update`'s, then
+        its head stopping's.
+
+        Args:
+            step: `StepRecord` of the step's forward pass (the optimizer
+                step has not been applied yet).
+
+        Returns:
+            A list of `(variable, new value)` pairs.
+        """
+        new_state = list(self.update(step))
+        if self.head_stopping is not None:
+            new_state += self.head_stopping.update(
+                step.held_out_losses, step.held_out_flag
+            )
+        return new_state
 
     def apply_transform_gradients(self, grads, variables, groups, step):
         """`transform_gradients`, its new state assigned if the step was
@@ -304,8 +415,9 @@ class Balancer(keras.layers.Layer):
         return grads
 
     def apply_update(self, step):
-        """`update`, its new state assigned if the step was finite."""
-        self.assign_if_finite(self.update(step), step.finite)
+        """`state_update`, its new state assigned if the step was
+        finite."""
+        self.assign_if_finite(self.state_update(step), step.finite)
 
     @staticmethod
     def assign_if_finite(new_state, finite):
@@ -315,12 +427,24 @@ class Balancer(keras.layers.Layer):
             variable.assign(ops.where(finite, value, variable.value))
 
     def step_logs(self):
-        """Scalars to log after each step, by name."""
-        return {}
+        """Scalars to log after each step, by name: here head stopping's
+        gate of every modality head (`<modality>_gate`). Subclasses add
+        theirs to these."""
+        if self.head_stopping is None:
+            return {}
+        gates = self.head_stopping.gates
+        return {
+            f"{h}_gate": gates[i] for i, h in enumerate(self.head_names[:-1])
+        }
 
     def get_config(self):
         config = super().get_config()
         config.pop("trainable", None)
+        config["head_stopping"] = (
+            None
+            if self.head_stopping is None
+            else keras.saving.serialize_keras_object(self.head_stopping)
+        )
         return config
 
 
@@ -338,3 +462,61 @@ class JointTraining(Balancer):
     """
 
     detach_unimodal_heads = True
+    accepts_head_stopping = False
+
+
+class ModalityBalancer(Balancer):
+    """Base of the balancers that compare or alternate the modalities.
+
+    It checks in `build_heads` that there are at least 2 modalities and
+    keeps them in `modalities` (the head names but the fused one), holds
+    the head layers it makes in `_heads.layers` (by head name, out of
+    Keras' tracking: the model tracks them), and scales each modality's
+    encoder gradients (`scale_modality_gradients`).
+
+    Args:
+        **kwargs: passed to `Balancer`.
+    """
+
+    #: How the error message says what the balancer does with the
+    #: modalities.
+    modality_role = "compares modalities"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._heads = HeadLayers()
+
+    def build_heads(self, head_names, num_classes):
+        super().build_heads(head_names, num_classes)
+        self.modalities = self.head_names[:-1]
+        if len(self.modalities) < 2:
+            raise ValueError(
+                f"{type(self).__name__} {self.modality_role}: it needs at "
+                f"least 2; got {self.modalities}."
+            )
+
+    def scale_modality_gradients(self, grads, groups, coefficients, then=None):
+        """Multiplies the gradients of modality m's encoder by entry m.
+
+        Args:
+            grads: list of tensors (or `None`), one per trainable variable.
+            groups: dict from modality name to the indices (into `grads`)
+                of that modality's encoder variables.
+            coefficients: tensor `(num_modalities,)`, in `modalities`
+                order.
+            then: callable or `None`. `then(gradient, scaled)` returns
+                the gradient to keep (OGM-GE adds noise), called in
+                modality then variable order.
+
+        Returns:
+            The new list of gradients; `None` entries stay `None`.
+        """
+        grads = list(grads)
+        for i, m in enumerate(self.modalities):
+            for j in groups.get(m, []):
+                g = grads[j]
+                if g is None:
+                    continue
+                scaled = g * ops.cast(coefficients[i], g.dtype)
+                grads[j] = scaled if then is None else then(g, scaled)
+        return grads

@@ -1,5 +1,6 @@
 """Helpers that several balancers share: the per-head loss, the scores of
-a modality's head, and the window of epochs in which a balancer acts."""
+a modality's head, the window of epochs in which a balancer acts, a holder
+of head layers and a gradient gate."""
 
 import keras
 from keras import ops
@@ -31,6 +32,29 @@ def cross_entropy(y, logits, sample_weight=None):
     if sample_weight is not None:
         per_sample = per_sample * ops.cast(sample_weight, per_sample.dtype)
     return ops.mean(per_sample)
+
+
+def gate_gradient(x, gate):
+    """`x` in the forward pass; its gradient multiplied by `gate`.
+
+    Args:
+        x: float tensor.
+        gate: float scalar tensor in [0, 1], detached.
+
+    Returns:
+        A tensor equal to `x` (`x - x` is exactly 0) whose gradient is
+        `gate` times the incoming one.
+    """
+    detached = ops.stop_gradient(x)
+    return detached + (x - detached) * ops.cast(gate, x.dtype)
+
+
+class HeadLayers:
+    """Plain holder of a balancer's head layers, by head name, invisible to
+    Keras' tracking (the model tracks the heads)."""
+
+    def __init__(self):
+        self.layers = {}
 
 
 def true_class_scores(y, logits):

@@ -108,7 +108,7 @@ class GBlend(Balancer):
             `10`.
         eps: float. Floor of ΔO² (see `blend_weights`). Defaults to
             `1e-6`.
-        **kwargs: passed to `keras.layers.Layer`.
+        **kwargs: passed to `Balancer` (e.g. `head_stopping`).
 
     Example:
     ```python
@@ -160,7 +160,9 @@ class GBlend(Balancer):
         return ops.stop_gradient(self.weights_.value)
 
     def update(self, step):
-        old = {v.name: v.value for v in self.non_trainable_weights}
+        # Its own variables only: head stopping's are updated by itself.
+        own = list(self._non_trainable_variables)
+        old = {v.name: v.value for v in own}
         steps = old["steps"] + 1
         flag = ops.cast(step.held_out_flag > 0, "float32")
         train_sum = old["train_sum"] + step.head_losses
@@ -196,13 +198,15 @@ class GBlend(Balancer):
             "windows": old["windows"] + ops.cast(refresh, "int32"),
             "steps": steps,
         }
-        return [(v, new[v.name]) for v in self.non_trainable_weights]
+        return [(v, new[v.name]) for v in own]
 
     def step_logs(self):
-        return {
+        logs = {
             f"{h}_blend": self.weights_.value[i]
             for i, h in enumerate(self.head_names)
         }
+        logs.update(super().step_logs())
+        return logs
 
     def get_config(self):
         config = super().get_config()

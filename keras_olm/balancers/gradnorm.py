@@ -18,14 +18,16 @@ shared by the tasks. Here the heads share no layer with each other (each
 modality head shares its encoder with the fused head), so G_i is the norm
 of the gradient of w_i L_i with respect to the feature the head reads,
 in closed form for a linear head: ∂L/∂f = (softmax(z) - onehot(y)) Kᵀ / B
-for kernel K and batch size B. It is measured after the optimizer step
-(`update`), with that step's logits and the heads' updated kernels.
+for kernel K and batch size B. It is measured in `update`, which the
+training step runs before the optimizer step, with that step's logits and
+the heads' kernels as the forward pass read them.
 """
 
 import keras
 from keras import ops
 
 from keras_olm.balancers.base import Balancer
+from keras_olm.balancers.common import HeadLayers
 
 # --- the math of Eq. 1, as pure functions --------------------------------
 
@@ -93,13 +95,6 @@ def renormalize(weights, total, floor=1e-3):
 # --- the layer ------------------------------------------------------------
 
 
-class _Heads:
-    """Plain holder of the head layers, invisible to Keras' tracking."""
-
-    def __init__(self):
-        self.layers = {}
-
-
 @keras.saving.register_keras_serializable(package="keras_olm")
 class GradNorm(Balancer):
     """GradNorm: per-head loss weights that equalise training rates.
@@ -118,7 +113,7 @@ class GradNorm(Balancer):
             Defaults to `1.5`.
         learning_rate: float. SGD step size of the weights. Defaults to
             `0.025`.
-        **kwargs: passed to `keras.layers.Layer`.
+        **kwargs: passed to `Balancer` (e.g. `head_stopping`).
 
     Example:
     ```python
@@ -141,7 +136,7 @@ class GradNorm(Balancer):
             raise ValueError(f"learning_rate must be > 0; got {learning_rate}")
         self.alpha = float(alpha)
         self.learning_rate = float(learning_rate)
-        self._heads = _Heads()
+        self._heads = HeadLayers()
 
     def build_heads(self, head_names, num_classes):
         super().build_heads(head_names, num_classes)
@@ -188,10 +183,12 @@ class GradNorm(Balancer):
         ]
 
     def step_logs(self):
-        return {
+        logs = {
             f"{h}_gradnorm_weight": self.loss_weights.value[i]
             for i, h in enumerate(self.head_names)
         }
+        logs.update(super().step_logs())
+        return logs
 
     def get_config(self):
         config = super().get_config()

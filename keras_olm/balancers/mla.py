@@ -67,7 +67,7 @@ Adaptation`, and its port in GeWu-Lab's BalanceBenchmark):
 import keras
 from keras import ops
 
-from keras_olm.balancers.base import Balancer
+from keras_olm.balancers.base import ModalityBalancer
 from keras_olm.balancers.common import cross_entropy
 from keras_olm.layers.base import FUSED
 
@@ -228,15 +228,8 @@ class UncertaintyFusion(keras.layers.Layer):
         return tuple(next(iter(input_shape.values())))
 
 
-class _Heads:
-    """Plain holder of the head layers, invisible to Keras' tracking."""
-
-    def __init__(self):
-        self.layers = {}
-
-
 @keras.saving.register_keras_serializable(package="keras_olm")
-class MLA(Balancer):
+class MLA(ModalityBalancer):
     """MLA: alternating unimodal training of a shared head.
 
     Every modality head is one `SharedHead`; the fused head is
@@ -246,7 +239,8 @@ class MLA(Balancer):
     is updated with the modality's mean feature (see the module
     docstring). The step counter and P are non-trainable variables (P
     lives in the shared head). Logs `mla_modality`, the index of the
-    modality trained by the last step.
+    modality trained by the last step. MLA takes no `head_stopping`: its
+    fused head has no loss, and each step's loss is one modality's.
 
     Args:
         alpha: float. The ridge α of the projector update. Defaults to
@@ -271,6 +265,10 @@ class MLA(Balancer):
         - [Zhang et al., 2024](https://arxiv.org/abs/2311.10707)
     """
 
+    accepts_head_stopping = False
+    transforms_gradients = True
+    modality_role = "alternates between modalities"
+
     def __init__(self, alpha=0.1, steps_per_epoch=None, **kwargs):
         super().__init__(**kwargs)
         if not float(alpha) > 0:
@@ -283,16 +281,9 @@ class MLA(Balancer):
         self.steps_per_epoch = (
             None if steps_per_epoch is None else int(steps_per_epoch)
         )
-        self._heads = _Heads()
 
     def build_heads(self, head_names, num_classes):
         super().build_heads(head_names, num_classes)
-        self.modalities = self.head_names[:-1]
-        if len(self.modalities) < 2:
-            raise ValueError(
-                "MLA alternates between modalities: it needs at least 2; "
-                f"got {self.modalities}."
-            )
         self.steps = self.add_state("steps", 0, shape=(), dtype="int32")
 
     def make_head(self, name, num_classes):

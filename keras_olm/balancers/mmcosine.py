@@ -102,7 +102,7 @@ class MMCosine(Balancer):
     Args:
         scale: float. The scale s of every head's cosine logits (the
             paper tunes it per dataset). Defaults to `10.0`.
-        **kwargs: passed to `keras.layers.Layer`.
+        **kwargs: passed to `Balancer` (e.g. `head_stopping`).
 
     Example:
     ```python

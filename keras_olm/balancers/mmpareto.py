@@ -137,7 +137,7 @@ class MMPareto(Balancer):
     Args:
         scale: float. The final scale s of the encoders' gradients (the
             official code's `gamma`). Defaults to `1.5`.
-        **kwargs: passed to `keras.layers.Layer`.
+        **kwargs: passed to `Balancer` (e.g. `head_stopping`).
 
     Example:
     ```python
@@ -155,6 +155,7 @@ class MMPareto(Balancer):
     """
 
     head_gradients = (FUSED,)
+    transforms_gradients = True
 
     def __init__(self, scale=1.5, **kwargs):
         super().__init__(**kwargs)
@@ -213,6 +214,7 @@ class MMPareto(Balancer):
         for i, m in enumerate(self.modalities):
             logs[f"{m}_pareto_weight"] = self.multimodal_weights.value[i]
             logs[f"{m}_pareto_cos"] = self.cosines.value[i]
+        logs.update(super().step_logs())
         return logs
 
     def get_config(self):

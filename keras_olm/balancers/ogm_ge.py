@@ -30,7 +30,7 @@ Differences from the official code, all documented on the layer:
 import keras
 from keras import ops
 
-from keras_olm.balancers.base import Balancer
+from keras_olm.balancers.base import ModalityBalancer
 from keras_olm.balancers.common import EpochWindow
 from keras_olm.balancers.common import check_choice
 from keras_olm.balancers.common import discrepancy_ratios
@@ -84,7 +84,7 @@ def gradient_std(grad):
 
 
 @keras.saving.register_keras_serializable(package="keras_olm")
-class OGMGE(Balancer):
+class OGMGE(ModalityBalancer):
     """OGM-GE: scale down the dominant modality's encoder gradients.
 
     Every head trains on its own cross-entropy, as with `"heads"`. After
@@ -124,7 +124,7 @@ class OGMGE(Balancer):
             left at their defaults). Defaults to `None`.
         seed: int or `None`. Seed of the noise generator. Defaults to
             `None`.
-        **kwargs: passed to `keras.layers.Layer`.
+        **kwargs: passed to `Balancer` (e.g. `head_stopping`).
 
     Example:
     ```python
@@ -140,6 +140,8 @@ class OGMGE(Balancer):
     References:
         - [Peng et al., 2022](https://arxiv.org/abs/2203.15332)
     """
+
+    transforms_gradients = True
 
     def __init__(
         self,
@@ -167,12 +169,6 @@ class OGMGE(Balancer):
 
     def build_heads(self, head_names, num_classes):
         super().build_heads(head_names, num_classes)
-        self.modalities = self.head_names[:-1]
-        if len(self.modalities) < 2:
-            raise ValueError(
-                "OGMGE compares modalities: it needs at least 2; got "
-                f"{self.modalities}."
-            )
         m = (len(self.modalities),)
         self.coefficients = self.add_state("coefficients", 1.0, shape=m)
         self.ratios = self.add_state("ratios", 1.0, shape=m)
@@ -188,28 +184,24 @@ class OGMGE(Balancer):
         )
         steps = self.steps.value
         active = self.window.contains(steps)
-        grads = list(grads)
-        for i, m in enumerate(self.modalities):
-            k = ops.where(active, coefficients[i], 1.0)
-            for j in groups.get(m, []):
-                g = grads[j]
-                if g is None:
-                    continue
-                new = g * ops.cast(k, g.dtype)
-                if self.generalization_enhancement:
-                    noise = keras.random.normal(
-                        ops.shape(g),
-                        stddev=gradient_std(g) + 1e-8,
-                        dtype=g.dtype,
-                        seed=self.seed_generator,
-                    )
-                    new = new + ops.where(active, noise, ops.zeros_like(noise))
-                grads[j] = new
+        applied = ops.where(active, coefficients, ops.ones_like(coefficients))
+
+        def add_noise(g, scaled):
+            if not self.generalization_enhancement:
+                return scaled
+            noise = keras.random.normal(
+                ops.shape(g),
+                stddev=gradient_std(g) + 1e-8,
+                dtype=g.dtype,
+                seed=self.seed_generator,
+            )
+            return scaled + ops.where(active, noise, ops.zeros_like(noise))
+
+        grads = self.scale_modality_gradients(
+            grads, groups, applied, then=add_noise
+        )
         return grads, [
-            (
-                self.coefficients,
-                ops.where(active, coefficients, ops.ones_like(coefficients)),
-            ),
+            (self.coefficients, applied),
             (self.ratios, ratios),
             (self.steps, steps + 1),
         ]
@@ -232,6 +224,7 @@ class OGMGE(Balancer):
         for i, m in enumerate(self.modalities):
             logs[f"{m}_ogm_coef"] = self.coefficients.value[i]
             logs[f"{m}_ogm_ratio"] = self.ratios.value[i]
+        logs.update(super().step_logs())
         return logs
 
     def get_config(self):

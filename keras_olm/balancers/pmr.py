@@ -28,10 +28,11 @@ training set at every epoch; a class not yet seen keeps a zero prototype.
 import keras
 from keras import ops
 
-from keras_olm.balancers.base import Balancer
+from keras_olm.balancers.base import ModalityBalancer
 from keras_olm.balancers.common import EpochWindow
 from keras_olm.balancers.common import cross_entropy
 from keras_olm.balancers.common import discrepancy_ratios
+from keras_olm.balancers.common import gate_gradient
 from keras_olm.balancers.common import true_class_scores
 from keras_olm.layers.base import FUSED
 
@@ -175,15 +176,8 @@ class PrototypeHead(keras.layers.Layer):
         return config
 
 
-class _Heads:
-    """Plain holder of the head layers, invisible to Keras' tracking."""
-
-    def __init__(self):
-        self.layers = {}
-
-
 @keras.saving.register_keras_serializable(package="keras_olm")
-class PMR(Balancer):
+class PMR(ModalityBalancer):
     """PMR: prototypical cross-entropy on the weaker modality.
 
     The model trains on the fused head's cross-entropy, as plain joint
@@ -193,7 +187,9 @@ class PMR(Balancer):
     prototypes live in the modality heads (`PrototypeHead`) and follow an
     EMA of each batch's class means. Modulation runs in the epochs
     `[modulation_starts, modulation_ends]`, counted from a step counter
-    with `steps_per_epoch` as in `OGMGE`.
+    with `steps_per_epoch` as in `OGMGE`. With `head_stopping`, the PCE
+    is the modality's loss that head stopping stops: a stopped modality's
+    PCE no longer reaches its encoder (its value is unchanged).
 
     Args:
         alpha: float. Weight α of the weaker modality's PCE. Defaults to
@@ -205,7 +201,7 @@ class PMR(Balancer):
             (inclusive); `None` for no end. Defaults to `None`.
         steps_per_epoch: int or `None`. Steps per epoch for the window;
             `None` keeps the PCE on at every step. Defaults to `None`.
-        **kwargs: passed to `keras.layers.Layer`.
+        **kwargs: passed to `Balancer` (e.g. `head_stopping`).
 
     Example:
     ```python
@@ -243,16 +239,9 @@ class PMR(Balancer):
         )
         self.alpha = float(alpha)
         self.momentum = float(momentum)
-        self._heads = _Heads()
 
     def build_heads(self, head_names, num_classes):
         super().build_heads(head_names, num_classes)
-        self.modalities = self.head_names[:-1]
-        if len(self.modalities) < 2:
-            raise ValueError(
-                "PMR compares modalities: it needs at least 2; got "
-                f"{self.modalities}."
-            )
         m = (len(self.modalities),)
         self.betas = self.add_state("betas", shape=m)
         self.ratios = self.add_state("ratios", 1.0, shape=m)
@@ -292,9 +281,13 @@ class PMR(Balancer):
             y, logits, sample_weight, features
         )
         betas, _ = self._betas(y, features)
+        gates = self.unimodal_gradient_gates()
         for i, m in enumerate(self.modalities):
+            f = features[m]
+            if gates is not None:
+                f = gate_gradient(f, gates[i])
             pce = prototype_cross_entropy(
-                y, features[m], self._prototypes(m), sample_weight
+                y, f, self._prototypes(m), sample_weight
             )
             total = total + betas[i] * pce
         return total, head_losses
@@ -323,6 +316,7 @@ class PMR(Balancer):
         for i, m in enumerate(self.modalities):
             logs[f"{m}_pmr_beta"] = self.betas.value[i]
             logs[f"{m}_pmr_ratio"] = self.ratios.value[i]
+        logs.update(super().step_logs())
         return logs
 
     def get_config(self):

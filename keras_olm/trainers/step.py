@@ -39,7 +39,6 @@ import keras
 from keras import ops
 
 from keras_olm import held_out as held_out_lib
-from keras_olm.balancers.base import Balancer
 from keras_olm.balancers.base import StepRecord
 from keras_olm.inputs import LABEL
 from keras_olm.layers.base import FUSED
@@ -315,10 +314,7 @@ class TrainingStep:
         logits, _, features, _ = aux
         y = local_y = self._labels(batch.y)
         held_out_losses, held_out_flag = held_out
-        if self.balancer.measures_steps or (
-            type(self.balancer).transform_gradients
-            is not Balancer.transform_gradients
-        ):
+        if self.balancer.measures_steps or self.balancer.transforms_gradients:
             y, logits, features, held_out_losses = self._global_batch(
                 y, logits, features, held_out_losses
             )
@@ -356,9 +352,9 @@ class TrainingStep:
     def _balancer_update(
         self, y, logits, held_out_losses, held_out_flag, features
     ):
-        """The balancer's `update` from one step's measurements, as
+        """The balancer's `state_update` from one step's measurements, as
         `(variable, value)` pairs (not assigned)."""
-        return self.balancer.update(
+        return self.balancer.state_update(
             StepRecord(
                 y=y,
                 logits=logits,
