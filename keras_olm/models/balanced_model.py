@@ -62,8 +62,8 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
     layer joins the encoder outputs for a fused head (Eq. 5 of Zong et al.,
     2024): with M modalities there are M + 1 heads, named after the
     modalities plus `"fused"`. The balancer decides how the heads' losses
-    train the model; the default, `OLM()`, modulates each head's logits by
-    a coefficient solved online (Eq. 6-9, Algorithm 1).
+    train the model; the default, `OLM()`, trains every head on its own loss
+    and stops each modality head once its held-out loss stops improving.
 
     Calling the model returns the fused head's class probabilities, so
     `predict` gives `(batch, num_classes)` probabilities. The raw logits of
