@@ -1,0 +1,145 @@
+"""The component harness's coverage table, from actual runs.
+
+Runs `tests/test_components.py` once per backend (a child process each,
+with `--junitxml`), or reads the XML files of earlier runs, and prints a
+Markdown table: one row per component, one column per check, each cell the
+outcome on TensorFlow / JAX / torch (`P` passed, `F` failed or error, `X`
+expected failure, `S` skipped, `-` not run, e.g. deselected as slow). A
+head or `SequenceEncoder` takes checks 3-5 inside its carrier's model: its
+cells name the carrier and show the carrier's outcomes.
+
+Usage, from the repository root:
+
+    python tests/harness_table.py                  # runs all 3 backends
+    python tests/harness_table.py --xml-dir /tmp/h # reuses /tmp/h/<backend>.xml
+    python tests/harness_table.py -- -m ""         # passes `-m ""` to pytest
+"""
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BACKENDS = ("tensorflow", "jax", "torch")
+CHECKS = {
+    "test_config_round_trip": "config",
+    "test_keras_round_trip": "keras",
+    "test_layer_keras_round_trip": "keras",
+    "test_resume_equals_straight_run": "resume",
+    "test_non_finite_step_changes_nothing": "non_finite",
+    "test_one_step_agrees_across_backends": "backends",
+    "test_layer_is_carried": "carried",
+}
+COLUMNS = ("config", "keras", "resume", "non_finite", "backends")
+# Worst first: what a cell shows when several tests make it.
+ORDER = ("F", "X", "P", "S")
+
+
+def run(backend, xml_path, pytest_args):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        os.path.join(HERE, "test_components.py"),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={xml_path}",
+        *pytest_args,
+    ]
+    start = time.perf_counter()
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    summary = proc.stdout.strip().splitlines()[-1:] or [""]
+    print(f"{backend}: {seconds:.0f} s, {summary[0]}", file=sys.stderr)
+    return seconds
+
+
+def outcomes(xml_path):
+    """{(component id, check): [outcome, ...]} of one run."""
+    out = {}
+    for case in ET.parse(xml_path).getroot().iter("testcase"):
+        match = re.match(r"(\w+)\[(.+)\]$", case.get("name"))
+        if not match or match.group(1) not in CHECKS:
+            continue
+        test, params = match.groups()
+        component = params
+        if test == "test_one_step_agrees_across_backends":
+            component = params.rsplit("-", 1)[0]
+        children = {child.tag: child for child in case}
+        if "failure" in children or "error" in children:
+            outcome = "F"
+        elif "skipped" in children:
+            kind = children["skipped"].get("type", "")
+            message = children["skipped"].get("message", "")
+            xfail = "xfail" in kind or "xfail" in message
+            outcome = "X" if xfail else "S"
+        else:
+            outcome = "P"
+        out.setdefault((component, CHECKS[test]), []).append(outcome)
+    return out
+
+
+def cell(results, component, check):
+    letters = []
+    for backend in BACKENDS:
+        got = results.get(backend, {}).get((component, check), [])
+        # Across backends: the current backend against itself is skipped.
+        if check == "backends" and len(got) > 1:
+            got = [o for o in got if o != "S"] or got
+        letters.append(min(got, key=ORDER.index) if got else "-")
+    return "/".join(letters)
+
+
+def table(results):
+    sys.path.insert(0, HERE)
+    import component_harness
+
+    lines = [
+        "| component | " + " | ".join(COLUMNS) + " |",
+        "|---" * (len(COLUMNS) + 1) + "|",
+    ]
+    for c in component_harness.ALL:
+        cells = []
+        for check in COLUMNS:
+            if c.kind == "layer" and check not in ("config", "keras"):
+                carried = cell(results, c.id, "carried")
+                via = cell(results, c.carrier, check)
+                cells.append(f"via {c.carrier} {via} (carried {carried})")
+            else:
+                cells.append(cell(results, c.id, check))
+        lines.append(f"| {c.id} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--xml-dir", help="read <backend>.xml from here")
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS))
+    parser.add_argument("pytest_args", nargs="*")
+    args = parser.parse_args()
+    directory = args.xml_dir or os.path.join("/tmp", "harness_table")
+    os.makedirs(directory, exist_ok=True)
+    results, seconds = {}, {}
+    for backend in args.backends:
+        path = os.path.join(directory, f"{backend}.xml")
+        if not args.xml_dir:
+            seconds[backend] = run(backend, path, args.pytest_args)
+        if os.path.exists(path):
+            results[backend] = outcomes(path)
+    print(
+        "Cells: TensorFlow/JAX/torch; P passed, F failed, X expected "
+        "failure, S skipped, - not run.\n"
+    )
+    print(table(results))
+    for backend, s in seconds.items():
+        print(f"\n{backend}: {s:.0f} s wall")
+
+
+if __name__ == "__main__":
+    main()
