@@ -114,6 +114,8 @@ class Component:
             whose model trains it.
         inputs: callable or `None`. For a layer: the inputs it takes,
             given the layer.
+        sequences: bool. Whether its model has `SequenceEncoder`s on
+            sequences (a fusion whose `needs_sequence_encoders` is `True`).
     """
 
     id: str
@@ -121,6 +123,7 @@ class Component:
     build: object
     carrier: str = None
     inputs: object = None
+    sequences: bool = False
 
     def __repr__(self):
         return self.id
@@ -160,7 +163,12 @@ def balancer_components():
 
 def fusion_components():
     return [
-        Component(f"fusion-{name}", "fusion", functools.partial(build_tiny, f))
+        Component(
+            f"fusion-{name}",
+            "fusion",
+            functools.partial(build_tiny, f),
+            sequences=getattr(f, "func", f).needs_sequence_encoders,
+        )
         for name, f in keras_olm.layers.FUSIONS.items()
     ]
 
@@ -287,7 +295,7 @@ def component_model(component):
         sequences = False
     elif component.kind == "fusion":
         fusion, balancer = component.build(), "heads"
-        sequences = type(fusion).needs_sequence_encoders
+        sequences = component.sequences
     else:
         raise ValueError(f"{component.id} is trained by {component.carrier}")
     if sequences:

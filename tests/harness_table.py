@@ -18,6 +18,7 @@ Usage, from the repository root:
 import argparse
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -53,11 +54,21 @@ def run(backend, xml_path, pytest_args):
         *pytest_args,
     ]
     start = time.perf_counter()
+    cpu = _children_cpu()
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    cpu = _children_cpu() - cpu
     summary = proc.stdout.strip().splitlines()[-1:] or [""]
-    print(f"{backend}: {seconds:.0f} s, {summary[0]}", file=sys.stderr)
-    return seconds
+    line = f"{backend}: {seconds:.0f} s wall, {cpu:.0f} s CPU; {summary[0]}"
+    print(line, file=sys.stderr)
+    return line
+
+
+def _children_cpu():
+    """CPU seconds (user + system) of the finished child processes (and
+    theirs: the cross-backend children included)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def outcomes(xml_path):
@@ -137,8 +148,8 @@ def main():
         "failure, S skipped, - not run.\n"
     )
     print(table(results))
-    for backend, s in seconds.items():
-        print(f"\n{backend}: {s:.0f} s wall")
+    for line in seconds.values():
+        print(f"\n{line}")
 
 
 if __name__ == "__main__":

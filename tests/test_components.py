@@ -53,6 +53,10 @@ BACKEND = keras.backend.backend()
 # One float32 step from the same weights: the backends' kernels differ in
 # summation order only.
 RTOL, ATOL = 1e-4, 1e-5
+# Resumed against straight runs: bitwise, except on TensorFlow, whose XLA
+# compilations of the two models may differ in the last bit (IRFB's
+# "authors" variant: 1.9e-9 on a weight of 0.0045).
+RESUME_RTOL = {"tensorflow": 1e-6}.get(BACKEND, 0.0)
 
 #: (component id, check, backend) -> the bug that makes that check fail
 #: there: the test stays, as `xfail(strict=True)`, until it is fixed.
@@ -65,17 +69,50 @@ KNOWN_BUGS = {
         "draw NaN noise, which the guard catches)"
     ),
 }
+for _backend in ("tensorflow", "jax"):
+    KNOWN_BUGS["balancer-ogm_ge", "non_finite", _backend] = (
+        "a non-finite step advances OGMGE's noise generator "
+        "(seed_generator_state, drawn in transform_gradients): the state "
+        "assigned with the step is not held back by the non-finite guard"
+    )
+
+
+def is_slow(component, check, other=None):
+    """JAX and TensorFlow compile a transformer fusion's training step in
+    10-60 s (a vector model's in 1-5 s), three times for its model checks:
+    those are `slow` there, as its step in a JAX child is (torch runs it
+    in under 2 s)."""
+    if not component.sequences:
+        return False
+    if check == "backends":
+        return "jax" in (BACKEND, other)
+    model_check = check in ("keras", "resume", "non_finite")
+    return model_check and BACKEND in ("jax", "tensorflow")
+
+
+def marks(component, check, other=None):
+    out = []
+    reason = KNOWN_BUGS.get((component.id, check, BACKEND))
+    if reason:
+        out.append(pytest.mark.xfail(strict=True, reason=reason))
+    if is_slow(component, check, other):
+        out.append(pytest.mark.slow)
+    return out
 
 
 def params(components, check):
-    out = []
-    for c in components:
-        reason = KNOWN_BUGS.get((c.id, check, BACKEND))
-        marks = (
-            [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+    return [pytest.param(c, id=c.id, marks=marks(c, check)) for c in components]
+
+
+def pairs(components):
+    """(component, other backend) of the cross-backend check."""
+    return [
+        pytest.param(
+            c, other, id=f"{c.id}-{other}", marks=marks(c, "backends", other)
         )
-        out.append(pytest.param(c, id=c.id, marks=marks))
-    return out
+        for c in components
+        for other in BACKENDS
+    ]
 
 
 # --- the harness covers every registered name ------------------------------
@@ -199,10 +236,16 @@ def test_layer_keras_round_trip(layer, tmp_path):
 @pytest.mark.parametrize("component", params(MODEL_COMPONENTS, "resume"))
 def test_resume_equals_straight_run(component, runs):
     run = runs(component)
-    assert_same_state(all_state(run.resumed), all_state(run.straight))
+    assert_same_state(
+        all_state(run.resumed), all_state(run.straight), rtol=RESUME_RTOL
+    )
     for key, values in run.resumed_history.items():
-        np.testing.assert_array_equal(
-            values, run.straight_history[key][SPLIT:], err_msg=key
+        np.testing.assert_allclose(
+            values,
+            run.straight_history[key][SPLIT:],
+            rtol=RESUME_RTOL,
+            atol=0.0,
+            err_msg=key,
         )
     steps = int(keras.ops.convert_to_numpy(run.resumed.training_state.steps))
     assert steps == EPOCHS * len(run.data.y) // BATCH
@@ -253,8 +296,7 @@ def other_backends(request):
     return get
 
 
-@pytest.mark.parametrize("other", BACKENDS)
-@pytest.mark.parametrize("component", params(MODEL_COMPONENTS, "backends"))
+@pytest.mark.parametrize("component, other", pairs(MODEL_COMPONENTS))
 def test_one_step_agrees_across_backends(component, other, other_backends):
     if other == BACKEND:
         pytest.skip("same backend")
