@@ -22,6 +22,7 @@ holds one.
 
 import importlib.util
 
+import component_harness
 import keras
 import numpy as np
 import pytest
@@ -141,6 +142,26 @@ def test_fusion_registry_builds_fusions():
     assert keras_olm.layers.get("irfb_authors").variant == "authors"
     with pytest.raises(ValueError, match=r"Unknown fusion 'nope'.*'mbt'"):
         keras_olm.layers.get("nope")
+
+
+def test_a_new_registration_enters_the_harness(monkeypatch):
+    """Registering a balancer or a fusion is the only edit needed; a
+    required constructor argument the harness cannot fill is an error."""
+
+    class Probe(keras_olm.balancers.Balancer):
+        pass
+
+    class NeedsAnArgument(keras_olm.layers.LateFusion):
+        def __init__(self, unknown_argument, **kwargs):
+            super().__init__(**kwargs)
+
+    monkeypatch.setitem(keras_olm.balancers.REGISTRY, "probe", Probe)
+    monkeypatch.setitem(keras_olm.layers.FUSIONS, "needy", NeedsAnArgument)
+    balancers = {c.id: c for c in component_harness.balancer_components()}
+    assert isinstance(balancers["balancer-probe"].build(), Probe)
+    fusions = {c.id: c for c in component_harness.fusion_components()}
+    with pytest.raises(LookupError, match="'unknown_argument'.*TINY_ARGUM"):
+        fusions["fusion-needy"].build()
 
 
 @pytest.mark.parametrize("layer", params(LAYERS, "carried"))
