@@ -21,6 +21,7 @@ holds one.
 """
 
 import importlib.util
+import inspect
 
 import component_harness
 import keras
@@ -162,6 +163,25 @@ def test_a_new_registration_enters_the_harness(monkeypatch):
     fusions = {c.id: c for c in component_harness.fusion_components()}
     with pytest.raises(LookupError, match="'unknown_argument'.*TINY_ARGUM"):
         fusions["fusion-needy"].build()
+
+    # With a `HeadStopping` exported, every balancer class that takes
+    # `head_stopping=` is there a second time, given one.
+    class HeadStopping:
+        def __init__(self, patience=40):
+            self.patience = patience
+
+    monkeypatch.setattr(
+        keras_olm.balancers, "HeadStopping", HeadStopping, raising=False
+    )
+    ids = [c.id for c in component_harness.balancer_components()]
+    takes = [
+        name
+        for name, cls in keras_olm.balancers.REGISTRY.items()
+        if "head_stopping" in inspect.signature(cls).parameters
+    ]
+    assert takes
+    for name in takes:
+        assert f"balancer-{name}+head_stopping" in ids
 
 
 @pytest.mark.parametrize("layer", params(LAYERS, "carried"))
