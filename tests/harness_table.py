@@ -13,6 +13,9 @@ Usage, from the repository root:
     python tests/harness_table.py                  # runs all 3 backends
     python tests/harness_table.py --xml-dir /tmp/h # reuses /tmp/h/<backend>.xml
     python tests/harness_table.py -- -m ""         # passes `-m ""` to pytest
+
+With `--xml-dir`, a `<backend>.slow.xml` there (a `-m slow` run) is read
+too.
 """
 
 import argparse
@@ -142,8 +145,13 @@ def main():
         path = os.path.join(directory, f"{backend}.xml")
         if not args.xml_dir:
             seconds[backend] = run(backend, path, args.pytest_args)
-        if os.path.exists(path):
-            results[backend] = outcomes(path)
+        # `<backend>.slow.xml`: a run of the slow tests (`-m slow`) beside
+        # the default one.
+        for xml in (path, path.replace(".xml", ".slow.xml")):
+            if os.path.exists(xml):
+                for key, got in outcomes(xml).items():
+                    results.setdefault(backend, {}).setdefault(key, [])
+                    results[backend][key] += got
     print(
         "Cells: TensorFlow/JAX/torch; P passed, F failed, X expected "
         "failure, S skipped, - not run.\n"
