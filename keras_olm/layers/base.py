@@ -32,6 +32,11 @@ class Fusion(keras.layers.Layer):
     the layer was built for, recorded in `self.modalities` by `build`) and,
     for fusions of `SequenceEncoder` outputs, `check_streams`.
 
+    A fusion that reads more than each encoder's final output declares it
+    in the class attribute `needs_sequence_encoders`: `True` where every
+    modality's encoder must be a `SequenceEncoder` (the layer reads their
+    `"hidden_states"` and `"mask"`, as `IRFB` and `MBT` do).
+
     Args:
         **kwargs: passed to `keras.layers.Layer`.
 
@@ -47,6 +52,9 @@ class Fusion(keras.layers.Layer):
     sorted(out)  # ["audio", "fused", "visual"]
     ```
     """
+
+    #: Whether every modality's encoder must be a `SequenceEncoder`.
+    needs_sequence_encoders = False
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

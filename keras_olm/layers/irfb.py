@@ -447,6 +447,8 @@ class IRFB(Fusion):
     ```
     """
 
+    needs_sequence_encoders = True
+
     def __init__(
         self,
         num_bottlenecks=4,

@@ -73,6 +73,8 @@ class MBT(Fusion):
     ```
     """
 
+    needs_sequence_encoders = True
+
     def __init__(
         self,
         num_layers,
