@@ -62,21 +62,7 @@ RESUME_RTOL = {"tensorflow": 1e-6}.get(BACKEND, 0.0)
 
 #: (component id, check, backend) -> the bug that makes that check fail
 #: there: the test stays, as `xfail(strict=True)`, until it is fixed.
-KNOWN_BUGS = {
-    ("balancer-ogm_ge", "non_finite", "torch"): (
-        "OGMGE.transform_gradients draws its noise with stddev "
-        "gradient_std(g), NaN for a NaN gradient; torch.normal raises "
-        "RuntimeError('normal expects std >= 0.0, but found std nan') "
-        "instead of the guard's NonFiniteLossError (TensorFlow and JAX "
-        "draw NaN noise, which the guard catches)"
-    ),
-}
-for _backend in ("tensorflow", "jax"):
-    KNOWN_BUGS["balancer-ogm_ge", "non_finite", _backend] = (
-        "a non-finite step advances OGMGE's noise generator "
-        "(seed_generator_state, drawn in transform_gradients): the state "
-        "assigned with the step is not held back by the non-finite guard"
-    )
+KNOWN_BUGS = {}
 
 
 def is_slow(component, check, other=None):

@@ -185,13 +185,20 @@ class OGMGE(ModalityBalancer):
         steps = self.steps.value
         active = self.window.contains(steps)
         applied = ops.where(active, coefficients, ops.ones_like(coefficients))
+        noise_state = self.seed_generator.state
+        # Copies: a torch variable is assigned in place.
+        before = ops.copy(noise_state.value)
 
         def add_noise(g, scaled):
             if not self.generalization_enhancement:
                 return scaled
+            std = gradient_std(g)
+            # A non-finite gradient (a step the training step will not
+            # apply) draws finite noise instead of failing in the sampler.
+            std = ops.where(ops.isfinite(std), std, ops.zeros_like(std))
             noise = keras.random.normal(
                 ops.shape(g),
-                stddev=gradient_std(g) + 1e-8,
+                stddev=std + 1e-8,
                 dtype=g.dtype,
                 seed=self.seed_generator,
             )
@@ -200,10 +207,16 @@ class OGMGE(ModalityBalancer):
         grads = self.scale_modality_gradients(
             grads, groups, applied, then=add_noise
         )
+        # The draws advanced the noise generator. Its new state is returned
+        # with the rest of the balancer's, so that a step that is not
+        # applied leaves the noise stream where it was.
+        drawn = ops.copy(noise_state.value)
+        noise_state.assign(before)
         return grads, [
             (self.coefficients, applied),
             (self.ratios, ratios),
             (self.steps, steps + 1),
+            (noise_state, drawn),
         ]
 
     def save_own_variables(self, store):
