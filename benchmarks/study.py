@@ -160,8 +160,8 @@ def study_methods():
 
     Every registered balancer (but the aliases; `joint` and `heads`
     first) with its defaults, then `<name>+stop` (or `<name>-nostop`
-    when its default stops heads) for the classes that take head stopping, then OLM's variants, each
-    without and with head stopping.
+    when its default stops heads) for the classes that take head
+    stopping, then OLM's variants, each without and with head stopping.
     """
     names = []
     registry = olm_balancers.REGISTRY
