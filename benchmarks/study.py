@@ -676,7 +676,80 @@ def summary(records, method, epoch_counts):
     return "\n".join(lines)
 
 
+def paired_summary(records, method, epoch_counts):
+    """One row per (regime, problem): `method`'s paired differences
+    against `heads` and `joint` at every epoch count.
+
+    Cells are "final / best val" differences in fused test accuracy, mean
+    ± std over the seeds all three ran; the last column gives the range
+    of the method's coefficients over all epochs and seeds.
+    """
+    runs = _index(records)
+    lines = [
+        "| regime | problem | n | "
+        + " | ".join(f"{e} ep: − heads | {e} ep: − joint" for e in epoch_counts)
+        + " | coefficients, min-max over all epochs |",
+        "|---|---|---|" + "---|---|" * len(epoch_counts) + "---|",
+    ]
+    regimes = _ordered((k[0] for k in runs), REGIMES)
+    problems = _ordered((k[1] for k in runs), (*PROBLEMS, *EMBEDDED))
+    for regime in regimes:
+        for problem in problems:
+            mine = runs.get((regime, problem, method), {})
+            seeds = sorted(
+                s
+                for s in mine
+                if s in runs.get((regime, problem, "heads"), {})
+                and s in runs.get((regime, problem, "joint"), {})
+            )
+            if not seeds:
+                continue
+            cells = []
+            for epochs in epoch_counts:
+                for ref in ("heads", "joint"):
+                    theirs = runs[regime, problem, ref]
+                    diff = np.array(
+                        [
+                            np.subtract(
+                                at(mine[s], epochs), at(theirs[s], epochs)
+                            )
+                            for s in seeds
+                        ]
+                    )
+                    cells.append(f"{fmt(diff[:, 0])} / {fmt(diff[:, 1])}")
+            coef = [
+                c
+                for s in seeds
+                for row in mine[s]["curves"]
+                for c in row.get("coef", [])
+            ]
+            span = f"{min(coef):.2f}-{max(coef):.2f}" if coef else "–"
+            lines.append(
+                f"| {regime} | {problem} | {len(seeds)} | "
+                + " | ".join(cells)
+                + f" | {span} |"
+            )
+    return "\n".join(lines)
+
+
 # --- command line --------------------------------------------------------
+
+
+def default_epochs(records):
+    """The epoch counts of the records' regimes that their runs reach, or
+    the longest run's when none does."""
+    if not records:
+        return []
+    longest = max(r["epochs"] for r in records)
+    regimes = {key(r)[3].replace("-encoder-l2", "") for r in records}
+    counts = {
+        e
+        for g in regimes
+        if g in REGIMES
+        for e in REGIMES[g]["epochs"]
+        if e <= longest
+    }
+    return sorted(counts) or [longest]
 
 
 def parse_args(argv=None):
@@ -728,6 +801,12 @@ def parse_args(argv=None):
         default=None,
         help="with --report: the targets' check of this candidate method",
     )
+    parser.add_argument(
+        "--paired",
+        default=None,
+        help="with --report: this method's paired differences against "
+        "heads and joint, one row per problem",
+    )
     parser.add_argument("--list-methods", action="store_true")
     return parser.parse_args(argv)
 
@@ -754,27 +833,18 @@ def main(argv=None):
         return None
     if args.report:
         path = args.out if args.report is True else args.report
-        records = load(path)
-        if args.summary and args.methods is not None:
-            # The candidate and joint are always read.
-            args.methods = [*args.methods, args.summary, "joint"]
-        records = _filter(records, args)
-        epochs = args.epochs
-        if epochs is None:
-            regimes = {key(r)[3].replace("-encoder-l2", "") for r in records}
-            epochs = sorted(
-                {
-                    e
-                    for g in regimes
-                    if g in REGIMES
-                    for e in REGIMES[g]["epochs"]
-                }
-            )
-        text = (
-            summary(records, args.summary, epochs)
-            if args.summary
-            else report(records, epochs)
-        )
+        candidate = args.summary or args.paired
+        if candidate and args.methods is not None:
+            # The candidate and its references are always read.
+            args.methods = [*args.methods, candidate, "joint", "heads"]
+        records = _filter(load(path), args)
+        epochs = args.epochs or default_epochs(records)
+        if args.paired:
+            text = paired_summary(records, args.paired, epochs)
+        elif args.summary:
+            text = summary(records, args.summary, epochs)
+        else:
+            text = report(records, epochs)
         print(text)
         return text
     regime = args.regime or "default"

@@ -230,3 +230,23 @@ def test_regimes_regularize_and_drop_out():
     assert steps == 26 and not model.losses
     assert study.regime_key("authors", l2_heads=False) == "authors-encoder-l2"
     assert study.regime_key("default", l2_heads=False) == "default"
+
+
+def test_report_command_reads_a_file(tmp_path):
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    text = study.main(["--report", str(path), "--epochs", "3"])
+    assert text == study.report(RECORDS, [3])
+    # --regime keeps one regime's tables; without --epochs, the longest
+    # run's count when it reaches none of the regime's (12, 40, 100).
+    text = study.main(["--report", str(path), "--regime", "authors"])
+    assert "### authors, 3 epochs" in text and "default" not in text
+    text = study.main(
+        ["--report", str(path), "--paired", "olm", "--epochs", "3"]
+    )
+    # Seed 0 only has olm, heads and joint: olm - heads 0.64 - 0.63 and
+    # 0.70 - 0.63; olm - joint 0.64 - 0.55 and 0.70 - 0.60.
+    assert (
+        "| default | p | 1 | +0.010 ± 0.000 / +0.070 ± 0.000 | "
+        "+0.090 ± 0.000 / +0.100 ± 0.000 | – |" in text
+    )
