@@ -363,7 +363,8 @@ def build_model(problem, method, regime, train, num_classes, l2_heads=True):
 
 class Curves(keras.callbacks.Callback):
     """Per epoch: fused val/test accuracy, head accuracy and logit norms,
-    OLM's coefficients and λ, head-stopping gates."""
+    OLM's coefficients and λ, head-stopping gates, and the seconds since
+    training began (at the epoch's end, before its evaluation)."""
 
     def __init__(self, validation, test):
         super().__init__()
@@ -374,7 +375,12 @@ class Curves(keras.callbacks.Callback):
         out = self.model.head_logits(x)
         return {h: keras.ops.convert_to_numpy(v) for h, v in out.items()}
 
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+
     def on_epoch_end(self, epoch, logs=None):
+        # Seconds since training began, before this epoch's evaluation.
+        seconds = time.perf_counter() - self.start
         val = self._logits(self.validation[0])
         test = self._logits(self.test[0])
         row = {
@@ -389,6 +395,7 @@ class Curves(keras.callbacks.Callback):
                 h: float(np.mean(np.linalg.norm(v, axis=-1)))
                 for h, v in test.items()
             },
+            "seconds": seconds,
         }
         balancer = self.model.balancer
         if isinstance(balancer, keras_olm.OLM):

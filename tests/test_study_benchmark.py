@@ -186,6 +186,7 @@ def test_runs_records_and_skips_done_runs(tmp_path, monkeypatch):
         assert r["settings"]["batch_size"] == 96
         assert r["settings"]["l2"] == 1e-4 and r["settings"]["l2_heads"]
         assert r["settings"]["dropout"] == 0.5
+        assert 0 < r["curves"][0]["seconds"] < r["curves"][1]["seconds"]
         for row in r["curves"]:
             assert 0.0 <= row["val"] <= 1.0
             assert set(row["test"]) == {"fast", "slow", "fused"}
