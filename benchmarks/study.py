@@ -16,8 +16,9 @@ and the two embedded sets (`digits`, `rooms`).
 Every method of one (problem, seed, regime) trains on the same samples
 from the same initial encoder weights. One run trains to the largest epoch
 count and records after every epoch the fused validation accuracy, every
-head's test accuracy and raw logit norm, OLM's coefficients and λ, and the
-head-stopping gates. With Adam at a fixed learning rate, epoch E of a
+head's test accuracy and raw logit norm, OLM's coefficients and λ, the
+head-stopping gates (and the epoch each head stopped) and the seconds
+since training began. With Adam at a fixed learning rate, epoch E of a
 longer run is the same model as a run of E epochs, so one run gives every
 epoch count. For each epoch count E the report gives the fused test
 accuracy after epoch E ("final") and at the epoch of best validation
@@ -59,6 +60,13 @@ Regimes (`--regime`, part of every record's key):
     KERAS_BACKEND=tensorflow python benchmarks/study.py --regime authors
     python benchmarks/study.py --report
     python benchmarks/study.py --report --summary olm
+    python benchmarks/study.py --report --paired olm --regime default
+
+`--report` prints one table per (regime, epoch count) and the best
+configuration per problem; `--summary METHOD` checks a candidate default
+against the targets (within 1 point of the best configuration; at least 1
+point above joint) per problem and epoch count; `--paired METHOD` gives
+its paired differences against heads and joint, one row per problem.
 
 Runs go seed-major (an interrupted study has every problem at fewer
 seeds); one jsonl line is appended to `--out` per finished run, and runs
