@@ -118,8 +118,8 @@ class StepRecord:
             and assigns nothing of a step that was not finite.
         head_losses: tensor `(num_heads,)` or `None`. Every head's
             cross-entropy on its raw logits, in `head_names` order.
-            Measured after the optimizer step, for `update`; `None` in
-            `transform_gradients`.
+            Measured on this step's forward pass, before the optimizer
+            step, for `update`; `None` in `transform_gradients`.
         held_out_losses: tensor `(num_heads,)` or `None`. Every head's
             cross-entropy on a held-out batch; meaningful only where
             `held_out_flag` is 1. `None` in `transform_gradients`.

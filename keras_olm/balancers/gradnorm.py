@@ -99,9 +99,10 @@ def renormalize(weights, total, floor=1e-3):
 class GradNorm(Balancer):
     """GradNorm: per-head loss weights that equalise training rates.
 
-    The loss is Σ_i w_i L_i over the heads, weights detached. After every
-    step, each head's gradient norm with respect to its input feature is
-    computed in closed form (`head_feature_gradient_norm`), and the
+    The loss is Σ_i w_i L_i over the heads, weights detached. At every
+    step, before the optimizer step, each head's gradient norm with
+    respect to its input feature is computed in closed form
+    (`head_feature_gradient_norm`), and the
     weights take one SGD step down L_grad (Eq. 1): a head whose loss has
     fallen less than the others' since the first step (a lagging,
     under-trained modality) gets its weight raised, a fast head lowered.
