@@ -170,14 +170,16 @@ def make_splits(data, val_fraction=0.15, max_train=None, max_eval=None):
     }
 
 
-def cnn_encoder(width, stages, name):
+def cnn_encoder(width, stages, name, kernel_regularizer=None, dropout=0.0):
     """2x2 average pooling, input batch norm, strided conv blocks, pooling.
 
     The average pooling halves the inputs (spectrograms to 32 x 47, frames
     to 16x16: less noise on noisy frames, and a quarter of the work).
     Block i is a 3x3 convolution with `width * 2**i` filters and stride 2,
-    batch norm and ReLU; global average pooling gives a
-    `width * 2**(stages - 1)` vector.
+    batch norm and ReLU (then dropout of rate `dropout`, if > 0); global
+    average pooling gives a `width * 2**(stages - 1)` vector.
+    `kernel_regularizer` (e.g. `keras.regularizers.L2(1e-4)`) goes on
+    every convolution's kernel.
     """
     # Momentum 0.9: the moving statistics must track the weights within the
     # few hundred steps of a run, or validation scores lag training.
@@ -193,11 +195,14 @@ def cnn_encoder(width, stages, name):
                 strides=2,
                 padding="same",
                 use_bias=False,
+                kernel_regularizer=kernel_regularizer,
                 name=f"{name}_conv{i}",
             ),
             keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}"),
             keras.layers.ReLU(name=f"{name}_relu{i}"),
         ]
+        if dropout:
+            layers.append(keras.layers.Dropout(dropout, name=f"{name}_drop{i}"))
     layers.append(keras.layers.GlobalAveragePooling2D(name=f"{name}_gap"))
     return keras.Sequential(layers, name=name)
 
