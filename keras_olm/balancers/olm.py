@@ -551,24 +551,9 @@ class OLM(Balancer):
                 value). Defaults to `1e-3`.
             **kwargs: overrides of any constructor argument.
         """
-        config = dict(
-            held_out=HeldOutSchedule(schedule="step"),
-            rate_estimate=RateEstimate(
-                form="paper", loss_momentum=0.0, warmup_steps=0
-            ),
-            rebalancing=Rebalancing(temperature=None, momentum=0.0),
-            coefficient_law=LogitLossDescent(
-                optimizer="sgd",
-                learning_rate=learning_rate,
-                coefficient_ce_grad=False,
-                targets="faithful",
-                mean_one=False,
-                coefficient_range=None,
-            ),
-            head_stopping=None,
+        return cls._every_step_descent(
+            "paper", 0, "sgd", learning_rate, False, **kwargs
         )
-        config.update(kwargs)
-        return cls(**config)
 
     @classmethod
     def authors(cls, steps_per_epoch, learning_rate=1e-3, **kwargs):
@@ -587,16 +572,27 @@ class OLM(Balancer):
                 Defaults to `1e-3`, the authors'.
             **kwargs: overrides of any constructor argument.
         """
+        return cls._every_step_descent(
+            "code", int(steps_per_epoch), "adam", learning_rate, True, **kwargs
+        )
+
+    @classmethod
+    def _every_step_descent(
+        cls, form, warmup_steps, optimizer, learning_rate, ce_grad, **kwargs
+    ):
+        """The presets' shared settings: a held-out batch every step, each
+        step's raw losses, the raw softmax of Eq. 8, faithful targets, the
+        coefficients neither rescaled nor clipped, no head stopping."""
         config = dict(
             held_out=HeldOutSchedule(schedule="step"),
             rate_estimate=RateEstimate(
-                form="code", loss_momentum=0.0, warmup_steps=steps_per_epoch
+                form=form, loss_momentum=0.0, warmup_steps=warmup_steps
             ),
             rebalancing=Rebalancing(temperature=None, momentum=0.0),
             coefficient_law=LogitLossDescent(
-                optimizer="adam",
+                optimizer=optimizer,
                 learning_rate=learning_rate,
-                coefficient_ce_grad=True,
+                coefficient_ce_grad=ce_grad,
                 targets="faithful",
                 mean_one=False,
                 coefficient_range=None,
