@@ -137,6 +137,16 @@ def _takes(cls, name):
     return name in inspect.signature(cls).parameters
 
 
+def takes_head_stopping(cls):
+    """Whether a balancer class takes `head_stopping=`: its own
+    declaration (`accepts_head_stopping`), else its constructor's
+    signature."""
+    declared = getattr(cls, "accepts_head_stopping", None)
+    if declared is not None:
+        return bool(declared)
+    return _takes(cls, "head_stopping")
+
+
 def balancer_components():
     out = [
         Component(
@@ -148,7 +158,7 @@ def balancer_components():
     if head_stopping is not None:
         seen = set()
         for name, cls in keras_olm.balancers.REGISTRY.items():
-            if cls in seen or not _takes(cls, "head_stopping"):
+            if cls in seen or not takes_head_stopping(cls):
                 continue
             seen.add(cls)
 
