@@ -123,7 +123,11 @@ def _olm_state_after(data, steps_per_execution):
     held-out batch every fourth global step (0, 4, 8, 12)."""
     x, y, xv, yv = data
     x = {m: v[:224] for m, v in x.items()}
-    model = tiny_model(balancer=keras_olm.OLM(held_out_every=4))
+    model = tiny_model(
+        balancer=keras_olm.OLM(
+            held_out=keras_olm.balancers.HeldOutSchedule(every=4)
+        )
+    )
     model.build({m: (None, *v.shape[1:]) for m, v in x.items()})
     set_weights_from_numpy(model)
     model.compile(
