@@ -9,10 +9,12 @@ from olm_testing import set_weights_from_numpy
 from olm_testing import tiny_model
 
 from keras_olm.balancers import Balancer
+from keras_olm.balancers import HeadStopping
 from keras_olm.balancers import MMPareto
 from keras_olm.balancers import StepRecord
 from keras_olm.balancers import mmpareto
 from keras_olm.balancers.common import cross_entropy
+from keras_olm.balancers.head_stopping import STATE_ROWS
 
 
 def np_(x):
@@ -92,6 +94,50 @@ def test_transform_gradients_on_one_encoder():
     for j in set(range(len(variables))) - grouped:
         np.testing.assert_array_equal(np_(out[j]), total[j])
     assert int(np_(balancer.steps)) == 1
+
+
+def test_a_zero_unimodal_gradient_is_no_conflict():
+    # The min-norm point of g_m and a zero g_u is the zero vector; without
+    # a conflict the encoder keeps g_m.
+    a_m, a_u, cos = mmpareto.pareto_weights(G_M, np.zeros(2, "float32"))
+    assert (float(np_(a_m)), float(np_(a_u))) == (0.5, 0.5)
+    out = mmpareto.pareto_gradient(G_M, np.zeros(2), 0.5, 0.5, 1.5)
+    np.testing.assert_allclose(np_(out), 1.5 * G_M, rtol=1e-6)
+
+
+def test_a_stopped_head_leaves_its_encoder_the_multimodal_gradient():
+    # Both heads stopped: every encoder trains on s · g_m (it used to get
+    # a zero gradient, and with weight decay the encoders decayed to 0).
+    balancer = MMPareto(scale=1.5, head_stopping=HeadStopping())
+    model = tiny_model(balancer, num_classes=2)
+    model.build({"fast": (None, 16), "slow": (None, 64)})
+    stopping = balancer.head_stopping
+    state = np_(stopping.state).copy()
+    state[STATE_ROWS.index("stopped")] = [1.0, 0.0, 0.0]
+    stopping.state.assign(state)
+    variables = model.trainable_variables
+    groups = model._gradient_groups_by_modality()
+    rng = np.random.default_rng(0)
+    fused = [rng.normal(size=v.shape).astype("float32") for v in variables]
+    # The stopped head's share of the total is round-off.
+    total = [
+        (f + 1e-7 * rng.normal(size=f.shape)).astype("float32") for f in fused
+    ]
+    for j in groups["slow"]:
+        total[j] += rng.normal(size=total[j].shape).astype("float32")
+    step = StepRecord(
+        y=None,
+        logits={},
+        finite=keras.ops.convert_to_tensor(True),
+        head_gradients={"fused": fused},
+    )
+    out = balancer.apply_transform_gradients(total, variables, groups, step)
+    for j in groups["fast"]:
+        np.testing.assert_allclose(np_(out[j]), 1.5 * fused[j], rtol=1e-6)
+    assert float(np_(balancer.multimodal_weights)[0]) == 0.5
+    # The open head's encoder is combined as before.
+    slow = [j for j in groups["slow"]]
+    assert not np.allclose(np_(out[slow[0]]), 1.5 * fused[slow[0]])
 
 
 class FusedGradientOnly(Balancer):

@@ -9,7 +9,7 @@ loss and g_u that of the modality's unimodal loss, both over all the
 encoder's variables:
 
     cos = <g_m, g_u> / (||g_m|| ||g_u||)                (conflict test)
-    (a_m, a_u) = (1/2, 1/2)                   if cos > 0 (no conflict)
+    (a_m, a_u) = (1/2, 1/2)                  if cos >= 0 (no conflict)
     (a_m, a_u) = argmin_{a_m + a_u = 1, a ≥ 0} ||a_m g_m + a_u g_u||²
                = (γ, 1 - γ),  γ = <g_u - g_m, g_u> / ||g_m - g_u||²
                                               otherwise (MGDA, two tasks)
@@ -40,6 +40,13 @@ Differences from the official code
   [0, 1] (the official `MinNormSolver` returns the same closed form for
   two tasks without iterating, but sets γ to 0.999 when
   <g_m, g_u> ≥ ||g_m||² and to 0.001 when <g_m, g_u> ≥ ||g_u||²);
+- gradients conflict when their cosine is negative; the official code
+  takes the min-norm weights at a cosine of exactly 0 too. The two differ
+  only when one gradient vanishes, where the min-norm point is the zero
+  vector and the encoder would get no gradient at all;
+- with head stopping, a stopped modality's g_u is exactly zero (its gate
+  times the total's minus g_m), so that encoder trains on s · g_m, the
+  multimodal loss alone, as head stopping means;
 - like the official code, the conflict test and the weights use all of
   an encoder's variables at once, and the rescaling is per variable
   (`||g_m + g_u||` and `||d||` of each variable), over every trainable
@@ -75,7 +82,8 @@ def pareto_weights(g_m, g_u, eps=1e-12):
 
     Returns:
         `(a_m, a_u, cos)`: scalars, `a_m + a_u = 1`; `(1/2, 1/2)` when the
-        cosine is positive, else the min-norm (MGDA) weights.
+        gradients do not conflict (cosine >= 0, which includes a zero
+        gradient), else the min-norm (MGDA) weights.
     """
     g_m = ops.convert_to_tensor(g_m, "float32")
     g_u = ops.convert_to_tensor(g_u, "float32")
@@ -87,7 +95,7 @@ def pareto_weights(g_m, g_u, eps=1e-12):
     # two-task min-norm (MGDA) weight of g_m
     gamma = (uu - mu) / ops.maximum(mm + uu - 2.0 * mu, eps)
     gamma = ops.clip(gamma, 0.0, 1.0)
-    a_m = ops.where(cos > 0, 0.5, gamma)
+    a_m = ops.where(cos >= 0, 0.5, gamma)
     return a_m, 1.0 - a_m, cos
 
 
@@ -182,7 +190,8 @@ class MMPareto(Balancer):
         multimodal = step.head_gradients[FUSED]
         grads = list(grads)
         weights, cosines = [], []
-        for m in self.modalities:
+        gates = self.unimodal_gradient_gates()
+        for i, m in enumerate(self.modalities):
             index = [j for j in groups.get(m, []) if grads[j] is not None]
             if not index:
                 weights.append(ops.convert_to_tensor(0.5))
@@ -197,6 +206,10 @@ class MMPareto(Balancer):
             g_u = [
                 ops.convert_to_tensor(grads[j]) - g for j, g in zip(index, g_m)
             ]
+            if gates is not None:
+                # A stopped head's g_u is the round-off of total - g_m;
+                # its gate makes it exactly zero.
+                g_u = [gates[i] * g for g in g_u]
             a_m, a_u, cos = pareto_weights(_flat(g_m), _flat(g_u))
             for j, gm, gu in zip(index, g_m, g_u):
                 new = pareto_gradient(gm, gu, a_m, a_u, self.scale)
