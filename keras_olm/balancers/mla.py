@@ -208,7 +208,9 @@ class UncertaintyFusion(keras.layers.Layer):
     """MLA's fused head: the modalities' logits weighted by confidence.
 
     Takes a dict from modality name to logits `(batch, num_classes)` and
-    returns `Σ_m λ_m z_m` (`uncertainty_fusion`). It has no weights.
+    returns `Σ_m λ_m z_m` (`uncertainty_fusion`), in the layer's compute
+    dtype; the entropies and the weighted sum are computed in float32. It
+    has no weights.
 
     Args:
         **kwargs: passed to `keras.layers.Layer`.
@@ -222,7 +224,8 @@ class UncertaintyFusion(keras.layers.Layer):
     """
 
     def call(self, logits):
-        return uncertainty_fusion(list(logits.values()))
+        fused = uncertainty_fusion(list(logits.values()))
+        return ops.cast(fused, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return tuple(next(iter(input_shape.values())))

@@ -110,7 +110,9 @@ class LateFusion(Fusion):
                 units = max(widths.values())
             if units is not None:
                 for m, shape in features_shape.items():
-                    proj = keras.layers.Dense(units, name=f"{m}_projection")
+                    proj = keras.layers.Dense(
+                        units, name=f"{m}_projection", dtype=self.dtype_policy
+                    )
                     proj.build((shape[0], shape[-1]))
                     self.projections[m] = proj
         self.built = True
@@ -221,7 +223,9 @@ class FiLMFusion(Fusion):
         for m, shape in features_shape.items():
             if m == self._conditioning:
                 continue
-            dense = keras.layers.Dense(2 * shape[-1], name=f"{m}_film")
+            dense = keras.layers.Dense(
+                2 * shape[-1], name=f"{m}_film", dtype=self.dtype_policy
+            )
             dense.build((cond_shape[0], cond_shape[-1]))
             self.film_generators[m] = dense
         self.modalities = modalities
@@ -314,7 +318,9 @@ class GatedFusion(Fusion):
         if units is None:
             units = max(s[-1] for s in features_shape.values())
         for m, shape in features_shape.items():
-            dense = keras.layers.Dense(units, name=f"{m}_projection")
+            dense = keras.layers.Dense(
+                units, name=f"{m}_projection", dtype=self.dtype_policy
+            )
             dense.build((shape[0], shape[-1]))
             self.projections[m] = dense
         self._units = units
@@ -414,7 +420,9 @@ class AttentionFusion(Fusion):
         width = self._fused_width(features_shape)
         if self.units is not None or len(set(widths.values())) > 1:
             for m, shape in features_shape.items():
-                dense = keras.layers.Dense(width, name=f"{m}_projection")
+                dense = keras.layers.Dense(
+                    width, name=f"{m}_projection", dtype=self.dtype_policy
+                )
                 dense.build((shape[0], shape[-1]))
                 self.projections[m] = dense
         hidden = self.attention_units or width

@@ -112,13 +112,16 @@ class _BottleneckBlock(keras.layers.Layer):
                 key_dim=d // self.num_heads,
                 dropout=self.dropout,
                 name=f"{m}_cross_attention",
+                dtype=self.dtype_policy,
             )
             att.build(token_shape, tokens_shape[m])
             self.cross_attention[m] = att
             self.attention_norms[m] = self._norm(
                 f"{m}_attention_norm", token_shape
             )
-            gate = keras.layers.Dense(d, "sigmoid", name=f"{m}_gate")
+            gate = keras.layers.Dense(
+                d, "sigmoid", name=f"{m}_gate", dtype=self.dtype_policy
+            )
             gate.build((None, tb, gate_in))
             self.gates[m] = gate
             self.gate_norms[m] = self._norm(f"{m}_gate_norm", token_shape)
@@ -128,11 +131,15 @@ class _BottleneckBlock(keras.layers.Layer):
 
     def build_dropout(self, bottleneck_shape, tokens_shape):
         """Makes the dropout on the attended values."""
-        self.dropout_layer = keras.layers.Dropout(self.dropout)
+        self.dropout_layer = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy
+        )
 
     def _norm(self, name, shape):
         layer = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, name=name
+            epsilon=self.layer_norm_epsilon,
+            name=name,
+            dtype=self.dtype_policy,
         )
         layer.build(shape)
         return layer
@@ -275,11 +282,11 @@ class IRFBBlock(_BottleneckBlock):
         inner = self.intermediate_dim or d
         m_count = len(self.modalities)
         self.pool_projection = keras.layers.Dense(
-            inner, "tanh", name="pool_projection"
+            inner, "tanh", name="pool_projection", dtype=self.dtype_policy
         )
         self.pool_projection.build((None, m_count, tb, d))
         self.pool_score = keras.layers.Dense(
-            1, use_bias=False, name="pool_score"
+            1, use_bias=False, name="pool_score", dtype=self.dtype_policy
         )
         self.pool_score.build((None, m_count, tb, inner))
 
@@ -346,10 +353,12 @@ class AuthorsIRFBBlock(_BottleneckBlock):
         inner = self.intermediate_dim or d
         token_shape = (None, tb, d)
         self.ffn_intermediate = keras.layers.Dense(
-            inner, "gelu", name="ffn_intermediate"
+            inner, "gelu", name="ffn_intermediate", dtype=self.dtype_policy
         )
         self.ffn_intermediate.build(token_shape)
-        self.ffn_output = keras.layers.Dense(d, name="ffn_output")
+        self.ffn_output = keras.layers.Dense(
+            d, name="ffn_output", dtype=self.dtype_policy
+        )
         self.ffn_output.build((None, tb, inner))
         self.update_norm = self._norm("update_norm", token_shape)
 
@@ -498,6 +507,7 @@ class IRFB(Fusion):
             dropout=self.dropout,
             layer_norm_epsilon=self.layer_norm_epsilon,
             name=f"layer{index + 1}",
+            dtype=self.dtype_policy,
         )
         if self.variant == "paper":
             kwargs["pooling"] = self.pooling

@@ -138,12 +138,15 @@ class MBT(Fusion):
                     normalize_first=self.normalize_first,
                     layer_norm_epsilon=self.layer_norm_epsilon,
                     name=f"layer{layer_index + 1}_{m}",
+                    dtype=self.dtype_policy,
                 )
                 layer.build((None, length, d))
                 self.fusion_layers.append(layer)
         if self.normalize_first:
             self.final_norm = keras.layers.LayerNormalization(
-                epsilon=self.layer_norm_epsilon, name="final_norm"
+                epsilon=self.layer_norm_epsilon,
+                name="final_norm",
+                dtype=self.dtype_policy,
             )
             self.final_norm.build((None, None, d))
         self.built = True

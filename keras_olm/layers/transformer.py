@@ -120,23 +120,35 @@ class TransformerLayer(keras.layers.Layer):
             key_dim=width // self.num_heads,
             dropout=self.dropout,
             name="self_attention",
+            dtype=self.dtype_policy,
         )
         self.attention.build(input_shape, input_shape)
         self.attention_norm = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, name="attention_norm"
+            epsilon=self.layer_norm_epsilon,
+            name="attention_norm",
+            dtype=self.dtype_policy,
         )
         self.attention_norm.build(input_shape)
         self.intermediate = keras.layers.Dense(
-            self.intermediate_dim, self.activation, name="intermediate"
+            self.intermediate_dim,
+            self.activation,
+            name="intermediate",
+            dtype=self.dtype_policy,
         )
         self.intermediate.build(input_shape)
-        self.output_dense = keras.layers.Dense(width, name="output")
+        self.output_dense = keras.layers.Dense(
+            width, name="output", dtype=self.dtype_policy
+        )
         self.output_dense.build((*input_shape[:-1], self.intermediate_dim))
         self.output_norm = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, name="output_norm"
+            epsilon=self.layer_norm_epsilon,
+            name="output_norm",
+            dtype=self.dtype_policy,
         )
         self.output_norm.build(input_shape)
-        self.dropout_layer = keras.layers.Dropout(self.dropout)
+        self.dropout_layer = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy
+        )
         self.built = True
 
     def call(self, x, padding_mask=None, training=None):
@@ -284,7 +296,9 @@ class SequenceEncoder(keras.layers.Layer):
         d = self.hidden_dim
         batch, length = input_shape[0], input_shape[1]
         tokens = None if length is None else length + 1
-        self.projection = keras.layers.Dense(d, name="projection")
+        self.projection = keras.layers.Dense(
+            d, name="projection", dtype=self.dtype_policy
+        )
         self.projection.build(input_shape)
         self.cls_token = self.add_weight(
             name="cls_token",
@@ -297,10 +311,14 @@ class SequenceEncoder(keras.layers.Layer):
             initializer=keras.initializers.TruncatedNormal(stddev=0.02),
         )
         self.embeddings_norm = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, name="embeddings_norm"
+            epsilon=self.layer_norm_epsilon,
+            name="embeddings_norm",
+            dtype=self.dtype_policy,
         )
         self.embeddings_norm.build((batch, tokens, d))
-        self.embeddings_dropout = keras.layers.Dropout(self.dropout)
+        self.embeddings_dropout = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy
+        )
         self.transformer_layers = []
         for i in range(self.num_layers):
             layer = TransformerLayer(
@@ -311,12 +329,15 @@ class SequenceEncoder(keras.layers.Layer):
                 normalize_first=self.normalize_first,
                 layer_norm_epsilon=self.layer_norm_epsilon,
                 name=f"transformer_layer_{i}",
+                dtype=self.dtype_policy,
             )
             layer.build((batch, tokens, d))
             self.transformer_layers.append(layer)
         if self.normalize_first and self.num_layers:
             self.final_norm = keras.layers.LayerNormalization(
-                epsilon=self.layer_norm_epsilon, name="final_norm"
+                epsilon=self.layer_norm_epsilon,
+                name="final_norm",
+                dtype=self.dtype_policy,
             )
             self.final_norm.build((batch, d))
         self.built = True
