@@ -218,6 +218,39 @@ PUBLIC_CASES = {
 
 CASES = [*fusion_cases(), *layer_cases(), *PUBLIC_CASES.values()]
 
+BACKEND = keras.backend.backend()
+#: The cases marked `slow` (over ~10 s on one CPU core), per test and
+#: backend: XLA compiles the transformer layers' training step slowly on
+#: TensorFlow and JAX, and JAX runs IRFB's many small ops slowly eagerly.
+SLOW = {
+    ("test_run_layer_test", "tensorflow"): {
+        "fusion-irfb",
+        "fusion-irfb_authors",
+        "fusion-mbt",
+        "layer-AuthorsIRFBBlock",
+    },
+    ("test_run_layer_test", "jax"): {
+        "fusion-irfb",
+        "fusion-irfb_authors",
+        "fusion-mbt",
+        "layer-SequenceEncoder",
+        "layer-IRFBBlock",
+        "layer-AuthorsIRFBBlock",
+    },
+    ("test_mixed_bfloat16", "jax"): {"fusion-irfb", "layer-IRFBBlock"},
+}
+
+
+def cases(test):
+    """`CASES`, those of `SLOW` for `test` on this backend marked slow."""
+    slow = SLOW.get((test, BACKEND), set())
+    return [
+        pytest.param(
+            c, id=c.id, marks=[pytest.mark.slow] if c.id in slow else []
+        )
+        for c in CASES
+    ]
+
 
 # --- run_layer_test's inputs ----------------------------------------------
 
@@ -323,7 +356,7 @@ def checks():
     t.tearDown()
 
 
-@pytest.mark.parametrize("case", CASES, ids=repr)
+@pytest.mark.parametrize("case", cases("test_run_layer_test"))
 def test_run_layer_test(case, checks):
     cls, config, data, custom_objects = layer_test_arguments(case)
     raw = case.inputs()
@@ -344,7 +377,7 @@ def test_run_layer_test(case, checks):
 
 
 @pytest.mark.parametrize("policy", ("global", "layer"))
-@pytest.mark.parametrize("case", CASES, ids=repr)
+@pytest.mark.parametrize("case", cases("test_mixed_bfloat16"))
 def test_mixed_bfloat16(case, policy):
     """Under `mixed_bfloat16`, the global policy or the layer's own
     (`dtype=`, which its sublayers must take too), a layer computes in
