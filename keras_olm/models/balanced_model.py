@@ -206,6 +206,7 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         _, features = self._forward_with_features(symbolic, training=False)
         self._regress(features)
         self.built = True
+        self(symbolic)  # once, symbolically, as Keras' `export` asks
 
     def _forward(self, inputs, training=False):
         """Raw logits of every head, as a dict."""
@@ -233,6 +234,9 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
         logits[FUSED] = self.heads[FUSED](
             self.balancer.fused_head_input(features, logits)
         )
+        # Losses, balancer measurements and probabilities in float32 under
+        # a mixed-precision policy (as Keras asks of a model's outputs).
+        logits = {h: ops.cast(v, "float32") for h, v in logits.items()}
         return logits, features
 
     def _regress(self, features):

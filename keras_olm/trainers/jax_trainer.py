@@ -102,18 +102,21 @@ class StepMixin(TrainingStep):
             yield
         c.trainable, c.non_trainable, c.metrics = new
 
-    def _loss_and_gradients(self, batch):
+    def _loss_and_gradients(self, batch, scale=None):
         c = self._carried
+
+        def scaled(loss):
+            return loss if scale is None else loss * scale
 
         def loss_fn(trainable):
             values = (trainable, c.non_trainable, c.metrics)
             with self._stateless(values) as new:
                 total, aux = self._compute_loss(batch, training=True)
-            return total, (aux, new[1])
+            return scaled(total), (total, aux, new[1])
 
         heads = self._head_gradient_indices()
         if not heads:
-            (total, (aux, c.non_trainable)), grads = jax.value_and_grad(
+            (_, (total, aux, c.non_trainable)), grads = jax.value_and_grad(
                 loss_fn, has_aux=True
             )(c.trainable)
             return total, aux, grads, {}
@@ -121,8 +124,10 @@ class StepMixin(TrainingStep):
         # The total and the named heads' losses from one forward pass, one
         # backward pass each.
         def losses_fn(trainable):
-            total, (aux, non_trainable) = loss_fn(trainable)
-            losses = [total] + [aux[1][i] for i in heads.values()]
+            scaled_total, (total, aux, non_trainable) = loss_fn(trainable)
+            losses = [scaled_total] + [
+                scaled(aux[1][i]) for i in heads.values()
+            ]
             return jax.numpy.stack(losses), (total, aux, non_trainable)
 
         losses, vjp, (total, aux, c.non_trainable) = jax.vjp(
@@ -132,6 +137,12 @@ class StepMixin(TrainingStep):
         grads = vjp(basis[0])[0]
         head_grads = {h: vjp(basis[k + 1])[0] for k, h in enumerate(heads)}
         return total, aux, grads, head_grads
+
+    def _loss_scale(self):
+        """The loss scale of the step's optimizer state values."""
+        mapping = list(zip(self.optimizer.variables, self._carried.optimizer))
+        with keras.StatelessScope(state_mapping=mapping):
+            return super()._loss_scale()
 
     def _apply_if_finite(self, finite, grads):
         """The optimizer step on the state values, skipped (both taken as

@@ -42,6 +42,7 @@ from keras_olm import held_out as held_out_lib
 from keras_olm.balancers.base import StepRecord
 from keras_olm.inputs import LABEL
 from keras_olm.layers.base import FUSED
+from keras_olm.trainers import loss_scale
 from keras_olm.trainers.state import FAULTS_LOG
 from keras_olm.trainers.state import any_non_finite
 from keras_olm.trainers.state import is_float
@@ -60,11 +61,14 @@ class TrainingStep:
 
     # --- what each backend provides -----------------------------------
 
-    def _loss_and_gradients(self, batch):
+    def _loss_and_gradients(self, batch, scale=None):
         """Forward pass, loss and gradients of the trainable variables.
 
         Args:
             batch: a `StepBatch`.
+            scale: float32 scalar tensor or `None`. The optimizer's loss
+                scale (`trainers/loss_scale.py`): the gradients are those
+                of the losses multiplied by it. `None` for no scaling.
 
         Returns:
             `(total, aux, grads, head_grads)`: the scalar loss, the `aux`
@@ -95,6 +99,10 @@ class TrainingStep:
 
         with self._state_scope():
             ops.cond(finite, apply, lambda: None)
+
+    def _loss_scale(self):
+        """The optimizer's current loss scale (a float32 scalar)."""
+        return loss_scale.current_scale(self.optimizer)
 
     def _held_out_batches(self, dataset):
         """The batches of the endless held-out `dataset`, in the form the
@@ -170,9 +178,18 @@ class TrainingStep:
     def _train_step(self, data):
         """One training step; returns the logs."""
         batch = held_out_lib.unpack(data)
+        scale = None
         with self._state_scope():
             held_out = self._held_out_losses(batch.held_out)
-        total, aux, grads, head_grads = self._loss_and_gradients(batch)
+            if loss_scale.scales_loss(self.optimizer):
+                scale = self._loss_scale()
+        total, aux, grads, head_grads = self._loss_and_gradients(batch, scale)
+        if scale is not None:
+            grads = loss_scale.unscale(grads, scale)
+            head_grads = {
+                h: loss_scale.unscale(g, scale) for h, g in head_grads.items()
+            }
+        overflow = ops.zeros((), "bool")
         with self._state_scope():
             grads, aux, new_state = self._balancer_step(
                 grads, batch, aux, held_out, head_grads
@@ -180,12 +197,21 @@ class TrainingStep:
             flags = self._non_finite_flags(
                 total, aux, grads, held_out, new_state
             )
+            if scale is not None:
+                h, m = len(self.head_names), len(self.modalities)
+                flags, overflow = loss_scale.mask_overflow(
+                    flags, range(1 + h, 2 + h + m), len(flags) - 1, grads
+                )
             faults, ok = self.training_state.record(
                 self._any_replica(ops.cast(ops.stack(flags), "int32")) > 0
             )
+        if scale is not None:
+            grads = loss_scale.rescale(grads, scale)
         self._apply_if_finite(ok, grads)
         with self._state_scope():
-            self.balancer.assign_if_finite(new_state, ok)
+            self.balancer.assign_if_finite(
+                new_state, ops.logical_and(ok, ops.logical_not(overflow))
+            )
             self.training_state.count_step(ok)
             logs = self._step_logs(batch, total, aux)
             logs[FAULTS_LOG] = faults

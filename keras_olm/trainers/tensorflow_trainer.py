@@ -50,17 +50,21 @@ def _gather(context, tensors):
 class StepMixin(TrainingStep):
     _xla_update = None
 
-    def _loss_and_gradients(self, batch):
+    def _loss_and_gradients(self, batch, scale=None):
         heads = self._head_gradient_indices()
-        scale = keras.src.losses.loss.scale_loss_for_distribution
+
+        def scaled(loss):
+            # Divided by the number of replicas (none: as it is): the
+            # optimizer sums the replicas' gradients; times the loss scale.
+            loss = keras.src.losses.loss.scale_loss_for_distribution(loss)
+            return loss if scale is None else loss * scale
+
         with tf.GradientTape(persistent=bool(heads)) as tape:
             total, aux = self._compute_loss(batch, training=True)
-            # Divided by the number of replicas (none: as it is): the
-            # optimizer sums the replicas' gradients.
-            scaled = scale(total)
-            head_losses = {h: scale(aux[1][i]) for h, i in heads.items()}
+            head_losses = {h: scaled(aux[1][i]) for h, i in heads.items()}
+            scaled_total = scaled(total)
         variables = self.trainable_variables
-        grads = tape.gradient(scaled, variables)
+        grads = tape.gradient(scaled_total, variables)
         head_grads = {
             h: tape.gradient(loss, variables) for h, loss in head_losses.items()
         }

@@ -73,19 +73,25 @@ def _average_gradients(grads):
 
 
 class StepMixin(TrainingStep):
-    def _loss_and_gradients(self, batch):
+    def _loss_and_gradients(self, batch, scale=None):
+        def scaled(loss):
+            return loss if scale is None else loss * scale
+
         self.zero_grad()
         total, aux = self._compute_loss(batch, training=True)
         values = [v.value for v in self.trainable_variables]
         head_grads = {
             h: list(
                 torch.autograd.grad(
-                    aux[1][i], values, retain_graph=True, allow_unused=True
+                    scaled(aux[1][i]),
+                    values,
+                    retain_graph=True,
+                    allow_unused=True,
                 )
             )
             for h, i in self._head_gradient_indices().items()
         }
-        total.backward()
+        scaled(total).backward()
         grads = [v.value.grad for v in self.trainable_variables]
         if process_count() > 1:
             grads = _average_gradients(grads)
