@@ -4,8 +4,9 @@ The public surface: `BalancedMultimodalModel`, the `OLM` balancer and the
 field's others (`OGMGE`, `GBlend`, `MMCosine`, `GradNorm`, `PMR`, `AGM`,
 `MLA`, `MMPareto`), the
 fusion layers (their base `Fusion`, `LateFusion`, `FiLMFusion`, `GatedFusion`,
-`AttentionFusion`), `split_held_out`, `load_model`, and the `balancers`, `callbacks`,
-`synthetic` (small in-memory array problems) modules. Imported on their
+`AttentionFusion`), `split_held_out`, `load_model` (`keras.saving.load_model`
+that names a damaged file), and the `balancers`, `callbacks`, `synthetic`
+(small in-memory array problems) modules. Imported on their
 own: `keras_olm.data` (readers of datasets on disk) and
 `keras_olm.embedded` (writers of the project's embedded datasets).
 """

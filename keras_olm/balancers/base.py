@@ -79,6 +79,7 @@ def decode_name(array):
     """The name `encode_name` stored."""
     return bytes(np.asarray(array, dtype="uint8")).decode("utf-8")
 
+
 #: Where a balancer that reads held-out losses gets them: `"periodic"`,
 #: one held-out batch every `held_out_every` steps, or `"step"`, one every
 #: step.

@@ -15,6 +15,7 @@
 """
 
 import os
+import warnings
 import zipfile
 
 import h5py
@@ -152,18 +153,25 @@ class SavingMixin:
         """
         check_file(filepath)
         path = os.fspath(filepath)
-        if not skip_mismatch and os.path.isfile(path):
-            saved = saved_balancer(path)
-            mine = keras.saving.get_registered_name(type(self.balancer))
-            if saved is not None and saved != mine:
+        saved = saved_balancer(path) if os.path.isfile(path) else None
+        mine = keras.saving.get_registered_name(type(self.balancer))
+        if saved is not None and saved != mine:
+            what = (
+                f"{path!r} holds the state of the balancer "
+                f"{saved.split('>')[-1]} ({saved}); this model's balancer "
+                f"is {type(self.balancer).__name__} ({mine})"
+            )
+            if not skip_mismatch:
                 raise ValueError(
-                    f"{path!r} holds the state of the balancer "
-                    f"{saved.split('>')[-1]} ({saved}); this model's balancer "
-                    f"is {type(self.balancer).__name__} ({mine}). Build the "
-                    "model with the balancer that wrote the file, or pass "
-                    "`skip_mismatch=True` to load every other weight and "
-                    "leave the balancer's state as it is."
+                    f"{what}. Build the model with the balancer that wrote "
+                    "the file, or pass `skip_mismatch=True` to load every "
+                    "other weight and leave the balancer's state as it is."
                 )
+            warnings.warn(
+                f"{what}: the balancer's state is not loaded "
+                "(`skip_mismatch=True`).",
+                stacklevel=2,
+            )
         optimizer = getattr(self, "optimizer", None)
         if self.built and optimizer is not None and not optimizer.built:
             optimizer.build(self.trainable_variables)
