@@ -5,6 +5,8 @@ of four epochs, then resumed from what was saved (`load_model`,
 `BackupAndRestore`, a weights-only checkpoint), on the same backend with
 the same input order; the held-out schedule (every 3 steps, 4 steps an
 epoch: it does not restart with the epoch) must continue where it stood.
+A `BackupAndRestore` that saves every step and is interrupted in the
+middle of an epoch must resume at the batch it stopped at.
 """
 
 import json

@@ -163,7 +163,10 @@ class StepMixin(TrainingStep):
         compiled step per batch (it accepts a list of batches as well as
         an iterator). Both are traced once per model, not once per `fit`.
         The feed's count follows the global step: the last call of an
-        epoch may run fewer steps than `steps_per_execution`.
+        epoch may run fewer steps than `steps_per_execution`. Batches a
+        mid-epoch resume passes over (`resume.batches_to_pass`) are taken
+        from the iterator and run no step; a call that has batches left
+        after them runs those on a list.
         """
         if self.train_function is not None and not force:
             return self.train_function
