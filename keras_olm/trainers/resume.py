@@ -83,6 +83,8 @@ class MidEpochResume(keras.callbacks.Callback):
         self.pending = None
 
     def on_train_begin(self, logs=None):
+        # (a `fit` interrupted while passing batches over leaves a count)
+        self.model._batches_to_pass = 0
         self.pending = None
         for backup in self.backups:
             point = resume_point(backup)
