@@ -4,8 +4,9 @@ The public surface: `BalancedMultimodalModel`, the `OLM` balancer and the
 field's others (`OGMGE`, `GBlend`, `MMCosine`, `GradNorm`, `PMR`, `AGM`,
 `MLA`, `MMPareto`), the
 fusion layers (their base `Fusion`, `LateFusion`, `FiLMFusion`, `GatedFusion`,
-`AttentionFusion`), `split_held_out`, and the `balancers`, `callbacks`,
-`synthetic` (small in-memory array problems) modules. Imported on their
+`AttentionFusion`), `split_held_out`, `load_model` (`keras.saving.load_model`
+that names a damaged file), and the `balancers`, `callbacks`, `synthetic`
+(small in-memory array problems) modules. Imported on their
 own: `keras_olm.data` (readers of datasets on disk) and
 `keras_olm.embedded` (writers of the project's embedded datasets).
 """
@@ -37,6 +38,7 @@ from keras_olm.layers import LateFusion
 from keras_olm.layers import SequenceEncoder
 from keras_olm.models import BalancedMultimodalModel
 from keras_olm.models import NonFiniteLossError
+from keras_olm.models import load_model
 
 __version__ = "0.1.0"
 
@@ -64,6 +66,7 @@ __all__ = [
     "SequenceEncoder",
     "balancers",
     "callbacks",
+    "load_model",
     "split_held_out",
     "synthetic",
 ]

@@ -5,8 +5,11 @@ of four epochs, then resumed from what was saved (`load_model`,
 `BackupAndRestore`, a weights-only checkpoint), on the same backend with
 the same input order; the held-out schedule (every 3 steps, 4 steps an
 epoch: it does not restart with the epoch) must continue where it stood.
+A `BackupAndRestore` that saves every step and is interrupted in the
+middle of an epoch must resume at the batch it stopped at.
 """
 
+import json
 import os
 
 import keras
@@ -184,3 +187,112 @@ def test_split_fits_read_the_held_out_batches_of_one_fit(data):
             atol=1e-7,
             err_msg=name,
         )
+
+
+class StopAtBatch(keras.callbacks.Callback):
+    """Interrupts `fit` as batch `batch` of epoch `epoch` begins."""
+
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.epoch, self.batch, self.current = epoch, batch, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if (self.current, batch) == (self.epoch, self.batch):
+            raise KeyboardInterrupt
+
+
+def interrupted(balancer, data, backup_dir, stop):
+    """A run backed up every step and interrupted at `stop`."""
+    model = new_model(balancer)
+    backup = keras.callbacks.BackupAndRestore(backup_dir, save_freq=1)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, data, EPOCHS, callbacks=[backup, stop])
+
+
+@pytest.mark.parametrize("balancer", BALANCERS)
+def test_backup_in_steps_resumes_at_the_batch_it_stopped_at(
+    balancer, data, straight_runs, tmp_path
+):
+    """Interrupted before batch 2 of epoch 2 (backed up after batch 1),
+    a fresh process's `fit` passes over the epoch's first two batches:
+    the global step, the losses (the whole epoch's) and every state are
+    the uninterrupted run's."""
+    straight, straight_history = straight_runs(balancer)
+    interrupted(balancer, data, str(tmp_path), StopAtBatch(SPLIT, 2))
+    resumed = new_model(balancer)
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path), save_freq=1)
+    history = train(resumed, data, EPOCHS, callbacks=[backup])
+    assert int(np_(resumed.training_state.steps)) == EPOCHS * 4
+    assert_same_run(resumed, straight, history, straight_history)
+
+
+def test_backup_in_steps_after_an_epoch_ends_runs_only_its_end(
+    data, straight_runs, tmp_path
+):
+    """Backed up after the last batch of epoch 1 and interrupted before
+    epoch 2: the resumed `fit` passes over all of epoch 1 and reports it
+    as the uninterrupted run did, then trains epochs 2 and 3."""
+    straight, straight_history = straight_runs("olm")
+    interrupted("olm", data, str(tmp_path), StopAt(SPLIT))
+    resumed = new_model("olm")
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path), save_freq=1)
+    history = train(resumed, data, EPOCHS, callbacks=[backup])
+    assert int(np_(resumed.training_state.steps)) == EPOCHS * 4
+    np.testing.assert_allclose(
+        history.history["loss"],
+        straight_history.history["loss"][SPLIT - 1 :],
+        rtol=1e-6,
+    )
+    for (_, value), (name, expected) in zip(state(resumed), state(straight)):
+        np.testing.assert_allclose(value, expected, atol=1e-6, err_msg=name)
+
+
+def test_backup_in_steps_survives_a_second_interruption(
+    data, straight_runs, tmp_path
+):
+    """Interrupted twice in epoch 2 (before batch 1, then before batch 3
+    of the resumed run): the second backup names epoch 2 and batch 2 (a
+    fresh Keras `BackupAndRestore` would name epoch 0), and the run ends
+    as the uninterrupted one."""
+    straight, straight_history = straight_runs("olm")
+    interrupted("olm", data, str(tmp_path), StopAtBatch(SPLIT, 1))
+    interrupted("olm", data, str(tmp_path), StopAtBatch(SPLIT, 3))
+    with open(os.path.join(tmp_path, "training_metadata.json")) as f:
+        assert json.load(f) == {"epoch": SPLIT, "batch": 2}
+    resumed = new_model("olm")
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path), save_freq=1)
+    history = train(resumed, data, EPOCHS, callbacks=[backup])
+    assert_same_run(resumed, straight, history, straight_history)
+
+
+def test_backup_in_steps_with_shuffled_arrays_warns_once(data, tmp_path):
+    x, y, held_out = data
+    model = new_model("olm")
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path), save_freq=1)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(
+            x,
+            y,
+            batch_size=32,
+            epochs=EPOCHS,
+            held_out_data=held_out,
+            callbacks=[backup, StopAtBatch(1, 2)],
+            verbose=0,
+        )
+    resumed = new_model("olm")
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path), save_freq=1)
+    with pytest.warns(UserWarning, match="shuffled") as caught:
+        resumed.fit(
+            x,
+            y,
+            batch_size=32,
+            epochs=EPOCHS,
+            held_out_data=held_out,
+            callbacks=[backup],
+            verbose=0,
+        )
+    assert sum("shuffled" in str(w.message) for w in caught) == 1
+    assert int(np_(resumed.training_state.steps)) == EPOCHS * 4

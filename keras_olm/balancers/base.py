@@ -55,6 +55,7 @@ import dataclasses
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_olm.balancers.common import HeadLayers
@@ -62,6 +63,22 @@ from keras_olm.balancers.common import check_choice
 from keras_olm.balancers.common import cross_entropy
 from keras_olm.balancers.head_stopping import HeadStopping
 from keras_olm.layers.base import FUSED
+
+#: The key under which a balancer's entry of a weights file names the
+#: balancer that wrote it.
+BALANCER_KEY = "balancer"
+
+
+def encode_name(name):
+    """A balancer's registered name as the uint8 array a weights file
+    stores (Keras' stores hold numeric arrays)."""
+    return np.frombuffer(name.encode("utf-8"), dtype="uint8").copy()
+
+
+def decode_name(array):
+    """The name `encode_name` stored."""
+    return bytes(np.asarray(array, dtype="uint8")).decode("utf-8")
+
 
 #: Where a balancer that reads held-out losses gets them: `"periodic"`,
 #: one held-out batch every `held_out_every` steps, or `"step"`, one every
@@ -446,6 +463,56 @@ class Balancer(keras.layers.Layer):
             else keras.saving.serialize_keras_object(self.head_stopping)
         )
         return config
+
+    def save_own_variables(self, store):
+        """Saves the state variables and which balancer they belong to
+        (its registered name, under `BALANCER_KEY`)."""
+        super().save_own_variables(store)
+        store[BALANCER_KEY] = encode_name(self._saved_name())
+
+    def load_own_variables(self, store):
+        """Restores the state variables; a file written by another
+        balancer raises (see `check_saved_balancer`)."""
+        self.check_saved_balancer(store)
+        own = self._trainable_variables + self._non_trainable_variables
+        for i, variable in enumerate(own):
+            variable.assign(store[f"{i}"])
+
+    def _saved_name(self):
+        return keras.saving.get_registered_name(type(self))
+
+    def check_saved_balancer(self, store):
+        """Raises unless `store` holds this balancer's kind of state.
+
+        Args:
+            store: the balancer's entry of a weights file.
+
+        Raises:
+            ValueError: when the file names another balancer, or (a file
+                that names none) holds another number of state variables.
+        """
+        keys = list(store.keys())
+        own = self._trainable_variables + self._non_trainable_variables
+        mine = f"{type(self).__name__} ({self._saved_name()})"
+        if BALANCER_KEY in keys:
+            saved = decode_name(store[BALANCER_KEY])
+            if saved == self._saved_name():
+                return
+            theirs = f"{saved.split('>')[-1]} ({saved})"
+        else:
+            count = sum(k.isdigit() for k in keys)
+            if count == len(own):
+                return
+            theirs = f"a balancer with {count} state variables"
+        raise ValueError(
+            f"This weights file holds the state of the balancer {theirs}; "
+            f"the model's balancer is {mine}, with {len(own)} state "
+            "variables. Loading one balancer's state into another would "
+            "drop or misread it. Build the model with the balancer that "
+            "wrote the file, or pass `skip_mismatch=True` to `load_weights` "
+            "to load every other weight and leave the balancer's state as "
+            "it is."
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_olm")

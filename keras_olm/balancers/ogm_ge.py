@@ -226,6 +226,7 @@ class OGMGE(ModalityBalancer):
         store["noise_seed"] = self.seed_generator.state
 
     def load_own_variables(self, store):
+        self.check_saved_balancer(store)
         own = self._trainable_variables + self._non_trainable_variables
         for i, variable in enumerate(own):
             variable.assign(store[f"{i}"])

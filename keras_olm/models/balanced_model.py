@@ -10,6 +10,7 @@ trainer per backend), and held-out batches for the balancer are
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_olm import balancers as balancers_lib
@@ -21,9 +22,11 @@ from keras_olm.input_plan import check_encoders
 from keras_olm.inputs import LABEL
 from keras_olm.layers.base import FUSED
 from keras_olm.layers.fusion import LateFusion
+from keras_olm.models.saving import SavingMixin
 from keras_olm.trainers import StepMixin
 from keras_olm.trainers.callbacks import LogOrder
 from keras_olm.trainers.callbacks import NonFiniteGuard
+from keras_olm.trainers.resume import MidEpochResume
 from keras_olm.trainers.state import NonFiniteLossError
 from keras_olm.trainers.state import TrainingState
 from keras_olm.trainers.state import raise_if_faulted
@@ -54,8 +57,14 @@ def _resolve_balancer(balancer):
     )
 
 
+def _shuffled(fit_inputs):
+    """Whether Keras shuffles the training inputs (arrays only)."""
+    arrays = isinstance(fit_inputs.x, (dict, list, tuple, np.ndarray))
+    return bool(fit_inputs.shuffle) and arrays
+
+
 @keras.saving.register_keras_serializable(package="keras_olm")
-class BalancedMultimodalModel(StepMixin, keras.Model):
+class BalancedMultimodalModel(SavingMixin, StepMixin, keras.Model):
     """A multimodal classifier trained with a modality balancer.
 
     Every modality m has an encoder and its own linear head, and a fusion
@@ -407,6 +416,7 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             LogOrder(self.modalities, self.regression_targets),
             *(callbacks or []),
         ]
+        callbacks.append(MidEpochResume(callbacks, _shuffled(fit_inputs)))
         self.training_state.reset_faults()
         try:
             return super().fit(
@@ -480,24 +490,6 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
             return logs
         return self._flatten_metrics_in_order(logs)
 
-    def load_weights(self, filepath, skip_mismatch=False, **kwargs):
-        """`keras.Model.load_weights`, with the optimizer's state.
-
-        A weights file saved from a compiled model (`save_weights`,
-        `ModelCheckpoint(save_weights_only=True)`) holds the optimizer's
-        variables as well; Keras restores them only into an optimizer that
-        was built before, and otherwise drops them with a warning. Here a
-        compiled, built model builds its optimizer first, so a weights-only
-        checkpoint resumes training where it stopped: compile the fresh
-        model, build it, then load.
-        """
-        optimizer = getattr(self, "optimizer", None)
-        if self.built and optimizer is not None and not optimizer.built:
-            optimizer.build(self.trainable_variables)
-        return super().load_weights(
-            filepath, skip_mismatch=skip_mismatch, **kwargs
-        )
-
     def _built_input_shapes(self):
         """The input shapes the model was built with, or `None`."""
         config = self.get_build_config() if self.built else None
@@ -513,13 +505,6 @@ class BalancedMultimodalModel(StepMixin, keras.Model):
                 m: (None, *tuple(s)[1:]) for m, s in shapes.items()
             }
         return config
-
-    def compile_from_config(self, config):
-        config = keras.saving.deserialize_keras_object(config)
-        config.pop("loss", None)
-        self.compile(**config)
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
 
     def get_config(self):
         config = super().get_config()

@@ -9,11 +9,21 @@ the scope into `_carried`.
 """
 
 import contextlib
+import itertools
 
 import jax
 import keras
 
+from keras_olm.trainers import resume
 from keras_olm.trainers.step import TrainingStep
+
+
+def _pass_over(iterator, count):
+    """Takes `count` batches from `iterator`; whether there were as many."""
+    for _ in range(count):
+        if next(iterator, None) is None:
+            return False
+    return True
 
 
 class _Carried:
@@ -36,6 +46,12 @@ class StepMixin(TrainingStep):
         step = self.train_function
 
         def train_function(state, iterator):
+            steps = self.steps_per_execution
+            passed = resume.batches_to_pass(self, steps)
+            if passed:
+                if not _pass_over(iterator, passed) or passed == steps:
+                    return resume.passed_logs(self), state
+                iterator = itertools.islice(iterator, steps - passed)
             feed = self._held_out_feed
             if feed is not None:
                 iterator = feed.wrap(iterator)

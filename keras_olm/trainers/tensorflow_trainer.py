@@ -22,6 +22,7 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from keras_olm.trainers import resume
 from keras_olm.trainers.step import TrainingStep
 
 
@@ -166,7 +167,10 @@ class StepMixin(TrainingStep):
         compiled step per batch (it accepts a list of batches as well as
         an iterator). Both are traced once per model, not once per `fit`.
         The feed's count follows the global step: the last call of an
-        epoch may run fewer steps than `steps_per_execution`.
+        epoch may run fewer steps than `steps_per_execution`. Batches a
+        mid-epoch resume passes over (`resume.batches_to_pass`) are taken
+        from the iterator and run no step; a call that has batches left
+        after them runs those on a list.
         """
         if self.train_function is not None and not force:
             return self.train_function
@@ -174,21 +178,34 @@ class StepMixin(TrainingStep):
         step = self.train_function
         step_on_batches = self._make_function(self.train_step)
 
-        def train_function(iterator):
-            feed = self._held_out_feed
-            if feed is None:
-                return step(iterator)
-            feed.sync()
-            if not feed.due_within(self.steps_per_execution):
-                return step(iterator)
+        def take(iterator, count):
             batches = []
-            for _ in range(self.steps_per_execution):
+            for _ in range(count):
                 try:
-                    batches.append(feed.merge(next(iterator)))
+                    batches.append(next(iterator))
                 except (StopIteration, tf.errors.OutOfRangeError):
                     break
+            return batches
+
+        def train_function(iterator):
+            steps = self.steps_per_execution
+            passed = resume.batches_to_pass(self, steps)
+            if passed:
+                if len(take(iterator, passed)) < passed or passed == steps:
+                    return resume.passed_logs(self)
+                steps -= passed
+            feed = self._held_out_feed
+            if feed is not None:
+                feed.sync()
+            if not passed and (
+                feed is None or not feed.due_within(self.steps_per_execution)
+            ):
+                return step(iterator)
+            batches = take(iterator, steps)
             if not batches:
                 raise StopIteration
+            if feed is not None:
+                batches = [feed.merge(batch) for batch in batches]
             return step_on_batches(batches)
 
         self.train_function = train_function

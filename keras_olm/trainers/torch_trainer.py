@@ -20,6 +20,7 @@ The shards must have the same number of samples on every process.
 import keras
 import torch
 
+from keras_olm.trainers import resume
 from keras_olm.trainers.step import TrainingStep
 
 
@@ -136,6 +137,9 @@ class StepMixin(TrainingStep):
         step = self.train_function
 
         def train_function(data):
+            data = data[resume.batches_to_pass(self, len(data)) :]
+            if not data:
+                return resume.passed_logs(self)
             feed = self._held_out_feed
             if feed is not None:
                 data = [feed.merge(batch) for batch in data]
