@@ -30,6 +30,7 @@ import functools
 import re
 import types
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -177,8 +178,6 @@ def _numpy(value):
     try:
         return np.asarray(value)
     except Exception:
-        import keras
-
         return keras.ops.convert_to_numpy(value)
 
 
@@ -286,41 +285,38 @@ def _text(value):
     return str(np.float32(value))
 
 
-class _CheckedPyDataset:
-    """Marker base; see `checked`."""
+class CheckedPyDataset(keras.utils.PyDataset):
+    """A `PyDataset`'s batches, each checked as it is read.
 
+    Args:
+        data: the `keras.utils.PyDataset`; its workers, multiprocessing and
+            queue settings are taken over.
+        check: a `BatchCheck`.
+    """
 
-def _checked_py_dataset(data, check):
-    import keras
+    def __init__(self, data, check):
+        super().__init__(
+            workers=data.workers,
+            use_multiprocessing=data.use_multiprocessing,
+            max_queue_size=data.max_queue_size,
+        )
+        self.data = data
+        self.check = check
 
-    class CheckedPyDataset(keras.utils.PyDataset, _CheckedPyDataset):
-        """`data`'s batches, each checked as it is read."""
+    @property
+    def num_batches(self):
+        return self.data.num_batches
 
-        def __init__(self):
-            super().__init__(
-                workers=data.workers,
-                use_multiprocessing=data.use_multiprocessing,
-                max_queue_size=data.max_queue_size,
-            )
-            self.data = data
-            self.check = check
+    def __getitem__(self, index):
+        batch = self.data[index]
+        self.check(batch, index)
+        return batch
 
-        @property
-        def num_batches(self):
-            return self.data.num_batches
+    def on_epoch_begin(self):
+        self.data.on_epoch_begin()
 
-        def __getitem__(self, index):
-            batch = self.data[index]
-            self.check(batch, index)
-            return batch
-
-        def on_epoch_begin(self):
-            self.data.on_epoch_begin()
-
-        def on_epoch_end(self):
-            self.data.on_epoch_end()
-
-    return CheckedPyDataset()
+    def on_epoch_end(self):
+        self.data.on_epoch_end()
 
 
 def _checked_generator(data, check):
@@ -354,13 +350,12 @@ def checked(data, check):
     Returns:
         Data of the same form, whose batches are `data`'s.
     """
-    import keras
     from keras.src.trainers.data_adapters import is_torch_dataloader
 
-    if isinstance(data, _CheckedPyDataset):
+    if isinstance(data, CheckedPyDataset):
         return data
     if isinstance(data, keras.utils.PyDataset):
-        return _checked_py_dataset(data, check)
+        return CheckedPyDataset(data, check)
     if isinstance(data, types.GeneratorType):
         return _checked_generator(data, check)
     if is_torch_dataloader(data):
@@ -390,10 +385,18 @@ def _tf_finite(values):
 
 
 def _tf_assert(ok, message, *values):
-    """An assert whose failure carries `message` (a `tf.strings.format`
-    template) formatted with `values`."""
-    text = tf.strings.format(_MARK + message, values) if values else message
-    return tf.debugging.Assert(ok, [text] if values else [_MARK + message])
+    """A check that passes where `ok` holds and otherwise fails with
+    `message`, a `tf.strings.format` template, formatted with `values`
+    (tensors, or callables that return one). The message is formatted
+    only on failure."""
+
+    def fail():
+        args = [v() if callable(v) else v for v in values]
+        text = tf.strings.format(_MARK + message, args)
+        with tf.control_dependencies([tf.debugging.Assert(False, [text])]):
+            return tf.identity(ok)
+
+    return tf.cond(ok, lambda: tf.identity(ok), fail)
 
 
 def _first(values, bad):
@@ -446,7 +449,7 @@ def dataset_checks(
                 tf.logical_not(tf.reduce_any(bad)),
                 not_integer_message(where, "{}", "{}"),
                 index,
-                _first(y, bad),
+                lambda: _first(y, bad),
             )
         )
         with tf.control_dependencies(deps):
@@ -459,7 +462,7 @@ def dataset_checks(
             tf.logical_not(tf.reduce_any(bad)),
             out_of_range_message(where, "{}", num_classes, "{}"),
             index,
-            _first(yi, bad),
+            lambda: _first(yi, bad),
         )
     )
     if sample_weight is not None:
@@ -470,7 +473,7 @@ def dataset_checks(
                 tf.logical_not(tf.reduce_any(bad)),
                 weight_message(where, "{}", "{}"),
                 index,
-                _first(sw, bad),
+                lambda: _first(sw, bad),
             )
         )
     for name, values in targets.items():

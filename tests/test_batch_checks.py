@@ -167,18 +167,23 @@ def test_integer_valued_float_labels_train(data, form):
 # --- 2. labels out of range --------------------------------------------------
 
 
-@pytest.mark.parametrize("form", FORMS)
+OUT_OF_RANGE = "labels must lie in [0, 4); batch 0 holds the label {}."
+NOT_INTEGER = "labels must be integer class ids; batch 0 holds the label {}."
+
+
 @pytest.mark.parametrize(
-    "label, message",
+    "form, label, message",
     [
-        (7, "labels must lie in [0, 4); batch 0 holds the label 7."),
-        (-1, "labels must lie in [0, 4); batch 0 holds the label -1."),
-        (
-            np.nan,
-            "labels must be integer class ids; batch 0 holds the label nan.",
-        ),
+        ("py_dataset", 7, OUT_OF_RANGE.format(7)),
+        ("py_dataset", -1, OUT_OF_RANGE.format(-1)),
+        ("py_dataset", np.nan, NOT_INTEGER.format("nan")),
+        ("generator", 7, OUT_OF_RANGE.format(7)),
+        ("generator", -1, OUT_OF_RANGE.format(-1)),
+        ("generator", np.nan, NOT_INTEGER.format("nan")),
+        ("data_loader", 7, OUT_OF_RANGE.format(7)),
+        ("dataset", np.nan, NOT_INTEGER.format("nan")),
+        ("dataset", np.inf, NOT_INTEGER.format("inf")),
     ],
-    ids=["7", "-1", "nan"],
 )
 def test_labels_out_of_range_are_an_error(data, form, label, message):
     x, y, _, _ = data
@@ -358,8 +363,18 @@ def test_predict_names_modalities_of_another_batch_size(data, form):
         model.predict(data_in, verbose=0)
 
 
-@pytest.mark.parametrize("weight", [np.nan, -1.0], ids=["nan", "negative"])
-@pytest.mark.parametrize("form", ["arrays", *FORMS])
+@pytest.mark.parametrize(
+    "form, weight",
+    [
+        ("arrays", np.nan),
+        ("arrays", -1.0),
+        ("dataset", np.nan),
+        ("dataset", -1.0),
+        ("py_dataset", np.nan),
+        ("generator", -1.0),
+        ("data_loader", np.nan),
+    ],
+)
 def test_bad_sample_weights_are_named(data, form, weight):
     x, y, _, _ = data
     sw = np.ones(len(y), "float32")
