@@ -102,6 +102,9 @@ def clear_errors(method):
 
 
 # --- messages ---------------------------------------------------------------
+# One text per check, for the numpy and the tf.data checks alike (the
+# tf.data checks pass "{}" for the batch and the value and format them in
+# the pipeline).
 
 
 def sizes_message(where, index, sizes):
