@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_olm import batch_checks
 from keras_olm import held_out as held_out_lib
 from keras_olm import inputs as inputs_lib
 from keras_olm.inputs import LABEL
@@ -242,8 +243,10 @@ class InputPlan:
                         "held-out losses; they are not trained on. Pass "
                         "held_out_data= to choose them."
                     )
-        elif isinstance(x, tf.data.Dataset):
-            if y is not None or sample_weight is not None:
+        else:
+            if isinstance(x, tf.data.Dataset) and (
+                y is not None or sample_weight is not None
+            ):
                 raise ValueError(
                     "fit: with a dataset, labels and sample weights come "
                     "from the dataset; do not pass `y` or `sample_weight`."
@@ -300,21 +303,55 @@ class InputPlan:
             validation_data = self.for_validation(validation_data)
         return plan._replace(held_out=held_out, validation_data=validation_data)
 
-    def for_evaluate(self, x, y, where="evaluate"):
-        """Inputs to evaluate on: arrays (a list of arrays becomes a dict)
-        checked with their targets normalised; a dataset with in-pipeline
-        checks; other forms as they are.
+    def for_evaluate(self, x, y, where="evaluate", sample_weight=None):
+        """Inputs to evaluate (or, with `where="fit"`, train) on: arrays
+        (a list of arrays becomes a dict) checked with their targets
+        normalised; a dataset with in-pipeline checks; a `PyDataset`, a
+        generator or a `DataLoader` with every batch checked as it is read
+        (`keras_olm.batch_checks`). Floating-point inputs must be finite,
+        but for training (the training step's guard checks those).
+
+        Args:
+            x, y: the inputs and, for arrays, the targets.
+            where: str. The argument, for error messages.
+            sample_weight: the sample weights of array inputs, or `None`.
 
         Returns:
             `(x, y)`.
         """
         x = self.as_dict(x, where)
-        if inputs_lib.is_arrays(x) and y is not None:
-            y = self._checked_arrays(x, y, where)
+        if inputs_lib.is_arrays(x):
+            if y is not None:
+                y = self._checked_arrays(x, y, where, sample_weight)
+            if where != "fit" and isinstance(x, dict):
+                inputs_lib.check_finite_arrays(x, where)
         elif isinstance(x, tf.data.Dataset):
             x = self.check_dataset(x, where)
             self.check_dataset_shapes(x, where)
+        else:
+            x = batch_checks.checked(x, self.batch_check(where))
         return x, y
+
+    def batch_check(self, where, finite_inputs=None, labels=True):
+        """The `batch_checks.BatchCheck` of this model's batches.
+
+        Args:
+            where: str. The argument, for error messages.
+            finite_inputs: bool or `None`. Whether floating-point inputs
+                must be finite; `None`: everywhere but in `fit`'s training
+                inputs.
+            labels: bool. Whether to check labels and sample weights.
+        """
+        if finite_inputs is None:
+            finite_inputs = where != "fit"
+        return batch_checks.BatchCheck(
+            self.modalities,
+            self.num_classes,
+            self.regression_targets,
+            where,
+            finite_inputs,
+            labels,
+        )
 
     def for_predict(self, x, where="predict"):
         """Inputs to predict from, with array inputs checked (a list of
@@ -326,6 +363,10 @@ class InputPlan:
                 {m: (np.shape(v), _dtype_name(v)) for m, v in x.items()},
                 where,
             )
+        elif not isinstance(x, tf.data.Dataset):
+            x = batch_checks.checked(
+                x, self.batch_check(where, finite_inputs=False, labels=False)
+            )
         return x
 
     def for_validation(self, data):
@@ -334,11 +375,8 @@ class InputPlan:
         to Keras as they are."""
         where = "validation_data"
         if isinstance(data, (tuple, list)) and len(data) in (2, 3):
-            x, y = self.for_evaluate(data[0], data[1], where)
-            if len(data) == 3 and isinstance(x, dict):
-                inputs_lib.check_sample_weight(
-                    data[2], len(x[self.modalities[0]]), where
-                )
+            sample_weight = data[2] if len(data) == 3 else None
+            x, y = self.for_evaluate(data[0], data[1], where, sample_weight)
             return (x, y, *data[2:])
         return self.for_evaluate(data, None, where)[0]
 
@@ -363,9 +401,13 @@ class InputPlan:
         The held-out data are checked as training data are (the
         modalities, the labels' range, the batch sizes, the built shapes)
         and besides must be finite and hold at least one sample: arrays
-        with numpy, other forms by one pass over their batches here (a
-        dataset that repeats forever is an error), so that bad held-out
-        data stop `fit` before its first step.
+        with numpy, other forms by one pass over their batches here, so
+        that bad held-out data stop `fit` before its first step. The same
+        checks run in the pipeline on every later pass, so a batch that
+        turns bad later stops `fit` before a step reads it. Data that
+        repeat forever are an error: a dataset of infinite cardinality at
+        once, data of unknown length once the pass has read
+        `MAX_HELD_OUT_BATCHES` (10,000) batches without reaching the end.
 
         Args:
             data: a `tf.data.Dataset`, an `(inputs, labels[,
@@ -550,6 +592,13 @@ class InputPlan:
                     f"(batch,); got shape {y.shape}."
                 )
             y = y[:, 0]
+        if y.dtype.kind == "O":
+            try:
+                y = y.astype("float64")
+            except (TypeError, ValueError):
+                pass
+        if not batch_checks.is_numeric_dtype(y.dtype):
+            raise ValueError(batch_checks.label_dtype_message(where, y.dtype))
         if not np.issubdtype(y.dtype, np.integer):
             if not np.all(np.equal(np.mod(y, 1), 0)):
                 raise ValueError(f"{where}: labels must be integer class ids.")
@@ -672,21 +721,35 @@ class InputPlan:
                 f"{sorted(spec[1])}."
             )
 
-    def check_dataset(self, ds, where):
-        """Adds in-pipeline checks to a dataset of `(x, y[, sw])` batches.
+    def check_dataset(self, ds, where, finite_inputs=None):
+        """Adds in-pipeline checks to a dataset of `(x, y[, sw])` batches
+        (`keras_olm.batch_checks.dataset_checks`).
 
         Labels of shape `(batch, 1)` come out as `(batch,)`.
+
+        Args:
+            ds: a `tf.data.Dataset` of batches.
+            where: str. The argument, for the messages.
+            finite_inputs: bool or `None`. Whether floating-point inputs
+                must be finite; `None`: everywhere but in `fit`'s training
+                inputs (there the training step's guard checks them).
         """
         modalities = self.modalities
         num_classes = self.num_classes
         regression_targets = self.regression_targets
+        if finite_inputs is None:
+            finite_inputs = where != "fit"
         self.check_dataset_spec(ds.element_spec, where)
         label_spec = ds.element_spec[1]
         if regression_targets:
             label_spec = label_spec[LABEL]
         label_rank = _label_rank(label_spec, where)
+        if not batch_checks.is_numeric_dtype(label_spec.dtype.as_numpy_dtype):
+            raise batch_checks.BatchError(
+                batch_checks.label_dtype_message(where, label_spec.dtype.name)
+            )
 
-        def check(*element):
+        def check(index, element):
             x, targets = element[0], element[1]
             y = targets[LABEL] if regression_targets else targets
             if label_rank == 2:
@@ -706,22 +769,10 @@ class InputPlan:
                     targets = y
             n = tf.shape(y)[0]
             deps = []
-            for m in modalities:
-                deps.append(
-                    tf.debugging.assert_equal(
-                        tf.shape(x[m])[0],
-                        n,
-                        message=(
-                            f"{where}: modality {m} has a different batch "
-                            "size than the labels"
-                        ),
-                    )
-                )
             for name in regression_targets:
-                value = targets[name]
                 deps.append(
                     tf.debugging.assert_equal(
-                        tf.shape(value)[0],
+                        tf.shape(targets[name])[0],
                         n,
                         message=(
                             f"{where}: regression target {name} has a "
@@ -729,34 +780,22 @@ class InputPlan:
                         ),
                     )
                 )
-                deps.append(
-                    tf.debugging.assert_all_finite(
-                        tf.cast(value, "float32"),
-                        message=(
-                            f"{where}: regression target {name} must be "
-                            "finite (found NaN or inf)"
-                        ),
-                    )
-                )
-            yi = tf.cast(y, tf.int64)
-            deps.append(
-                tf.debugging.assert_non_negative(
-                    yi,
-                    message=f"{where}: labels must lie in [0, {num_classes})",
-                )
-            )
-            deps.append(
-                tf.debugging.assert_less(
-                    yi,
-                    tf.constant(num_classes, tf.int64),
-                    message=f"{where}: labels must lie in [0, {num_classes})",
-                )
+            deps += batch_checks.dataset_checks(
+                index,
+                x,
+                y,
+                element[2] if len(element) > 2 else None,
+                {name: targets[name] for name in regression_targets},
+                modalities=modalities,
+                num_classes=num_classes,
+                where=where,
+                finite_inputs=finite_inputs,
             )
             with tf.control_dependencies(deps):
                 targets = tf.nest.map_structure(tf.identity, targets)
             return (x, targets) + tuple(element[2:])
 
-        return ds.map(check)
+        return ds.enumerate().map(check)
 
     # --- shapes ----------------------------------------------------------
 
@@ -841,28 +880,58 @@ def _label_rank(spec, where):
     return rank
 
 
+#: How many batches of held-out data of unknown length `fit` reads, at
+#: most, in its pass over them before the first step; data that go on
+#: longer are taken to repeat forever (an error: the held-out batches
+#: cycle through a finite set on their own). A held-out set of a known
+#: length (`dataset.take(n)`, `tf.data.experimental.assert_cardinality`,
+#: a `PyDataset` with `num_batches`) is read whole, however long.
+MAX_HELD_OUT_BATCHES = 10_000
+
+
+def _repeats_forever(where, detail):
+    return ValueError(
+        f"{where}: {detail}; pass a finite held-out set (the held-out "
+        "batches cycle through it on their own), or one of a known length "
+        "(e.g. `dataset.take(n)`)."
+    )
+
+
 def _check_batches(dataset, where):
     """Reads every batch of a checked held-out dataset once: its
-    in-pipeline checks run, floating-point inputs must be finite, and
-    there must be at least one batch. Returns the number of batches."""
-    if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
-        raise ValueError(
-            f"{where}: the dataset repeats forever; pass a finite held-out "
-            "set (the held-out batches cycle through it on their own)."
-        )
+    in-pipeline checks run (floating-point inputs must be finite), and
+    there must be at least one batch. A dataset of unknown length is read
+    for at most `MAX_HELD_OUT_BATCHES` batches. Returns the number of
+    batches."""
+    cardinality = int(dataset.cardinality())
+    if cardinality == tf.data.INFINITE_CARDINALITY:
+        raise _repeats_forever(where, "the dataset repeats forever")
+    bound = MAX_HELD_OUT_BATCHES if cardinality < 0 else None
     batches = 0
-    for x, *_ in dataset.as_numpy_iterator():
-        for m, values in x.items():
-            if not np.issubdtype(values.dtype, np.inexact):
-                continue
-            finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-            if not finite.all():
-                raise ValueError(
-                    f"{where}: modality '{m}' must be finite; batch "
-                    f"{batches} holds NaN or inf in sample "
-                    f"{int(np.argmin(finite))}."
+    iterator = iter(dataset)
+    try:
+        while True:
+            if bound is not None and batches >= bound:
+                try:
+                    next(iterator)
+                except StopIteration:
+                    break
+                raise _repeats_forever(
+                    where,
+                    f"the data hold more than {bound} batches and their "
+                    "length is unknown: they seem to repeat forever "
+                    "(MAX_HELD_OUT_BATCHES)",
                 )
-        batches += 1
+            try:
+                next(iterator)
+            except StopIteration:
+                break
+            batches += 1
+    except tf.errors.OpError as error:
+        clear = batch_checks.clear_error(error)
+        if clear is error:
+            raise
+        raise clear from None
     if not batches:
         raise ValueError(
             f"{where}: the held-out data yield no batches; OLM needs at "

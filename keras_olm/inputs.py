@@ -38,7 +38,7 @@ def check_finite_arrays(x, where):
 
 def check_sample_weight(sample_weight, num_samples, where):
     """Raises a clear error unless `sample_weight` is `None` or holds one
-    weight per sample.
+    finite, non-negative weight per sample.
 
     Args:
         sample_weight: array-like or `None`.
@@ -52,6 +52,23 @@ def check_sample_weight(sample_weight, num_samples, where):
         raise ValueError(
             f"{where}: `sample_weight` must hold one weight per sample "
             f"({num_samples} samples); got shape {shape}."
+        )
+    values = np.asarray(sample_weight)
+    if values.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{where}: `sample_weight` must be real numbers; got dtype "
+            f"{values.dtype}."
+        )
+    if not values.size:
+        return
+    values = values.reshape(num_samples, -1).astype("float64")
+    bad = ~(np.isfinite(values) & (values >= 0)).all(axis=1)
+    if bad.any():
+        index = int(np.argmax(bad))
+        raise ValueError(
+            f"{where}: `sample_weight` must be finite and non-negative; "
+            f"sample {index} has weight {values[index].tolist()} "
+            f"({int(bad.sum())} such samples in all)."
         )
 
 

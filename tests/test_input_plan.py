@@ -1,6 +1,8 @@
 """`InputPlan` on its own: what each input form becomes, the announced
 held-out split, and errors that name the argument and the modality."""
 
+import types
+
 import keras
 import numpy as np
 import pytest
@@ -153,10 +155,21 @@ def test_a_dataset_gets_checks_and_flat_labels():
         for_fit(ds, y)
 
 
-def test_other_forms_go_to_keras_as_they_are():
+def same_batches(got, expected):
+    assert len(got) == len(expected)
+    for (gx, gy), (ex, ey) in zip(got, expected):
+        assert sorted(gx) == sorted(ex)
+        for m in ex:
+            np.testing.assert_array_equal(np.asarray(gx[m]), ex[m])
+        np.testing.assert_array_equal(np.asarray(gy), ey)
+
+
+def test_other_forms_go_to_keras_in_their_form_with_checked_batches():
     batches = Batches(2)
     p = for_fit(batches)
-    assert p.fit_inputs.x is batches
+    assert isinstance(p.fit_inputs.x, keras.utils.PyDataset)
+    assert p.fit_inputs.x.num_batches == 2
+    same_batches(list(p.fit_inputs.x), list(batches))
     assert p.fit_inputs.shuffle is True  # Keras shuffles a PyDataset
     assert p.build_shapes is None  # Keras builds from the first batch
 
@@ -165,12 +178,14 @@ def test_other_forms_go_to_keras_as_they_are():
 
     g = generator()
     p = for_fit(g)
-    assert p.fit_inputs.x is g and p.fit_inputs.shuffle is False
+    assert isinstance(p.fit_inputs.x, types.GeneratorType)
+    assert p.fit_inputs.shuffle is False
+    same_batches(list(p.fit_inputs.x), [arrays(4)])
     with pytest.raises(ValueError, match=r"^fit: `x` yields no batches\.$"):
         for_fit(Batches(0))
 
 
-def test_a_torch_dataloader_goes_to_keras_as_it_is():
+def test_a_torch_dataloader_goes_to_keras_with_checked_batches():
     torch = pytest.importorskip("torch")
     x, y = arrays(8)
     loader = torch.utils.data.DataLoader(
@@ -178,7 +193,9 @@ def test_a_torch_dataloader_goes_to_keras_as_it_is():
         batch_size=4,
     )
     p = for_fit(loader)
-    assert p.fit_inputs.x is loader and p.fit_inputs.shuffle is False
+    assert isinstance(p.fit_inputs.x, torch.utils.data.DataLoader)
+    assert len(p.fit_inputs.x) == 2 and p.fit_inputs.shuffle is False
+    same_batches(list(p.fit_inputs.x), [(b[0], b[1]) for b in loader])
     assert p.build_shapes is None
 
 

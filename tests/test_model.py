@@ -424,7 +424,11 @@ def test_different_batch_sizes(trained, data):
         (tf.data.Dataset.zip({"fast": fast, "slow": slow}), labels)
     )
     good_held_out = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
-    with pytest.raises(Exception, match="modality slow has a different"):
+    with pytest.raises(
+        ValueError,
+        match=r"fit: every modality \(and the labels\) must have the same "
+        r"batch size; batch 0 has \{'fast': 8, 'slow': 6, 'labels': 8\}",
+    ):
         model.fit(ds, held_out_data=good_held_out, epochs=1, verbose=0)
     with pytest.raises(ValueError, match="same batch size"):
         model.predict_heads({"fast": x["fast"][:4], "slow": x["slow"][:3]})

@@ -16,6 +16,7 @@ from keras import ops
 from keras_olm import balancers as balancers_lib
 from keras_olm.balancers.base import Balancer
 from keras_olm.balancers.base import JointTraining
+from keras_olm.batch_checks import clear_errors
 from keras_olm.held_out import FitInputs
 from keras_olm.input_plan import InputPlan
 from keras_olm.input_plan import check_encoders
@@ -327,6 +328,7 @@ class BalancedMultimodalModel(SavingMixin, StepMixin, keras.Model):
 
     # --- fit ---------------------------------------------------------------
 
+    @clear_errors
     def fit(
         self,
         x=None,
@@ -361,15 +363,12 @@ class BalancedMultimodalModel(SavingMixin, StepMixin, keras.Model):
         `class_weight`, `sample_weight`, `initial_epoch` and `steps_per_epoch`
         work as in Keras.
 
-        Arrays and datasets are checked (by the model's `input_plan`) before
-        any step runs: input keys must match the encoders', every modality
-        must have the labels' batch size, labels must lie in `[0,
-        num_classes)` (labels of shape `(n, 1)` are taken as `(n,)`),
-        `sample_weight` must hold one weight per sample, and a built model's
-        encoders must take each modality's input shape. There must be at
-        least one batch (a dataset of unknown length is asked for its first
-        batch). Held-out data are checked the same way, and must besides be
-        finite: all of them, by one pass over them before the first step.
+        Inputs are checked (`keras_olm.batch_checks`): arrays before any
+        step, other forms batch by batch as read. Keys match the encoders',
+        modalities and labels have one batch size, labels are class ids in
+        `[0, num_classes)`, sample weights finite and non-negative, built
+        encoders take each modality's shape; validation and held-out inputs
+        must be finite (held-out data: all, in a pass before any step).
 
         Args:
             y: labels for array inputs; with regression heads a dict
@@ -445,14 +444,17 @@ class BalancedMultimodalModel(SavingMixin, StepMixin, keras.Model):
         finally:
             self._held_out_feed = None
 
+    @clear_errors
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.evaluate`; inputs also as a list of arrays in the
         encoders' order. Returns the metrics in `metrics_names` order."""
         if not kwargs.get("_use_cached_eval_dataset"):
             # (fit's validation passes were checked when fit began)
-            x, y = self.input_plan.for_evaluate(x, y, "evaluate")
+            sw = kwargs.get("sample_weight")
+            x, y = self.input_plan.for_evaluate(x, y, "evaluate", sw)
         return super().evaluate(x, y, *args, **kwargs)
 
+    @clear_errors
     def predict(self, x, *args, **kwargs):
         """`keras.Model.predict`; inputs also as a list of arrays in the
         encoders' order."""
