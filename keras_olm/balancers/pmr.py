@@ -33,6 +33,7 @@ from keras_olm.balancers.common import EpochWindow
 from keras_olm.balancers.common import cross_entropy
 from keras_olm.balancers.common import discrepancy_ratios
 from keras_olm.balancers.common import gate_gradient
+from keras_olm.balancers.common import replica_sum
 from keras_olm.balancers.common import true_class_scores
 from keras_olm.layers.base import FUSED
 
@@ -258,7 +259,9 @@ class PMR(ModalityBalancer):
     def _prototypes(self, m):
         return ops.stop_gradient(self._heads.layers[m].prototypes.value)
 
-    def _betas(self, y, features):
+    def _betas(self, y, features, total=None):
+        """β_m and ρ_m of a batch; `total` sums the scores over the
+        shares of a global batch (`replica_sum`), where given."""
         scores = ops.stack(
             [
                 true_class_scores(
@@ -270,6 +273,8 @@ class PMR(ModalityBalancer):
                 for m in self.modalities
             ]
         )
+        if total is not None:
+            scores = total(scores)
         betas, ratios = pce_coefficients(scores, self.alpha)
         active = self.window.contains(self.steps.value)
         return ops.where(active, betas, ops.zeros_like(betas)), ratios
@@ -280,7 +285,9 @@ class PMR(ModalityBalancer):
         total, head_losses = super().compute_loss(
             y, logits, sample_weight, features
         )
-        betas, _ = self._betas(y, features)
+        # The scores of the global batch: the loss of every replica or
+        # process weighs the PCE as one device would.
+        betas, _ = self._betas(y, features, replica_sum)
         gates = self.unimodal_gradient_gates()
         for i, m in enumerate(self.modalities):
             f = features[m]
