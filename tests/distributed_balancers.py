@@ -4,8 +4,9 @@ Each run trains one tiny model per registered balancer (aliases once:
 `balancer_names`) from the same weights on the same global batches, on
 one device or on several, and prints, as one JSON line, every variable of
 each model (its weights, the balancer's state, the step's own state) in
-model order. The distributed runs set their device counts before the
-backend is imported, so each is its own process (or two):
+model order; `BALANCERS` (comma-separated names) picks some. The
+distributed runs set their device counts before the backend is
+imported, so each is its own process (or two):
 
     python tests/distributed_balancers.py single
     python tests/distributed_balancers.py jax_data_parallel
@@ -40,6 +41,12 @@ def balancer_names():
             seen.add(cls)
             names.append(name)
     return names
+
+
+def selected_names():
+    """The names in `BALANCERS` (comma-separated), else every one."""
+    chosen = os.environ.get("BALANCERS")
+    return chosen.split(",") if chosen else balancer_names()
 
 
 def make_data():
@@ -128,7 +135,7 @@ def fit(model, data, batch_size=GLOBAL_BATCH):
     )
     return {
         "variables": variables(model),
-        "steps": model.training_state.global_step(),
+        "steps": int(keras.ops.convert_to_numpy(model.training_state.steps)),
         "weights_moved": moved(weights_before, model.trainable_variables),
         "balancer_state": len(state),
         "balancer_moved": moved(state_before, state),
@@ -138,7 +145,7 @@ def fit(model, data, batch_size=GLOBAL_BATCH):
 def single():
     """Every balancer on one device, in this process."""
     data = make_data()
-    return {name: fit(make_model(name), data) for name in balancer_names()}
+    return {name: fit(make_model(name), data) for name in selected_names()}
 
 
 def jax_data_parallel():
@@ -157,7 +164,7 @@ def tf_mirrored():
     assert strategy.num_replicas_in_sync == DEVICES
     data = make_data()
     out = {}
-    for name in balancer_names():
+    for name in selected_names():
         with strategy.scope():
             model = make_model(name)
             out[name] = fit(model, data)
@@ -187,7 +194,7 @@ def torch_ddp():
         data = _shards(rank, count)
         out = {
             name: fit(make_model(name), data, GLOBAL_BATCH // count)
-            for name in balancer_names()
+            for name in selected_names()
         }
     finally:
         torch.distributed.destroy_process_group()

@@ -458,7 +458,7 @@ def torch_ddp():
     return out if rank == 0 else None
 
 
-def launch(mode, count=DEVICES, backend=None, timeout=120, script=None):
+def launch(mode, count=DEVICES, backend=None, timeout=600, script=None):
     """Runs `mode` in `count` processes on localhost; returns what each
     printed (`None` where nothing), in process order.
 
