@@ -22,6 +22,12 @@ share of the global batch, as Keras' own step does:
 - sums over the batch that a balancer's loss reads (PMR's prototype
   scores, `balancers.common.replica_sum`) are summed over the replicas
   while the loss is computed.
+
+`MultiWorkerMirroredStrategy` (one process per worker) trains the same
+way; for it the model builds on one replica's share of the first batch
+(`_maybe_symbolic_build`), the collectives' inputs are placed on the
+worker's device (`_placed`), and the logs carry the axis along which
+Keras averages them over the workers (`_for_multi_worker_reduction`).
 """
 
 import contextlib
@@ -311,7 +317,7 @@ def _for_multi_worker_reduction(logs):
     There Keras' step averages every log over the replicas along axis 0
     (`strategy.reduce("MEAN", value, axis=0)`), which a scalar does not
     have; with the axis added, the average comes back in the log's own
-    shape. The logs agree on every replica.
+    shape.
     """
     strategy = tf.distribute.get_strategy()
     if not (
