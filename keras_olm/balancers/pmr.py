@@ -259,9 +259,12 @@ class PMR(ModalityBalancer):
     def _prototypes(self, m):
         return ops.stop_gradient(self._heads.layers[m].prototypes.value)
 
-    def _betas(self, y, features, total=None):
-        """β_m and ρ_m of a batch; `total` sums the scores over the
-        shares of a global batch (`replica_sum`), where given."""
+    def _betas(self, y, features):
+        """β_m and ρ_m of a batch. In the loss, the scores are summed over
+        the shares of the global batch (`replica_sum`), so that every
+        replica or process weighs the PCE as one device would; in
+        `update`, which reads the global batch, `replica_sum` is the
+        identity."""
         scores = ops.stack(
             [
                 true_class_scores(
@@ -273,8 +276,7 @@ class PMR(ModalityBalancer):
                 for m in self.modalities
             ]
         )
-        if total is not None:
-            scores = total(scores)
+        scores = replica_sum(scores)
         betas, ratios = pce_coefficients(scores, self.alpha)
         active = self.window.contains(self.steps.value)
         return ops.where(active, betas, ops.zeros_like(betas)), ratios
@@ -285,9 +287,7 @@ class PMR(ModalityBalancer):
         total, head_losses = super().compute_loss(
             y, logits, sample_weight, features
         )
-        # The scores of the global batch: the loss of every replica or
-        # process weighs the PCE as one device would.
-        betas, _ = self._betas(y, features, replica_sum)
+        betas, _ = self._betas(y, features)
         gates = self.unimodal_gradient_gates()
         for i, m in enumerate(self.modalities):
             f = features[m]
