@@ -205,6 +205,58 @@ def tf_mirrored_steps_per_execution():
     return out
 
 
+def tf_mirrored_fit_in_scope():
+    """`tf_mirrored` with `fit` in the strategy's scope too, as Keras users
+    write it; a plain `keras.Model` fitted the same way beside it."""
+    import keras
+    import numpy as np
+
+    strategy = _mirrored_strategy()
+    x, y, _ = make_data()
+    with strategy.scope():
+        inputs = {m: keras.Input((v.shape[1],), name=m) for m, v in x.items()}
+        merged = keras.layers.Concatenate()(list(inputs.values()))
+        plain = keras.Model(inputs, keras.layers.Dense(3)(merged))
+        plain.compile(
+            optimizer=keras.optimizers.Adam(0.01),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        before = keras.ops.convert_to_numpy(plain.trainable_variables[0])
+        plain.fit(x, y, batch_size=GLOBAL_BATCH, shuffle=False, verbose=0)
+        after = keras.ops.convert_to_numpy(plain.trainable_variables[0])
+        model = make_model()
+        out = fit(model)
+    out["plain_moved"] = float(np.max(np.abs(after - before)))
+    out["replicas"] = strategy.num_replicas_in_sync
+    out["replica_spread"] = _replica_spread(model)
+    return out
+
+
+def tf_multi_worker():
+    """One of two workers of a `tf.distribute.MultiWorkerMirroredStrategy`
+    on localhost (`TF_CONFIG` from `RANK`, `WORLD_SIZE` and two ports from
+    `MASTER_PORT`); model, compile and `fit` in the strategy's scope, on
+    the same global batches on every worker (the strategy shards them)."""
+    import tensorflow as tf
+
+    rank, count = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    port = int(os.environ["MASTER_PORT"])
+    os.environ["TF_CONFIG"] = json.dumps(
+        {
+            "cluster": {
+                "worker": [f"localhost:{port + i}" for i in range(count)]
+            },
+            "task": {"type": "worker", "index": rank},
+        }
+    )
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    with strategy.scope():
+        model = make_model()
+        out = fit(model)
+    out["replicas"] = strategy.num_replicas_in_sync
+    return out if rank == 0 else None
+
+
 def _values(model):
     """Every weight, balancer and optimizer variable, as numpy; not the
     record of the fault itself (`training_state/faults`)."""
@@ -406,16 +458,25 @@ def torch_ddp():
     return out if rank == 0 else None
 
 
-def launch(mode, count=DEVICES, backend=None, timeout=120):
+def launch(mode, count=DEVICES, backend=None, timeout=600, script=None):
     """Runs `mode` in `count` processes on localhost; returns what each
-    printed (`None` where nothing), in process order."""
+    printed (`None` where nothing), in process order.
+
+    `script` is the file whose function `mode` is (this one by default);
+    the processes import `keras_olm` from the checkout these tests belong
+    to (`PYTHONPATH`), as the test process does.
+    """
     import socket
     import subprocess
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [root] + [p for p in [env.get("PYTHONPATH")] if p]
+    )
     if backend:
         env["KERAS_BACKEND"] = backend
     env.update(
@@ -425,7 +486,7 @@ def launch(mode, count=DEVICES, backend=None, timeout=120):
     )
     procs = [
         subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), mode],
+            [sys.executable, os.path.abspath(script or __file__), mode],
             env=dict(env, RANK=str(rank)),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

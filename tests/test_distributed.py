@@ -106,6 +106,28 @@ def test_tensorflow_mirrored_strategy_with_several_steps_per_execution(
 
 
 @backend_is("tensorflow")
+def test_tensorflow_mirrored_strategy_fit_inside_the_scope(reference):
+    # Made, compiled and fitted in the strategy's scope, as Keras users
+    # write it; a plain keras.Model fits there beside it.
+    (there,) = launch("tf_mirrored_fit_in_scope", count=1, timeout=300)
+    assert there["plain_moved"] > 0
+    assert there["replicas"] == DEVICES
+    assert there["replica_spread"] == 0.0
+    assert_matches(reference, there)
+
+
+@backend_is("tensorflow")
+def test_tensorflow_multi_worker_mirrored_strategy_on_two_local_workers(
+    reference,
+):
+    # Two worker processes on localhost (`TF_CONFIG`), one CPU each; both
+    # fit the same global batches, which the strategy splits.
+    there = launch("tf_multi_worker", timeout=300)[0]
+    assert there["replicas"] == DEVICES
+    assert_matches(reference, there)
+
+
+@backend_is("tensorflow")
 def test_tensorflow_mirrored_strategy_skips_a_non_finite_step():
     # The inf is in the second replica's half of the second batch.
     (there,) = launch("tf_mirrored_non_finite", count=1)

@@ -21,7 +21,9 @@ The hooks, in the order a training step calls them:
    sees (OLM multiplies each head by its coefficient).
 4. `compute_loss(y, logits, sample_weight, features)`: the training loss
    and the per-head losses (G-Blend and GradNorm reweight them, PMR adds
-   terms).
+   terms). It sees one replica's or process' share of the batch; a sum
+   over the batch that weighs the loss goes through
+   `common.replica_sum` (PMR's prototype scores).
 5. `transform_gradients(grads, variables, groups, step)`: rescale
    gradients per modality (OGM-GE); returns the gradients and the
    balancer's new state. A balancer that overrides it declares
@@ -379,7 +381,9 @@ class Balancer(keras.layers.Layer):
         """Rescales gradients; identity here.
 
         Args:
-            grads: list of tensors, one per trainable variable.
+            grads: list of tensors, one per trainable variable: the
+                gradients of the global batch's loss, also with several
+                replicas or processes (each backend's step sees to it).
             variables: list of the model's trainable variables.
             groups: dict from modality name to the list of indices (into
                 `variables`) of that modality's encoder variables.

@@ -2,8 +2,53 @@
 a modality's head, the window of epochs in which a balancer acts, a holder
 of head layers and a gradient gate."""
 
+import contextlib
+import contextvars
+
 import keras
 from keras import ops
+
+#: The sum over the replicas or processes that each hold a share of the
+#: global batch, while a training step computes its loss; `None` outside
+#: one and where the step sees the global batch.
+_REPLICA_SUM = contextvars.ContextVar("keras_olm_replica_sum", default=None)
+
+
+def replica_sum(x):
+    """`x` summed over the shares of the global batch.
+
+    A balancer whose loss reads a statistic of the batch (a sum over its
+    samples: PMR's prototype scores) calls this on it in `compute_loss`,
+    so that every replica (`tf.distribute`) or process
+    (`torch.distributed`) computes the loss with the global batch's
+    statistic, as one device does. On one device, under JAX (whose step
+    sees the global batch), and anywhere but in a training step's loss, it
+    returns `x` itself.
+
+    Args:
+        x: tensor. This share's sum, detached.
+
+    Returns:
+        The sum of `x` over every share of the global batch.
+    """
+    fn = _REPLICA_SUM.get()
+    return x if fn is None else fn(x)
+
+
+@contextlib.contextmanager
+def summing_over_replicas(fn):
+    """The context in which `replica_sum` applies `fn`; a backend's
+    training step enters it around its loss.
+
+    Args:
+        fn: callable or `None`. Sums a tensor over the replicas or
+            processes; `None` for one device.
+    """
+    token = _REPLICA_SUM.set(fn)
+    try:
+        yield
+    finally:
+        _REPLICA_SUM.reset(token)
 
 
 def check_choice(name, value, choices):

@@ -52,9 +52,11 @@ Differences from the official code
   (`||g_m + g_u||` and `||d||` of each variable), over every trainable
   variable of the encoder; the heads and the fusion layer keep the
   plain sum of the losses' gradients;
-- under `tf.distribute` with several replicas each replica combines its
-  own share of the gradients (the weights are those of its part of the
-  batch); on JAX and torch the step sees the global batch's gradients.
+- with several devices or processes the weights are those of the global
+  batch's gradients, as on one device: JAX's step and torch's (which
+  averages the gradients over the processes) see them, and TensorFlow's
+  step sums the replicas' gradients before `transform_gradients` under a
+  `tf.distribute` strategy.
 """
 
 import keras

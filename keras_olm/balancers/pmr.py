@@ -33,6 +33,7 @@ from keras_olm.balancers.common import EpochWindow
 from keras_olm.balancers.common import cross_entropy
 from keras_olm.balancers.common import discrepancy_ratios
 from keras_olm.balancers.common import gate_gradient
+from keras_olm.balancers.common import replica_sum
 from keras_olm.balancers.common import true_class_scores
 from keras_olm.layers.base import FUSED
 
@@ -259,6 +260,11 @@ class PMR(ModalityBalancer):
         return ops.stop_gradient(self._heads.layers[m].prototypes.value)
 
     def _betas(self, y, features):
+        """β_m and ρ_m of a batch. In the loss, the scores are summed over
+        the shares of the global batch (`replica_sum`), so that every
+        replica or process weighs the PCE as one device would; in
+        `update`, which reads the global batch, `replica_sum` is the
+        identity."""
         scores = ops.stack(
             [
                 true_class_scores(
@@ -270,6 +276,7 @@ class PMR(ModalityBalancer):
                 for m in self.modalities
             ]
         )
+        scores = replica_sum(scores)
         betas, ratios = pce_coefficients(scores, self.alpha)
         active = self.window.contains(self.steps.value)
         return ops.where(active, betas, ops.zeros_like(betas)), ratios

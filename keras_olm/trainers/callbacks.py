@@ -113,9 +113,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
-        self.first_step = int(
-            keras.ops.convert_to_numpy(self.model.training_state.steps.value)
-        )
+        self.first_step = self.model.training_state.global_step()
 
     def on_train_batch_end(self, batch, logs=None):
         def when(global_step):

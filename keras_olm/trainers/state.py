@@ -179,6 +179,15 @@ class TrainingState(keras.layers.Layer):
         """Counts a step that was applied."""
         self.steps.assign(self.steps.value + ops.cast(ok, "int32"))
 
+    def global_step(self):
+        """The steps applied so far, over every `fit` call, as an int.
+
+        Read from the variable itself, not its `value`: inside a
+        `tf.distribute` strategy's scope the value of a mirrored variable
+        is the mirrored variable, which numpy cannot convert.
+        """
+        return int(ops.convert_to_numpy(self.steps))
+
     def reset_faults(self):
         """Clears the faults; `fit` calls it before its first step."""
         self.faults.assign(ops.zeros_like(self.faults.value))

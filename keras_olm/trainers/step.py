@@ -135,7 +135,7 @@ class TrainingStep:
 
     def _global_step(self):
         """Training steps applied so far, over every `fit` call."""
-        return int(ops.convert_to_numpy(self.training_state.steps.value))
+        return self.training_state.global_step()
 
     def _global_batch(self, y, logits, features, held_out_losses):
         """The measurements of the whole global batch, for the balancer.

@@ -14,7 +14,20 @@ share of the global batch, as Keras' own step does:
 - the balancer reads the measurements of the whole global batch (labels,
   logits and features gathered from every replica, held-out losses
   averaged over them: `_global_batch`), so every replica computes the
-  same new state, the one a single device would.
+  same new state, the one a single device would;
+- a balancer that transforms gradients gets those of the global batch:
+  the replicas' gradients (and head gradients) are summed before
+  `transform_gradients`, and each replica hands the optimizer its share
+  (`1 / replicas`) of the result (`_balancer_step`);
+- sums over the batch that a balancer's loss reads (PMR's prototype
+  scores, `balancers.common.replica_sum`) are summed over the replicas
+  while the loss is computed.
+
+`MultiWorkerMirroredStrategy` (one process per worker) trains the same
+way; for it the model builds on one replica's share of the first batch
+(`_maybe_symbolic_build`), the collectives' inputs are placed on the
+worker's device (`_placed`), and the logs carry the axis along which
+Keras averages them over the workers (`_for_multi_worker_reduction`).
 """
 
 import contextlib
@@ -22,6 +35,7 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from keras_olm.balancers.common import summing_over_replicas
 from keras_olm.trainers import resume
 from keras_olm.trainers.step import TrainingStep
 
@@ -39,11 +53,52 @@ def replica_context():
     return context
 
 
+def _placed(tensor):
+    """`tensor`, on its replica's device.
+
+    A collective sends to the devices its inputs name. Under
+    `MultiWorkerMirroredStrategy` with one device per worker, a tensor
+    made in the step names none (the worker runs the step without a
+    device scope); it is copied onto the worker's device.
+    """
+    tensor = tf.convert_to_tensor(tensor)
+    if tensor.device:
+        return tensor
+    devices = tf.distribute.get_strategy().extended.worker_devices
+    if len(devices) != 1:
+        return tensor
+    with tf.device(devices[0]):
+        return tf.identity(tensor)
+
+
+def _all_reduce(context, op, value):
+    """`context.all_reduce` of a structure of tensors, placed."""
+    return context.all_reduce(op, tf.nest.map_structure(_placed, value))
+
+
+def _replica_sum(x):
+    """`x` summed over the replicas of the current replica context."""
+    return _all_reduce(replica_context(), tf.distribute.ReduceOp.SUM, x)
+
+
+def _sum_gradients(context, grads):
+    """The gradients (a list, `None` entries kept) summed over the
+    replicas, in one batched all-reduce."""
+    present = [i for i, g in enumerate(grads) if g is not None]
+    summed = _all_reduce(
+        context, tf.distribute.ReduceOp.SUM, [grads[i] for i in present]
+    )
+    out = list(grads)
+    for i, g in zip(present, summed):
+        out[i] = g
+    return out
+
+
 def _gather(context, tensors):
     """Every tensor of the structure, concatenated over the replicas along
     the batch axis."""
     return tf.nest.map_structure(
-        lambda t: None if t is None else context.all_gather(t, axis=0),
+        lambda t: None if t is None else context.all_gather(_placed(t), 0),
         tensors,
     )
 
@@ -60,7 +115,10 @@ class StepMixin(TrainingStep):
             loss = keras.src.losses.loss.scale_loss_for_distribution(loss)
             return loss if scale is None else loss * scale
 
-        with tf.GradientTape(persistent=bool(heads)) as tape:
+        summing = summing_over_replicas(
+            None if replica_context() is None else _replica_sum
+        )
+        with tf.GradientTape(persistent=bool(heads)) as tape, summing:
             total, aux = self._compute_loss(batch, training=True)
             head_losses = {h: scaled(aux[1][i]) for h, i in heads.items()}
             scaled_total = scaled(total)
@@ -88,16 +146,46 @@ class StepMixin(TrainingStep):
         if context is None:
             return y, logits, features, held_out_losses
         y, logits, features = _gather(context, (y, logits, features))
-        held_out_losses = context.all_reduce(
-            tf.distribute.ReduceOp.MEAN, held_out_losses
+        held_out_losses = _all_reduce(
+            context, tf.distribute.ReduceOp.MEAN, held_out_losses
         )
         return y, logits, features, held_out_losses
+
+    def _balancer_step(self, grads, batch, aux, held_out, head_grads=None):
+        """The shared step's; under a strategy with several replicas, a
+        balancer that transforms gradients gets the global batch's.
+
+        Each replica's gradients are those of its share of the loss
+        (divided by the number of replicas), and the optimizer sums them
+        over the replicas. A transform that is not linear in the
+        gradients (MMPareto's cosines and min-norm weights, OGM-GE's
+        noise, which scales with the gradients' spread) would combine
+        each replica's share on its own, so the gradients and the head
+        gradients are summed over the replicas first (one all-reduce
+        each), every replica transforms the same global gradients, and
+        hands the optimizer its share of them.
+        """
+        context = replica_context()
+        if context is None or not self.balancer.transforms_gradients:
+            return super()._balancer_step(
+                grads, batch, aux, held_out, head_grads
+            )
+        grads = _sum_gradients(context, grads)
+        head_grads = {
+            h: _sum_gradients(context, g) for h, g in (head_grads or {}).items()
+        }
+        grads, aux, new_state = super()._balancer_step(
+            grads, batch, aux, held_out, head_grads
+        )
+        share = 1.0 / context.num_replicas_in_sync
+        grads = [None if g is None else g * share for g in grads]
+        return grads, aux, new_state
 
     def _any_replica(self, flags):
         context = replica_context()
         if context is None:
             return flags
-        return context.all_reduce(tf.distribute.ReduceOp.SUM, flags)
+        return _all_reduce(context, tf.distribute.ReduceOp.SUM, flags)
 
     def _apply_if_finite(self, finite, grads):
         """The shared step's branch; under a strategy with several
@@ -149,6 +237,31 @@ class StepMixin(TrainingStep):
         update, variables = self._xla_update
         values = update(*measurements)
         return list(zip(variables, values))
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras' symbolic build under a strategy, on one replica's share
+        of the first batch.
+
+        Keras reduces the first distributed batch (`strategy.reduce`) to
+        get a batch to build on; `MultiWorkerMirroredStrategy`'s reduce
+        takes no dict of per-replica inputs (a plain `keras.Model` with
+        dict inputs fails there too). The share of the first local
+        replica has the same structure and shapes.
+        """
+        strategy = self._distribute_strategy
+        if strategy is None or iterator is None:
+            return super()._maybe_symbolic_build(iterator, data_batch)
+        for _, _, it in iterator:
+            data_batch = keras.tree.map_structure(
+                lambda v: (
+                    strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues)
+                    else v
+                ),
+                next(it),
+            )
+            break
+        return super()._maybe_symbolic_build(data_batch=data_batch)
 
     def _held_out_batches(self, dataset):
         """TensorFlow tensors straight from tf.data, as Keras' step gets."""
@@ -212,7 +325,25 @@ class StepMixin(TrainingStep):
         return train_function
 
     def train_step(self, data):
-        return self._train_step(data)
+        return _for_multi_worker_reduction(self._train_step(data))
 
     def test_step(self, data):
-        return self._test_step(data)
+        return _for_multi_worker_reduction(self._test_step(data))
+
+
+def _for_multi_worker_reduction(logs):
+    """The logs of a step, each with a leading axis of 1 under a
+    `MultiWorkerMirroredStrategy` over several workers.
+
+    There Keras' step averages every log over the replicas along axis 0
+    (`strategy.reduce("MEAN", value, axis=0)`), which a scalar does not
+    have; with the axis added, the average comes back in the log's own
+    shape.
+    """
+    strategy = tf.distribute.get_strategy()
+    if not (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and strategy.extended._in_multi_worker_mode()
+    ):
+        return logs
+    return {k: tf.expand_dims(v, 0) for k, v in logs.items()}

@@ -12,7 +12,9 @@ lockstep, as `DistributedDataParallel` does:
 - the balancer reads the measurements of the whole global batch (labels,
   logits and features gathered from every process, held-out losses
   averaged over them), so every process computes the same new state, the
-  one a single device would.
+  one a single device would; a balancer's loss reads the global batch's
+  sums (`balancers.common.replica_sum`, summed over the processes while
+  the loss is computed).
 
 The shards must have the same number of samples on every process.
 """
@@ -20,6 +22,7 @@ The shards must have the same number of samples on every process.
 import keras
 import torch
 
+from keras_olm.balancers.common import summing_over_replicas
 from keras_olm.trainers import resume
 from keras_olm.trainers.step import TrainingStep
 
@@ -38,6 +41,13 @@ def _mean(tensor):
     tensor = tensor.detach().clone()
     torch.distributed.all_reduce(tensor)
     return tensor / process_count()
+
+
+def _sum(tensor):
+    """`tensor` summed over every process."""
+    tensor = tensor.detach().clone()
+    torch.distributed.all_reduce(tensor)
+    return tensor
 
 
 def _gather(tensors):
@@ -79,7 +89,8 @@ class StepMixin(TrainingStep):
             return loss if scale is None else loss * scale
 
         self.zero_grad()
-        total, aux = self._compute_loss(batch, training=True)
+        with summing_over_replicas(_sum if process_count() > 1 else None):
+            total, aux = self._compute_loss(batch, training=True)
         values = [v.value for v in self.trainable_variables]
         head_grads = {
             h: list(
