@@ -103,9 +103,10 @@ def main():
 
     def read_pydataset(data):
         def read():
-            for i in range(len(data)):
+            # As Keras reads a PyDataset: `num_batches`, then by index.
+            for i in range(data.num_batches):
                 data[i]
-            return len(data)
+            return data.num_batches
 
         return read
 
