@@ -788,6 +788,13 @@ def parse_args(argv=None):
         "--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)"
     )
     parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="training: start at this seed (to run seeds in parallel "
+        "processes, each with its own --out)",
+    )
+    parser.add_argument(
         "--epochs",
         type=int,
         nargs="+",
@@ -874,7 +881,7 @@ def main(argv=None):
     if os.path.dirname(args.out):
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
     # Seed-major: an interrupted study has every problem at fewer seeds.
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.seeds):
         for problem in problems:
             for method in methods:
                 if (problem, method, seed, record_regime) in done:
