@@ -87,7 +87,6 @@ from keras_olm import balancers as olm_balancers
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from embedded_data import DATASET_TITLES  # noqa: E402
 from embedded_data import DATASETS  # noqa: E402
-from embedded_data import BestEpoch  # noqa: E402
 from embedded_data import add_data_arguments  # noqa: E402
 from embedded_data import cnn_encoder  # noqa: E402
 from embedded_data import load_dataset  # noqa: E402
@@ -146,43 +145,53 @@ QUICK_ROWS = ["unimodal", "ensemble", "concat", "olm"]
 
 
 def train_one(splits, modalities, num_classes, fusion, balancer, args, seed):
-    """Trains one model; returns its test probabilities and timings."""
-    keras.utils.set_random_seed(seed)
-    encoders = {
-        m: cnn_encoder(args.width, args.stages, name=f"{m}_encoder")
-        for m in modalities
-    }
-    model = keras_olm.BalancedMultimodalModel(
-        encoders, num_classes, fusion=fusion, balancer=balancer
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(args.learning_rate),
-        jit_compile=args.jit_compile,
-    )
-    x, y = splits["pool"]
-    held_out_x, held_out_y = splits["held_out"]
-    val_x, val_y = splits["val"]
-    best = BestEpoch(({m: val_x[m] for m in modalities}, val_y))
-    held_out = ({m: held_out_x[m] for m in modalities}, held_out_y)
-    model.fit(
-        {m: x[m] for m in modalities},
+    """Trains one model with `keras_olm.compare_balancers`.
+
+    One balancer, one seed: the library's comparison call sets the seed,
+    builds the model, trains it on the pool, keeps the epoch with the best
+    `val` accuracy and predicts the test split once.
+
+    Returns:
+        A dict: the test probabilities, seconds per epoch, best epoch.
+    """
+    label = balancer or "joint"
+
+    def build(resolved):
+        encoders = {
+            m: cnn_encoder(args.width, args.stages, name=f"{m}_encoder")
+            for m in modalities
+        }
+        return keras_olm.BalancedMultimodalModel(
+            encoders, num_classes, fusion=fusion, balancer=resolved
+        )
+
+    def pick(split):
+        x, y = splits[split]
+        return {m: x[m] for m in modalities}, y
+
+    x, y = pick("pool")
+    result = keras_olm.compare_balancers(
+        build,
+        x,
         y,
-        batch_size=args.batch_size,
+        balancers={label: balancer},
+        validation_data=pick("val"),
+        held_out_data=pick("held_out"),
+        test_data=pick("test"),
+        seeds=[seed],
         epochs=args.epochs,
-        held_out_data=held_out if model.balancer.needs_held_out else None,
-        callbacks=[best],
+        batch_size=args.batch_size,
+        compile_kwargs={
+            "optimizer": keras.optimizers.Adam(args.learning_rate),
+            "jit_compile": args.jit_compile,
+        },
         verbose=0,
     )
-    model.set_weights(best.best_weights)
-    test_x, _ = splits["test"]
-    logits = model.predict_heads({m: test_x[m] for m in modalities}, verbose=0)
-    probs = keras.ops.convert_to_numpy(
-        keras.ops.softmax(logits["fused"], axis=-1)
-    )
+    run = result.runs.iloc[0]
     return {
-        "probs": probs,
-        "sec_per_epoch": best.seconds_per_epoch(),
-        "best_epoch": best.best_epoch,
+        "probs": result.probabilities[(label, seed)],
+        "sec_per_epoch": float(run["seconds_per_epoch"]),
+        "best_epoch": int(run["best_epoch"]),
     }
 
 

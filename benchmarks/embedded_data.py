@@ -19,7 +19,6 @@ and a hash of its parameters):
 """
 
 import os
-import time
 
 import keras
 import numpy as np
@@ -205,57 +204,6 @@ def cnn_encoder(width, stages, name, kernel_regularizer=None, dropout=0.0):
             layers.append(keras.layers.Dropout(dropout, name=f"{name}_drop{i}"))
     layers.append(keras.layers.GlobalAveragePooling2D(name=f"{name}_gap"))
     return keras.Sequential(layers, name=name)
-
-
-class BestEpoch(keras.callbacks.Callback):
-    """Keeps the weights of the epoch with the best `val` accuracy.
-
-    The validation pass runs here, on arrays, through `predict_heads` (no
-    traced test function: one trace fewer per run). It scores every head
-    each epoch (`history[head]`, and the training accuracy the fit logs
-    under `train_history[head]`); the checkpoint follows `head`. Also
-    times every epoch, the validation pass included.
-
-    Args:
-        val: `(inputs dict, labels)` arrays.
-        head: str. The head whose validation accuracy picks the
-            checkpoint. Defaults to `"fused"`.
-    """
-
-    def __init__(self, val, head="fused"):
-        super().__init__()
-        self.val = val
-        self.head = head
-        self.best = -np.inf
-        self.best_epoch = None
-        self.best_weights = None
-        self.epoch_seconds = []
-        self.history = {}
-        self.train_history = {}
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        x, y = self.val
-        logits = self.model.predict_heads(x, verbose=0)
-        for head, value in logits.items():
-            acc = float(np.mean(np.asarray(value).argmax(-1) == y))
-            self.history.setdefault(head, []).append(acc)
-            if logs and f"{head}_acc" in logs:
-                self.train_history.setdefault(head, []).append(
-                    float(logs[f"{head}_acc"])
-                )
-        value = self.history[self.head][-1]
-        if value > self.best:  # ties: the earlier epoch
-            self.best = value
-            self.best_epoch = epoch + 1
-            self.best_weights = self.model.get_weights()
-        self.epoch_seconds.append(time.perf_counter() - self._start)
-
-    def seconds_per_epoch(self):
-        times = self.epoch_seconds[1:] or self.epoch_seconds
-        return float(np.mean(times))
 
 
 def write_readme(section, path, heading):

@@ -55,11 +55,11 @@ import keras
 import numpy as np
 
 import keras_olm
+from keras_olm.comparison import BestCheckpoint
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from embedded_data import DATASET_TITLES  # noqa: E402
 from embedded_data import DATASETS  # noqa: E402
-from embedded_data import BestEpoch  # noqa: E402
 from embedded_data import add_data_arguments  # noqa: E402
 from embedded_data import cnn_encoder  # noqa: E402
 from embedded_data import load_dataset  # noqa: E402
@@ -136,7 +136,7 @@ def train(splits, modalities, num_classes, args, seed):
         optimizer=keras.optimizers.Adam(args.learning_rate),
         jit_compile=args.jit_compile,
     )
-    best = BestEpoch(_inputs(splits["val"], modalities))
+    best = BestCheckpoint(_inputs(splits["val"], modalities))
     x, y = _inputs(splits["pool"], modalities)
     model.fit(
         x,

@@ -2,13 +2,14 @@
 
 The public surface: `BalancedMultimodalModel`, the `OLM` balancer and the
 field's others (`OGMGE`, `GBlend`, `MMCosine`, `GradNorm`, `PMR`, `AGM`,
-`MLA`, `MMPareto`), the
-fusion layers (their base `Fusion`, `LateFusion`, `FiLMFusion`, `GatedFusion`,
-`AttentionFusion`), `split_held_out`, `load_model` (`keras.saving.load_model`
-that names a damaged file), and the `balancers`, `callbacks`, `synthetic`
-(small in-memory array problems) modules. Imported on their
-own: `keras_olm.data` (readers of datasets on disk) and
-`keras_olm.embedded` (writers of the project's embedded datasets).
+`MLA`, `MMPareto`), the fusion layers (their base `Fusion`, `LateFusion`,
+`FiLMFusion`, `GatedFusion`, `AttentionFusion`), `split_held_out`,
+`compare_balancers` (balancers trained side by side on the user's own
+model and data), `load_model` (`keras.saving.load_model` that names a
+damaged file), and the `balancers`, `callbacks`, `synthetic` (small
+in-memory array problems) modules. Imported on their own:
+`keras_olm.data` (readers of datasets on disk) and `keras_olm.embedded`
+(writers of the project's embedded datasets).
 """
 
 # First: hides the GPUs from TensorFlow under the JAX and torch backends.
@@ -27,6 +28,8 @@ from keras_olm.balancers import GradNorm
 from keras_olm.balancers import JointTraining
 from keras_olm.balancers import MMCosine
 from keras_olm.balancers import MMPareto
+from keras_olm.comparison import BalancerComparison
+from keras_olm.comparison import compare_balancers
 from keras_olm.held_out import split_held_out
 from keras_olm.layers import IRFB
 from keras_olm.layers import MBT
@@ -53,6 +56,7 @@ __all__ = [
     "AttentionFusion",
     "BalancedMultimodalModel",
     "Balancer",
+    "BalancerComparison",
     "FiLMFusion",
     "Fusion",
     "GBlend",
@@ -66,6 +70,7 @@ __all__ = [
     "SequenceEncoder",
     "balancers",
     "callbacks",
+    "compare_balancers",
     "load_model",
     "split_held_out",
     "synthetic",
