@@ -34,8 +34,8 @@ Two measurements on the same CREMA-D-layout files, in one run:
    mean absolute difference is printed too.
 
    The tf.data pipeline is built once (as a training loop builds it) and
-   iterated anew for each pass; until 2026-11-27 each timed pass rebuilt
-   it, which re-traced its functions inside the timing.
+   iterated anew for each pass, so the timing holds no re-tracing of its
+   functions.
 
    Then each stage of both loaders is timed alone on one thread (CPU time
    per sample), with the whole of each loader. Since tf.data can decode at

@@ -22,10 +22,7 @@ PAGES = [
 
 #: Pages that still carry such text, with the lines to fix; each case is a
 #: strict xfail, so it fails once the page is clean and the entry must go.
-KNOWN = {
-    "README.md": "line 606: 'until 2026-11-30' (a dated note on "
-    "tensorflow-io's resampler)",
-}
+KNOWN = {}
 
 #: (what, pattern) searched in the whole page, code included.
 WORDS = [
