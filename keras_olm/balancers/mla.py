@@ -210,10 +210,7 @@ class UncertaintyFusion(keras.layers.Layer):
     Takes a dict from modality name to logits `(batch, num_classes)` and
     returns `Σ_m λ_m z_m` (`uncertainty_fusion`), in the layer's compute
     dtype; the entropies and the weighted sum are computed in float32. It
-    has no weights.
-
-    Args:
-        **kwargs: passed to `keras.layers.Layer`.
+    has no weights; it takes the keyword arguments of `keras.layers.Layer`.
 
     Example:
     ```python

@@ -369,6 +369,7 @@ class BalancedMultimodalModel(SavingMixin, StepMixin, keras.Model):
         `[0, num_classes)`, sample weights finite and non-negative, built
         encoders take each modality's shape; validation and held-out inputs
         must be finite (held-out data: all, in a pass before any step).
+        The arguments not listed below are those of `keras.Model.fit`.
 
         Args:
             y: labels for array inputs; with regression heads a dict
@@ -386,7 +387,6 @@ class BalancedMultimodalModel(SavingMixin, StepMixin, keras.Model):
                 the held-out losses, and not trained on; `fit` says so in
                 one line. Defaults to `0.1`.
             held_out_seed: int. Seed of that split. Defaults to `0`.
-            **others: as in `keras.Model.fit`.
 
         Returns:
             The `History` object.

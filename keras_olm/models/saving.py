@@ -89,8 +89,9 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
 
     Args:
         filepath: str or path-like. A `.keras` file.
-        custom_objects, compile, safe_mode: as in
-            `keras.saving.load_model`.
+        custom_objects: as in `keras.saving.load_model`.
+        compile: as in `keras.saving.load_model`.
+        safe_mode: as in `keras.saving.load_model`.
 
     Returns:
         The model.
