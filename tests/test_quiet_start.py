@@ -36,7 +36,8 @@ model.fit(x, y, epochs=2, batch_size=16, validation_data=(x, y), verbose=0)
 
 PLAIN_SCRIPT = _DATA + """
 inputs = {m: keras.Input(v.shape[1:], name=m) for m, v in x.items()}
-features = [keras.layers.Dense(8, activation="relu")(t) for t in inputs.values()]
+dense = [keras.layers.Dense(8, activation="relu") for _ in inputs]
+features = [d(t) for d, t in zip(dense, inputs.values())]
 logits = keras.layers.Dense(3)(keras.layers.Concatenate()(features))
 model = keras.Model(inputs, logits)
 model.compile(
