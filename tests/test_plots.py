@@ -18,9 +18,7 @@ from keras_olm.callbacks import plots
 HEADS = ("rgb", "depth", "fused")
 
 
-def rows_of(
-    num_classes=19, epochs=6, coef=lambda head, epoch: 1.0, stop=None
-):
+def rows_of(num_classes=19, epochs=6, coef=lambda head, epoch: 1.0, stop=None):
     """Diagnostic rows; `stop` maps a head to the epoch its gate fell."""
     rows = []
     for epoch in range(1, epochs + 1):
