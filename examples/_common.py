@@ -362,8 +362,9 @@ def train_and_test(data, args, name, balancer, build_model):
     Returns:
         A dict with `"acc"` and `"mean_class_acc"` (head -> float),
         `"confusion"` (head -> (C, C) counts, rows = true class),
-        `"best_epoch"`, `"best_val_fused_acc"`, `"seconds"` and
-        `"diagnostics_csv"` (the `LogitNormHistory` CSV path).
+        `"best_epoch"`, `"best_val_fused_acc"`, `"seconds"`,
+        `"diagnostics_csv"` (the `LogitNormHistory` CSV path) and
+        `"figures"` (the PNG paths it drew).
     """
     start = time.perf_counter()
     keras.utils.set_random_seed(args.seed)
@@ -391,6 +392,7 @@ def train_and_test(data, args, name, balancer, build_model):
         "best_epoch": best.best_epoch,
         "best_val_fused_acc": best.best,
         "diagnostics_csv": diagnostics.csv_path,
+        "figures": list(diagnostics.figures),
     }
     for head, values in logits.items():
         pred = values.argmax(-1)
@@ -427,7 +429,11 @@ def plot_confusion_grid(results, heads, class_names, path, head_titles):
     import matplotlib.pyplot as plt
 
     rows, cols = len(results), len(heads)
-    side = min(6.0, 1.5 + 0.25 * len(class_names))
+    # The panel grows with the class count so that the tick labels keep
+    # 8 pt (7 pt beyond 30 classes) and do not overlap.
+    n = len(class_names)
+    side = max(3.2, 1.6 + 0.24 * n)
+    tick_size = 8 if n <= 30 else 7
     fig, axes = plt.subplots(
         rows,
         cols,
@@ -450,14 +456,31 @@ def plot_confusion_grid(results, heads, class_names, path, head_titles):
             )
             ax.set_xticks(ticks)
             ax.set_yticks(ticks)
-            ax.set_xticklabels(class_names, rotation=90, fontsize=6)
-            ax.set_yticklabels(class_names, fontsize=6)
+            ax.set_xticklabels(class_names, rotation=90, fontsize=tick_size)
+            ax.set_yticklabels(class_names, fontsize=tick_size)
             ax.set_xlabel("predicted", fontsize=8)
             ax.set_ylabel("true", fontsize=8)
     fig.colorbar(image, ax=axes, shrink=0.6, label="share of the true class")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def written_figures(figures, per_seed):
+    """Every PNG the comparison wrote: its own figures, then each run's.
+
+    Args:
+        figures: dict from name to the path of a figure drawn here.
+        per_seed: dict from run name to its `train_and_test` results.
+
+    Returns:
+        The list of PNG paths that exist on disk, each once.
+    """
+    paths = list(figures.values())
+    for results in per_seed.values():
+        for result in results:
+            paths.extend(result.get("figures", []))
+    return [p for p in dict.fromkeys(paths) if os.path.exists(p)]
 
 
 def paired_differences(per_seed, metric="acc", head="fused"):
@@ -531,7 +554,9 @@ def run_comparison(args, data, build_model, head_titles, start=None):
         A dict with `"runs"` (run -> result of `train_and_test` for the
         first seed), `"seeds"` (run -> one result per seed), `"paired"`
         (see `paired_differences`), `"table"` (the accuracy table),
-        `"sizes"` and `"figures"` (name -> PNG path).
+        `"sizes"`, `"figures"` (name -> PNG path of the comparison's own
+        figures) and `"written_figures"` (every PNG written, the runs'
+        included, as the printed "Figures" line lists them).
     """
     start = time.perf_counter() if start is None else start
     print(
@@ -625,7 +650,8 @@ def run_comparison(args, data, build_model, head_titles, start=None):
     }
     with open(os.path.join(args.out_dir, "results.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    print(f"\nFigures: {', '.join(str(p) for p in figures.values())}")
+    written = written_figures(figures, per_seed)
+    print(f"\nFigures ({len(written)}): {', '.join(map(str, written))}")
     print(f"Total time: {seconds:.0f} s")
     return {
         "runs": results,
@@ -634,6 +660,7 @@ def run_comparison(args, data, build_model, head_titles, start=None):
         "table": table,
         "sizes": data["sizes"],
         "figures": figures,
+        "written_figures": written,
     }
 
 

@@ -150,6 +150,11 @@ def test_features_baseline_only(example, tmp_path, capsys):
     assert "| OLM |" not in printed
     assert (out_dir / "confusion_matrices.png").is_file()
     assert (out_dir / "baseline/logit_norms.png").is_file()
+    # The "Figures" line names every PNG written, and nothing else.
+    (line,) = [x for x in printed.splitlines() if x.startswith("Figures")]
+    listed = sorted(line.split(": ", 1)[1].split(", "))
+    assert listed == sorted(str(p) for p in out_dir.rglob("*.png"))
+    assert len(listed) == 4 == len(out["written_figures"])
 
 
 def test_data_dir_reads_allsplit_mat(example, tmp_path):
@@ -279,3 +284,36 @@ def test_jax_cpu_flag_keeps_small_map_convolutions_unswapped(
         check=True,
     )
     assert out.stdout.strip() == expected
+
+
+def test_confusion_tick_labels_stay_readable_with_19_classes(
+    common, tmp_path, monkeypatch
+):
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    names = [f"room type {i:02d}" for i in range(19)]
+    rng = np.random.default_rng(0)
+    result = {
+        "confusion": {h: rng.integers(0, 9, (19, 19)) for h in ("a", "fused")},
+        "acc": {"a": 0.5, "fused": 0.6},
+    }
+    path = common.plot_confusion_grid(
+        {"baseline": result, "olm": result},
+        ["a", "fused"],
+        names,
+        str(tmp_path / "cm.png"),
+        {"fused": "A+B"},
+    )
+    assert pathlib.Path(path).is_file()
+    (fig,) = figures
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes[:4]:
+        labels = ax.get_xticklabels() + ax.get_yticklabels()
+        assert [t.get_text() for t in ax.get_yticklabels()] == names
+        assert min(t.get_fontsize() for t in labels) >= 7
+        # Neighbouring y labels do not overlap.
+        boxes = [t.get_window_extent(renderer) for t in ax.get_yticklabels()]
+        for upper, lower in zip(boxes, boxes[1:]):
+            assert not upper.overlaps(lower)

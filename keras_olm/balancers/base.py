@@ -521,12 +521,16 @@ class Balancer(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="keras_olm")
 class JointTraining(Balancer):
-    """Plain joint training: the loss of the fused head only.
+    """Plain joint training: only the fused head's loss trains the model.
 
     This is what `balancer=None` means. The unimodal heads still exist and
     are trained, but on detached features: they are linear probes that
     report how much each encoder has learned without feeding any gradient
     back into it, so per-head accuracy is comparable across balancers.
+    The loss minimised, logged as `loss`, is the fused head's loss plus
+    the probes' losses; the probes' terms reach only the probes' weights,
+    so the encoders and the fusion follow the fused loss (`fused_loss`)
+    alone.
 
     Args:
         **kwargs: passed to `keras.layers.Layer`.

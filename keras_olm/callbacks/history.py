@@ -52,7 +52,12 @@ class LogitNormHistory(keras.callbacks.Callback):
     (e.g. `fast_acc` becomes `train_acc` on the rows of head `fast`); any
     other log becomes `log_{key}` on every row (e.g. `log_loss`,
     `log_val_loss`). `epoch` counts the epochs completed (1 after the first
-    epoch, as Keras' progress bar counts them).
+    epoch, as Keras' progress bar counts them). With head stopping the
+    modality heads' rows have `train_gate` (the logged `<head>_gate`: 1
+    while the head trains its encoder, 0 once stopped) and
+    `stopped_epoch`, the epoch in which the head stopped (read from every
+    epoch's logs, measured or not; NaN while it trains); the same epochs
+    are kept in `stopped_epochs` (head -> epoch).
 
     Rows are kept in `history` (a list of dicts, one per epoch x head x
     class; `to_dataframe()` gives a pandas DataFrame, if pandas is
@@ -63,7 +68,10 @@ class LogitNormHistory(keras.callbacks.Callback):
     `logit_norms.png` (per-class raw norms over epochs, one panel per head),
     `modulated_norms.png` and `coefficients.png` (coefficients and λ) when
     the balancer has coefficients, `logit_scores.png`, and `accuracy.png`
-    (every head's accuracy on `data`, Fig. 6 A). With `log_dir` it writes
+    (every head's accuracy on `data`, Fig. 6 A), each titled with
+    `run_name` (or the model's name); the figures mark the epoch in which
+    a head stopped, and `coefficients.png` says when the coefficients
+    never moved (modulation off). With `log_dir` it writes
     TensorBoard scalars `acc/{head}`, `logit_norm/{head}` and, when
     available, `modulated_norm/{head}`, `coef/{head}`, `lambda/{head}`.
 
@@ -77,7 +85,10 @@ class LogitNormHistory(keras.callbacks.Callback):
             `inputs` a dict from modality name to array and `labels` integer
             class ids of shape `(n,)`, or a batched `tf.data.Dataset` of
             `(inputs, labels[, sample_weight])` (sample weights are
-            ignored). Its modality keys must be the model's.
+            ignored). Its modality keys must be the model's. The arrays
+            may also come as two arguments,
+            `LogitNormHistory(x_val, y_val, out_dir=...)`; the arguments
+            after the data may be given by position in the order below.
         out_dir: str or `None`. Folder for the CSV file and the PNG
             figures (created when missing). `None` keeps everything in
             memory only. Defaults to `None`.
@@ -93,6 +104,8 @@ class LogitNormHistory(keras.callbacks.Callback):
             to `256`.
         plot: bool. Whether to draw the PNG figures into `out_dir` when
             training ends. Defaults to `True`.
+        run_name: str or `None`. Names the run in every figure's title.
+            Defaults to `None` (the model's `name`).
 
     Example:
     ```python
@@ -117,14 +130,31 @@ class LogitNormHistory(keras.callbacks.Callback):
     def __init__(
         self,
         data,
+        *positional,
         out_dir=None,
         log_dir=None,
         every=1,
         class_names=None,
         batch_size=256,
         plot=True,
+        run_name=None,
     ):
         super().__init__()
+        data, options = _data_and_options(
+            data,
+            positional,
+            {
+                "out_dir": out_dir,
+                "log_dir": log_dir,
+                "every": every,
+                "class_names": class_names,
+                "batch_size": batch_size,
+                "plot": plot,
+            },
+        )
+        out_dir, log_dir, every, class_names, batch_size, plot = (
+            options.values()
+        )
         self._arrays, self._dataset = _split_data(data)
         if isinstance(every, bool) or not isinstance(every, int | np.integer):
             raise TypeError(f"every must be a positive int; got {every!r}.")
@@ -139,6 +169,9 @@ class LogitNormHistory(keras.callbacks.Callback):
         self.class_names = None if class_names is None else list(class_names)
         self.batch_size = int(batch_size)
         self.plot = bool(plot)
+        self.run_name = None if run_name is None else str(run_name)
+        self.stopped_epochs = {}
+        self.figures = []
         self.history = []
         self._writer = None
 
@@ -150,6 +183,14 @@ class LogitNormHistory(keras.callbacks.Callback):
         if self.out_dir is None:
             return None
         return os.path.join(self.out_dir, CSV_NAME)
+
+    @property
+    def title(self):
+        """The figures' title: `run_name`, else the model's name."""
+        if self.run_name is not None:
+            return self.run_name
+        model = getattr(self, "_model", None)
+        return None if model is None else model.name
 
     def to_dataframe(self):
         """The recorded rows as a pandas DataFrame (needs pandas)."""
@@ -184,6 +225,12 @@ class LogitNormHistory(keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(self.log_dir)
 
     def on_epoch_end(self, epoch, logs=None):
+        for head in self.model.head_names:
+            gate = (logs or {}).get(f"{head}_gate")
+            if gate is None or head in self.stopped_epochs:
+                continue
+            if float(keras.ops.convert_to_numpy(gate)) < 0.5:
+                self.stopped_epochs[head] = epoch + 1
         last = (self.params or {}).get("epochs")
         if (epoch + 1) % self.every != 0 and epoch + 1 != last:
             return
@@ -201,7 +248,9 @@ class LogitNormHistory(keras.callbacks.Callback):
         if self.out_dir is None or not self.plot or not self.history:
             return
         try:
-            plot_diagnostics(self.history, self.out_dir)
+            self.figures = plot_diagnostics(
+                self.history, self.out_dir, title=self.title
+            )
         except Exception as error:  # training must still end well
             warnings.warn(
                 f"LogitNormHistory could not draw its figures ({error!r}); "
@@ -251,6 +300,10 @@ class LogitNormHistory(keras.callbacks.Callback):
                     "lambda": lam,
                 }
                 row.update(per_head_logs.get(head, {}))
+                if "train_gate" in row:
+                    row["stopped_epoch"] = self.stopped_epochs.get(
+                        head, math.nan
+                    )
                 row.update(global_logs)
                 rows.append(row)
         return rows
@@ -359,6 +412,62 @@ def head_statistics(logits, labels, num_classes):
         "acc": float(np.mean(correct)) if len(labels) else math.nan,
         "head_logit_norm": float(np.mean(norms)) if len(labels) else math.nan,
     }
+
+
+_OPTION_NAMES = (
+    "out_dir",
+    "log_dir",
+    "every",
+    "class_names",
+    "batch_size",
+    "plot",
+)
+
+
+def _data_and_options(data, positional, options):
+    """`data` and the options, from `LogitNormHistory`'s arguments.
+
+    Takes `(x, y)` as one tuple or as two arguments (`x` a dict of
+    arrays, `y` labels: anything but a path or `None`); the positional
+    arguments after the data are the options in signature order.
+    """
+    positional = list(positional)
+    if (
+        isinstance(data, dict)
+        and positional
+        and positional[0] is not None
+        and not isinstance(positional[0], str | os.PathLike)
+    ):
+        data = (data, positional.pop(0))
+    if isinstance(data, dict):
+        raise TypeError(
+            f"{_WHERE} must be an (inputs, labels) tuple of arrays or a "
+            "batched tf.data.Dataset of (inputs, labels); got the inputs "
+            "alone. Pass the labels too: LogitNormHistory((x, y), "
+            "out_dir=...) or LogitNormHistory(x, y, out_dir=...)."
+        )
+    if len(positional) > len(_OPTION_NAMES):
+        raise TypeError(
+            "LogitNormHistory takes (data, out_dir=None, log_dir=None, "
+            "every=1, class_names=None, batch_size=256, plot=True, "
+            f"run_name=None); got {len(positional)} arguments after data."
+        )
+    defaults = {
+        "out_dir": None,
+        "log_dir": None,
+        "every": 1,
+        "class_names": None,
+        "batch_size": 256,
+        "plot": True,
+    }
+    for name, value in zip(_OPTION_NAMES, positional):
+        if options[name] != defaults[name]:
+            raise TypeError(
+                f"LogitNormHistory got two values for {name!r} (one "
+                "positional, one by keyword)."
+            )
+        options[name] = value
+    return data, options
 
 
 def _split_data(data):

@@ -118,6 +118,77 @@ def _has_values(rows, value):
     return any(not math.isnan(float(row.get(value, math.nan))) for row in rows)
 
 
+def stopped_epochs(rows):
+    """The epoch in which each stopped head stopped, from the rows.
+
+    Reads the `stopped_epoch` column that `LogitNormHistory` writes (the
+    first epoch whose logged `<head>_gate` is 0, taken from every epoch's
+    logs) and, for rows without it, the first measured epoch whose
+    `train_gate` column (the logged `<head>_gate`) is 0.
+
+    Args:
+        rows: list of dict rows of one run.
+
+    Returns:
+        A dict from head name to the epoch (int) it stopped in; heads that
+        never stopped (and runs without head stopping) are absent.
+    """
+    stops = {}
+    for row in sorted(rows, key=lambda r: int(r["epoch"])):
+        head = row["head"]
+        stopped = float(row.get("stopped_epoch", math.nan))
+        gate = float(row.get("train_gate", math.nan))
+        if not math.isnan(stopped):
+            stops[head] = int(stopped)
+        elif head not in stops and not math.isnan(gate) and gate < 0.5:
+            stops[head] = int(row["epoch"])
+    return stops
+
+
+def coefficients_constant(rows):
+    """Whether a run's coefficients have values, all equal (never moved).
+
+    Args:
+        rows: list of dict rows of one run.
+
+    Returns:
+        The constant value (float) when every logged coefficient of every
+        head equals the same value, else `None` (also when the run has no
+        coefficients).
+    """
+    values = {
+        float(row["coef"])
+        for row in rows
+        if not math.isnan(float(row.get("coef", math.nan)))
+    }
+    return values.pop() if len(values) == 1 else None
+
+
+def _mark_stops(ax, stops, heads, colors=None):
+    """A dotted vertical line and a label at each stopped head's epoch."""
+    for i, head in enumerate(heads):
+        if head not in stops:
+            continue
+        color = "0.3" if colors is None else colors[i]
+        line = ax.axvline(
+            stops[head], color=color, linestyle=":", linewidth=1.2
+        )
+        line.set_gid(f"stop:{head}")
+        text = ax.annotate(
+            f"{head} stopped",
+            xy=(stops[head], 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(2, -2),
+            textcoords="offset points",
+            rotation=90,
+            ha="left",
+            va="top",
+            fontsize=7,
+            color=color,
+        )
+        text.set_gid(f"stop-label:{head}")
+
+
 def _class_colors(num):
     from matplotlib import colormaps
 
@@ -128,14 +199,24 @@ def _class_colors(num):
     return [cmap(i) for i in range(num)]
 
 
-def _figure(nrows, ncols, sharey):
+def _figure(nrows, ncols, sharey, title=None, extra_width=1.6):
     from matplotlib.figure import Figure
 
     fig = Figure(
-        figsize=(3.6 * ncols + 1.6, 2.9 * nrows + 0.6), layout="constrained"
+        figsize=(3.6 * ncols + extra_width, 2.9 * nrows + 0.8),
+        layout="constrained",
     )
     axes = fig.subplots(nrows, ncols, squeeze=False, sharey=sharey)
+    if title:
+        fig.suptitle(str(title))
     return fig, axes
+
+
+def _legend_columns(fig, entries, fontsize=8.0):
+    """Legend columns so that `entries` rows fit the figure's height."""
+    height_points = fig.get_figheight() * 72 - 60  # title and padding
+    per_column = max(1, int(height_points // (fontsize * 1.9)))
+    return max(1, math.ceil(entries / per_column))
 
 
 def _title(label, name):
@@ -147,12 +228,20 @@ def _save(fig, path):
         folder = os.path.dirname(os.fspath(path))
         if folder:
             os.makedirs(folder, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        # Constrained layout keeps every artist inside the figure; the
+        # tight box is a second guard for long class names.
+        fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.05)
     return fig
 
 
 def plot_logit_norms(
-    runs, labels=None, value="logit_norm", heads=None, path=None, sharey=True
+    runs,
+    labels=None,
+    value="logit_norm",
+    heads=None,
+    path=None,
+    sharey=True,
+    title=None,
 ):
     """Per-class curves over epochs: one row per run, one panel per head.
 
@@ -177,9 +266,14 @@ def plot_logit_norms(
             `None` (not saved).
         sharey: bool. Whether all panels share the y axis, so that heads
             and runs compare at a glance. Defaults to `True`.
+        title: str or `None`. The figure's title (e.g. the run's name);
+            the quantity drawn follows it. Defaults to `None` (the
+            quantity only).
 
     Returns:
-        The matplotlib `Figure`.
+        The matplotlib `Figure`. A head that head stopping stopped gets
+        a dotted vertical line and the label "<head> stopped" at the epoch
+        it stopped in (see `stopped_epochs`).
 
     Example:
     ```python
@@ -199,13 +293,21 @@ def plot_logit_norms(
     heads = list(heads) if heads is not None else _heads_of(loaded[0])
     classes = _classes_of(loaded[0])
     colors = _class_colors(len(classes))
-    fig, axes = _figure(len(loaded), len(heads), sharey)
+    fig, axes = _figure(
+        len(loaded),
+        len(heads),
+        sharey,
+        _suptitle(title, PER_CLASS_VALUES[value]),
+        extra_width=1.6 + 0.9 * max(0, math.ceil(len(classes) / 12) - 1),
+    )
     for r, (rows, label) in enumerate(zip(loaded, labels)):
+        stops = stopped_epochs(rows)
         for j, head in enumerate(heads):
             ax = axes[r, j]
             for (c, _), color in zip(classes, colors):
                 epochs, values = _series(rows, value, head=head, **{"class": c})
                 ax.plot(epochs, values, marker=".", color=color)
+            _mark_stops(ax, stops, [head])
             ax.set_title(_title(label, head))
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
@@ -216,10 +318,15 @@ def plot_logit_norms(
         handles=handles,
         title="class",
         loc="outside right upper",
-        ncols=1 if len(classes) <= 20 else 2,
-        fontsize="small",
+        ncols=_legend_columns(fig, len(classes)),
+        fontsize=8,
+        title_fontsize=8,
     )
     return _save(fig, path)
+
+
+def _suptitle(title, what):
+    return f"{title}: {what}" if title else what
 
 
 def _line(color, label, style="-"):
@@ -228,7 +335,7 @@ def _line(color, label, style="-"):
     return Line2D([], [], color=color, linestyle=style, label=label)
 
 
-def plot_accuracy(runs, labels=None, path=None):
+def plot_accuracy(runs, labels=None, path=None, title=None):
     """Every head's accuracy on the measured data over epochs, per run.
 
     The analogue of the paper's Fig. 6 A and C: the unimodal and fused
@@ -240,17 +347,23 @@ def plot_accuracy(runs, labels=None, path=None):
             `None`.
         path: str or `None`. Where to save the figure as PNG. Defaults to
             `None`.
+        title: str or `None`. The figure's title (e.g. the run's name).
+            Defaults to `None`.
 
     Returns:
-        The matplotlib `Figure`.
+        The matplotlib `Figure`, with each stopped head's epoch marked as
+        in `plot_logit_norms`.
     """
     loaded, labels = _load_runs(runs, labels)
-    fig, axes = _figure(1, len(loaded), True)
+    fig, axes = _figure(1, len(loaded), True, _suptitle(title, "accuracy"))
     for r, (rows, label) in enumerate(zip(loaded, labels)):
         ax = axes[0, r]
-        for head in _heads_of(rows):
+        heads, colors = _heads_of(rows), []
+        for head in heads:
             epochs, values = _series(rows, "acc", head=head, **{"class": 0})
-            ax.plot(epochs, values, marker=".", label=head)
+            (line,) = ax.plot(epochs, values, marker=".", label=head)
+            colors.append(line.get_color())
+        _mark_stops(ax, stopped_epochs(rows), heads, colors)
         ax.set_title(_title(label, "accuracy on the measured data"))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -260,8 +373,13 @@ def plot_accuracy(runs, labels=None, path=None):
     return _save(fig, path)
 
 
-def plot_coefficients(runs, labels=None, path=None):
+def plot_coefficients(runs, labels=None, path=None, title=None):
     """The balancer's coefficients and λ per head over epochs, per run.
+
+    A run whose coefficients never moved (every head's coefficient the
+    same constant, e.g. 1 when OLM's modulation is off) says so in its
+    coefficient panel ("constant at 1: no modulation"), and each stopped
+    head's epoch is marked as in `plot_logit_norms`.
 
     Args:
         runs: one run or a list of runs (see `plot_logit_norms`). Runs
@@ -270,21 +388,42 @@ def plot_coefficients(runs, labels=None, path=None):
             `None`.
         path: str or `None`. Where to save the figure as PNG. Defaults to
             `None`.
+        title: str or `None`. The figure's title (e.g. the run's name).
+            Defaults to `None`.
 
     Returns:
         The matplotlib `Figure`.
     """
     loaded, labels = _load_runs(runs, labels)
-    fig, axes = _figure(len(loaded), 2, False)
+    fig, axes = _figure(
+        len(loaded), 2, False, _suptitle(title, "coefficients and λ")
+    )
     names = {"coef": "logit coefficient w", "lambda": "rebalancing factor λ"}
     for r, (rows, label) in enumerate(zip(loaded, labels)):
+        heads = _heads_of(rows)
         for j, column in enumerate(("coef", "lambda")):
             ax = axes[r, j]
-            for head in _heads_of(rows):
+            colors = []
+            for head in heads:
                 epochs, values = _series(
                     rows, column, head=head, **{"class": 0}
                 )
-                ax.plot(epochs, values, marker=".", label=head)
+                (line,) = ax.plot(epochs, values, marker=".", label=head)
+                colors.append(line.get_color())
+            _mark_stops(ax, stopped_epochs(rows), heads, colors)
+            constant = coefficients_constant(rows)
+            if column == "coef" and constant is not None:
+                note = ax.text(
+                    0.5,
+                    0.08,
+                    f"constant at {constant:g}: no modulation",
+                    ha="center",
+                    va="bottom",
+                    transform=ax.transAxes,
+                    fontsize=9,
+                    bbox={"facecolor": "white", "alpha": 0.8, "lw": 0},
+                )
+                note.set_gid("modulation-off")
             if not _has_values(rows, column):
                 ax.text(
                     0.5,
@@ -303,7 +442,7 @@ def plot_coefficients(runs, labels=None, path=None):
     return _save(fig, path)
 
 
-def plot_diagnostics(runs, out_dir, labels=None):
+def plot_diagnostics(runs, out_dir, labels=None, title=None):
     """Draws every figure of `LogitNormHistory` into a folder.
 
     Writes `logit_norms.png`, `logit_scores.png`, `accuracy.png` and, when
@@ -315,6 +454,8 @@ def plot_diagnostics(runs, out_dir, labels=None):
         out_dir: str. The folder (created when missing).
         labels: list of str or `None`. One label per run. Defaults to
             `None`.
+        title: str or `None`. Every figure's title starts with it (e.g.
+            the run's name). Defaults to `None`.
 
     Returns:
         The list of the PNG paths written.
@@ -327,16 +468,32 @@ def plot_diagnostics(runs, out_dir, labels=None):
         paths.append(os.path.join(out_dir, name))
         return paths[-1]
 
-    plot_logit_norms(loaded, labels, "logit_norm", path=out("logit_norms.png"))
+    plot_logit_norms(
+        loaded,
+        labels,
+        "logit_norm",
+        path=out("logit_norms.png"),
+        title=title,
+    )
     has_coefficients = any(_has_values(rows, "coef") for rows in loaded)
     if has_coefficients:
         plot_logit_norms(
-            loaded, labels, "modulated_norm", path=out("modulated_norms.png")
+            loaded,
+            labels,
+            "modulated_norm",
+            path=out("modulated_norms.png"),
+            title=title,
         )
     plot_logit_norms(
-        loaded, labels, "logit_score", path=out("logit_scores.png")
+        loaded,
+        labels,
+        "logit_score",
+        path=out("logit_scores.png"),
+        title=title,
     )
-    plot_accuracy(loaded, labels, path=out("accuracy.png"))
+    plot_accuracy(loaded, labels, path=out("accuracy.png"), title=title)
     if has_coefficients:
-        plot_coefficients(loaded, labels, path=out("coefficients.png"))
+        plot_coefficients(
+            loaded, labels, path=out("coefficients.png"), title=title
+        )
     return paths

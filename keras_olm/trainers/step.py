@@ -282,14 +282,16 @@ class TrainingStep:
     def _raw_head_losses(self, y, logits):
         """Unweighted cross-entropy of every head, `(num_heads,)`."""
         y = self._labels(y)
-        # Every head gives (batch, num_classes): one call over the stacked
-        # heads.
-        stacked = ops.stack([logits[h] for h in self.head_names])
-        labels = ops.broadcast_to(y, ops.shape(stacked)[:-1])
+        # Every head gives (batch, num_classes): one call over the heads'
+        # logits stacked into rank-2 rows (a rank-3 call makes TensorFlow
+        # add a shape Assert that XLA drops with a warning).
+        num_heads = len(self.head_names)
+        stacked = ops.concatenate([logits[h] for h in self.head_names])
+        labels = ops.tile(y, (num_heads,))
         per_sample = keras.losses.sparse_categorical_crossentropy(
             labels, stacked, from_logits=True
         )
-        return ops.mean(per_sample, axis=-1)
+        return ops.mean(ops.reshape(per_sample, (num_heads, -1)), axis=-1)
 
     def _held_out_losses(self, batch):
         """Per-head losses on the `HeldOutBatch` `batch` (or zeros), and
