@@ -295,9 +295,13 @@ def test_default_olm_is_the_default_of_every_part():
         "temperature": 1.0,
         "momentum": 0.9,
     }
-    assert config["coefficient_law"]["class_name"] == "ClosedForm"
+    assert config["coefficient_law"]["class_name"] == "LogitLossDescent"
     assert _inner(config, "coefficient_law") == {
-        "strength": 0.0,
+        "optimizer": "adam",
+        "learning_rate": 1e-3,
+        "coefficient_ce_grad": False,
+        "targets": "preserve",
+        "mean_one": True,
         "coefficient_range": (0.1, 10.0),
     }
     stopping = _inner(config, "head_stopping")

@@ -381,20 +381,30 @@ def test_lambda_momentum_moves_lambda_on_held_out_steps_only():
     np.testing.assert_allclose(np_(olm.coefficients), 3 * smoothed, rtol=1e-4)
 
 
-def test_the_default_does_not_modulate():
-    # modulation_strength 0: λ moves, every coefficient stays 1.
+def test_the_default_modulates_by_descending_eq9():
+    # The default coefficient law: one Adam step down L_logit (Eq. 9,
+    # Algorithm 1) per step, rescaled to mean 1 and clipped to [0.1, 10].
     olm = make_olm(
         rate_estimate=RateEstimate(loss_momentum=0.0),
         rebalancing=Rebalancing(momentum=0.0),
     )
-    assert isinstance(olm.coefficient_law, ClosedForm)
-    assert olm.coefficient_law.strength == 0.0
+    law = olm.coefficient_law
+    assert isinstance(law, LogitLossDescent)
+    assert (law.optimizer, law.learning_rate) == ("adam", 1e-3)
+    assert (law.targets, law.mean_one) == ("preserve", True)
+    assert law.coefficient_range == (0.1, 10.0)
     assert olm.head_stopping.patience == 40
     assert olm.head_stopping_patience == 2
+    # λ uniform on the first step; mean norms (5, 1, 3), targets (3, 3, 3):
+    # grad = (5, -1, 0) and Adam's first step is lr * sign(grad); the mean
+    # stays 1.
     measure(olm, LOGITS, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(
+        np_(olm.coefficients), [0.999, 1.001, 1.0], atol=1e-6
+    )
     measure(olm, LOGITS, [0.5, 0.9, 0.8], [0.5, 1.0, 1.0])
     assert np.ptp(np_(olm.lambdas)) > 0.1
-    np.testing.assert_allclose(np_(olm.coefficients), [1.0, 1.0, 1.0])
+    assert np.mean(np_(olm.coefficients)) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_negative_strength_stays_inside_its_bounds():

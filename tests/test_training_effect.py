@@ -115,12 +115,15 @@ def test_default_keeps_up_with_heads_and_joint_training_on_a_long_run(
     coef = np.array([history[f"{h}_coef"] for h in ("fast", "slow", "fused")])
     low, high = keras_olm.OLM().coefficient_law.coefficient_range
     print({name: acc for name, (acc, _) in figures.items()}, stopped)
-    # Every epoch, every head: strictly inside the clip bounds.
-    assert coef.min() > low + 0.1 and coef.max() < high - 1.0
+    # The coefficients modulate: inside the clip bounds, mean 1 every
+    # epoch, and away from 1 by the end.
+    assert coef.min() >= low - 1e-6 and coef.max() <= high + 1e-6
+    np.testing.assert_allclose(coef.mean(axis=0), 1.0, atol=0.05)
+    assert np.abs(coef[:, -1] - 1.0).max() > 0.2
     # Head stopping stopped both modality heads within the run.
     assert stopped[:2].tolist() == [1.0, 1.0]
     # Fused accuracy not below the unmodulated heads or joint training by
-    # more than a point (measured, joint / heads / OLM: TF 0.869 / 0.834 /
-    # 0.860, JAX 0.864 / 0.840 / 0.864, torch 0.867 / 0.848 / 0.865).
+    # more than a point (measured under torch, joint / heads / OLM: 0.867 /
+    # 0.848 / 0.888).
     assert figures["olm"][0] >= figures["heads"][0] - 0.01
     assert figures["olm"][0] >= figures["joint"][0] - 0.01

@@ -13,26 +13,28 @@ training data, the paper's L_dev):
     λ   = softmax over heads of G_h / C_h                         (Eq. 8)
     L_logit = Σ_h | w_h ||s_h|| - λ_h s̄ |                        (Eq. 9)
 
-and w is moved down the gradient of L_logit (Algorithm 1; the coefficient
-law `LogitLossDescent`).
+and w is moved down the gradient of L_logit (Algorithm 1): the default
+coefficient law `LogitLossDescent` takes one Adam step on the analytic
+gradient of Eq. 9 per training step, rescales the coefficients to mean 1
+and clips them to [0.1, 10].
 
 Integrating L_logit has no fixed point once the network adapts: a head
 whose coefficient falls grows its raw logits ||s_h|| and keeps w_h ||s_h||
 where it was, so the gradient keeps pushing w_h the same way until a clip
-bound stops it. The default coefficient law (`ClosedForm`) sets the
-coefficients from λ directly, w_h = (H λ_h)^strength. With a negative
-strength, under Adam a coefficient acts as the inverse temperature of its
-head's softmax: a large w_h lets the head's loss saturate (the head stops
-fitting its training samples) while a small one keeps it fitting, and
-Eq. 8 gives the small λ to the head that overfits, so the negative
-strength gives that head the large coefficient.
+bound stops it. On long runs the coefficients therefore end at or near the
+bounds: the fused head's large, the modality heads' small. Under Adam a
+coefficient acts as the inverse temperature of its head's softmax, so the
+modality heads keep a soft, still-fitting loss while the fused head's
+loss saturates. The other coefficient law, `ClosedForm`, sets the
+coefficients from λ directly, w_h = (H λ_h)^strength, and with strength 0
+switches the modulation off.
 
 Head stopping (`HeadStopping`, on by default) reads the same held-out
 losses as Eq. 6 for a different purpose: a modality head whose held-out
 loss has stopped improving stops sending gradient into its encoder, for
-good, and goes on as a linear probe. The default strength is 0 (no
-modulation): OLM's default is the per-head losses of Eq. 5, stopped per
-head by the generalization its held-out losses show.
+good, and goes on as a linear probe. OLM's default is the paper's
+modulation (Eq. 6-9, Algorithm 1's descent) with the per-head losses of
+Eq. 5 stopped per head by the generalization its held-out losses show.
 
 The paper leaves choices open; each is a field of one of OLM's parts
 (`HeldOutSchedule`, `RateEstimate`, `Rebalancing`, `ClosedForm` or
@@ -372,8 +374,8 @@ class ClosedForm(_Part):
 class LogitLossDescent(_Part):
     """Coefficient law: one optimizer step down L_logit (Eq. 9, Alg. 1).
 
-    On long runs the coefficients run to the clip bounds (see the module
-    docstring).
+    OLM's default. On long runs the coefficients run to or near the clip
+    bounds (see the module docstring).
 
     Args:
         optimizer: str. `"sgd"` as in Algorithm 1, or `"adam"` as in the
@@ -463,10 +465,13 @@ class OLM(Balancer):
     and `counters` (`olm.steps`, `olm.held_out_steps`). Head stopping
     keeps its own state (`olm.head_stopping`).
 
-    By default every modality head stops training its encoder once its
-    held-out loss has stopped improving (`HeadStopping()`, 40 steps), and
-    the coefficients are the closed form of λ with strength 0, i.e. all 1:
-    no logit modulation. `OLM.paper()` is Eq. 6-9 and Algorithm 1 as the
+    By default the coefficients follow Algorithm 1: one Adam step down
+    L_logit (Eq. 9) per training step, rescaled to mean 1 and clipped to
+    [0.1, 10] (`LogitLossDescent()`), and every modality head stops
+    training its encoder once its held-out loss has stopped improving
+    (`HeadStopping()`, 40 steps). `ClosedForm(strength=0)` keeps every
+    coefficient at 1 (no modulation: the per-head losses with head
+    stopping). `OLM.paper()` is Eq. 6-9 and Algorithm 1 as the
     paper prints them; `OLM.authors()` reproduces the authors' code,
     including its collapse (λ one-hot, coefficients to 0) on imbalanced
     problems.
@@ -483,7 +488,8 @@ class OLM(Balancer):
             `Rebalancing()`.
         coefficient_law: `ClosedForm`, `LogitLossDescent` or `None`. How
             the coefficients follow λ. `None` (the default) is
-            `ClosedForm()`: strength 0, every coefficient 1.
+            `LogitLossDescent()`: Adam on L_logit, mean 1, clipped to
+            [0.1, 10].
         head_stopping: `HeadStopping`, `True` for `HeadStopping()`, or
             `None` (every head's loss always reaches its encoder, as in
             the paper). Defaults to `True`.
@@ -494,12 +500,15 @@ class OLM(Balancer):
     model = keras_olm.BalancedMultimodalModel(
         {"audio": audio_encoder, "visual": visual_encoder},
         num_classes=6,
-        balancer=keras_olm.OLM(
-            coefficient_law=keras_olm.balancers.ClosedForm(strength=-2.0)
-        ),
+        balancer=keras_olm.OLM(),
     )
     model.compile(optimizer="adam")
     model.fit(train_ds, held_out_data=held_out_ds, epochs=10)
+
+    # The same without modulation (every coefficient 1):
+    unmodulated = keras_olm.OLM(
+        coefficient_law=keras_olm.balancers.ClosedForm(strength=0.0)
+    )
     ```
 
     References:
@@ -522,7 +531,7 @@ class OLM(Balancer):
         held_out = held_out or HeldOutSchedule()
         rate_estimate = rate_estimate or RateEstimate()
         rebalancing = rebalancing or Rebalancing()
-        coefficient_law = coefficient_law or ClosedForm()
+        coefficient_law = coefficient_law or LogitLossDescent()
         self.held_out = _part("held_out", held_out, (HeldOutSchedule,))
         self.set_held_out_schedule(self.held_out.schedule, self.held_out.every)
         self.rate_estimate = _part(
