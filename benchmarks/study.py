@@ -39,9 +39,13 @@ Methods (`--methods`; default: all of `study_methods()`):
   with it: `olm-paper` (`OLM.paper()`), `olm-authors`
   (`OLM.authors(steps_per_epoch)` with the run's steps per epoch),
   `olm-closed2` and `olm-closed-neg2` (`ClosedForm(strength=±2)`) and
-  `olm-descent` (`LogitLossDescent()`, Eq. 9 integrated);
+  `olm-closed0` (`ClosedForm(strength=0)`: OLM without modulation, i.e.
+  `heads` with OLM's held-out schedule; `olm-closed0+stop` is what the
+  default's modulation must beat);
 - the former method names of `olm_defaults.py` (`legacy_methods()`, and
-  `olm-stop<p>[d<x>][m<x>]`, `heads-stop<p>...`) keep their meaning.
+  `olm-stop<p>[d<x>][m<x>]`, `heads-stop<p>...`) are accepted: each
+  varies one part of today's `OLM()` (those that name no coefficient law
+  modulate by `LogitLossDescent`, and all of them stop heads).
 
 Regimes (`--regime`, part of every record's key):
 
@@ -148,9 +152,8 @@ def _olm_variants():
         "olm-closed-neg2": lambda spe, stop: olm(
             coefficient_law=closed(strength=-2.0), head_stopping=stop
         ),
-        "olm-descent": lambda spe, stop: olm(
-            coefficient_law=olm_balancers.LogitLossDescent(),
-            head_stopping=stop,
+        "olm-closed0": lambda spe, stop: olm(
+            coefficient_law=closed(strength=0.0), head_stopping=stop
         ),
     }
 

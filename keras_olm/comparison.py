@@ -249,6 +249,16 @@ def _as_arrays(x, argument):
     )
 
 
+def _pair(data, argument):
+    """`(inputs, labels)` arrays of a `(x, y)` argument."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TypeError(
+            f"compare_balancers: `{argument}` must be a tuple `(x, y)` of "
+            f"arrays; got {type(data).__name__}."
+        )
+    return _as_arrays(data[0], argument), np.asarray(data[1])
+
+
 def _take(x, index):
     if isinstance(x, dict):
         return {k: v[index] for k, v in x.items()}
@@ -420,10 +430,7 @@ def compare_balancers(
             x, y, validation_split, rng, "validation_split"
         )
     else:
-        validation_data = (
-            _as_arrays(validation_data[0], "validation_data"),
-            np.asarray(validation_data[1]),
-        )
+        validation_data = _pair(validation_data, "validation_data")
     held_out = None
     if _needs_held_out(build_model, items):
         if held_out_data is None:
@@ -431,15 +438,9 @@ def compare_balancers(
                 x, y, held_out_split, rng, "held_out_split"
             )
         else:
-            held_out = (
-                _as_arrays(held_out_data[0], "held_out_data"),
-                np.asarray(held_out_data[1]),
-            )
+            held_out = _pair(held_out_data, "held_out_data")
     if test_data is not None:
-        test_data = (
-            _as_arrays(test_data[0], "test_data"),
-            np.asarray(test_data[1]),
-        )
+        test_data = _pair(test_data, "test_data")
     scored = test_data if test_data is not None else validation_data
     scored_on = "test" if test_data is not None else "validation"
 

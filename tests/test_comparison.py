@@ -83,23 +83,17 @@ def test_table_means_spreads_and_paired_differences():
 
 def test_the_checkpoint_is_the_best_validation_epoch_and_runs_repeat():
     x, y, _ = _data()
-    first = keras_olm.compare_balancers(
-        _builder(x),
-        x,
-        y,
-        balancers=["heads"],
-        seeds=(3,),
-        epochs=3,
-        verbose=0,
-    )
-    again = keras_olm.compare_balancers(
-        _builder(x),
-        x,
-        y,
-        balancers=["heads"],
-        seeds=(3,),
-        epochs=3,
-        verbose=0,
+    first, again = (
+        keras_olm.compare_balancers(
+            _builder(x),
+            x,
+            y,
+            balancers=["heads"],
+            seeds=(3,),
+            epochs=3,
+            verbose=0,
+        )
+        for _ in range(2)
     )
     curve = first.curves[("heads", 3)]["fused"]
     run = first.runs.iloc[0]
@@ -147,6 +141,7 @@ def test_configured_balancers_by_label_and_the_plot_file(tmp_path):
         ({"seeds": ()}, ValueError, "seeds"),
         ({"validation_split": 0.0}, ValueError, "validation_split"),
         ({"balancers": {"x": 3}}, TypeError, "'x'"),
+        ({"test_data": "nope"}, TypeError, "`test_data` must be a tuple"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, error, words):

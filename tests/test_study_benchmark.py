@@ -118,7 +118,15 @@ def test_methods_follow_the_registry(monkeypatch):
     # OLM stops heads by default: `olm` with, `olm-nostop` without.
     assert study.make_balancer("olm", 10).head_stopping is not None
     assert study.make_balancer("olm-nostop", 10).head_stopping is None
-    for variant in ("paper", "authors", "closed2", "closed-neg2", "descent"):
+    # The default modulates; `olm-closed0` is OLM without modulation.
+    assert isinstance(
+        study.make_balancer("olm", 10).coefficient_law,
+        olm_balancers.LogitLossDescent,
+    )
+    assert study.make_balancer("olm-closed0+stop", 10).coefficient_law == (
+        olm_balancers.ClosedForm(strength=0.0)
+    )
+    for variant in ("paper", "authors", "closed2", "closed-neg2", "closed0"):
         plain = study.make_balancer(f"olm-{variant}", 10)
         stopped = study.make_balancer(f"olm-{variant}+stop", 10)
         assert plain.head_stopping is None

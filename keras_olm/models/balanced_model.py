@@ -110,7 +110,8 @@ class BalancedMultimodalModel(SavingMixin, StepMixin, keras.Model):
             fusion layer maps the dict of encoder outputs to a dict with one
             feature per modality and one under `"fused"`.
         balancer: a `keras_olm.balancers.Balancer`, `"olm"` for `OLM()`
-            with its defaults, `"heads"` for every head's cross-entropy
+            with its defaults (the paper's logit modulation with head
+            stopping), `"heads"` for every head's cross-entropy
             without modulation, or `None` for plain joint training (the
             fused head's loss only; unimodal heads become linear probes on
             detached features). Defaults to `"olm"`.
