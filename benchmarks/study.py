@@ -205,9 +205,7 @@ def legacy_methods():
         )
 
     return {
-        "olm-modulated": lambda spe: olm(
-            coefficient_law=closed(strength=-2.0)
-        ),
+        "olm-modulated": lambda spe: olm(coefficient_law=closed(strength=-2.0)),
         "olm-lambda-every-step": lambda spe: olm(rebalancing=still),
         "olm-optimizer": lambda spe: olm(
             coefficient_law=descent(), rebalancing=still
@@ -366,9 +364,7 @@ def build_model(problem, method, regime, train, num_classes, l2_heads=True):
         for head in model.heads.values():
             for variable in head.trainable_weights:
                 if len(variable.shape) >= 2:
-                    variable.regularizer = keras.regularizers.L2(
-                        settings["l2"]
-                    )
+                    variable.regularizer = keras.regularizers.L2(settings["l2"])
     return model, steps_per_epoch
 
 
@@ -579,9 +575,7 @@ def report(records, epoch_counts, references=REFERENCES):
                     means[method] = values.mean(axis=0)
                     cells = [fmt(values[:, 0], ""), fmt(values[:, 1], "")]
                     for ref in references:
-                        theirs = _accuracies(
-                            runs, regime, problem, ref, epochs
-                        )
+                        theirs = _accuracies(runs, regime, problem, ref, epochs)
                         diff = _paired(acc, theirs)
                         if method == ref or not len(diff):
                             cells += ["–", "–"]
@@ -694,9 +688,11 @@ def summary(records, method, epoch_counts):
     return "\n".join(lines)
 
 
-def paired_summary(records, method, epoch_counts):
+def paired_summary(
+    records, method, epoch_counts, references=("heads", "joint")
+):
     """One row per (regime, problem): `method`'s paired differences
-    against `heads` and `joint` at every epoch count.
+    against each of `references` at every epoch count.
 
     Cells are "final / best val" differences in fused test accuracy, mean
     ± std over the seeds all three ran; the last column gives the range
@@ -705,9 +701,11 @@ def paired_summary(records, method, epoch_counts):
     runs = _index(records)
     lines = [
         "| regime | problem | n | "
-        + " | ".join(f"{e} ep: − heads | {e} ep: − joint" for e in epoch_counts)
+        + " | ".join(
+            f"{e} ep: − {ref}" for e in epoch_counts for ref in references
+        )
         + " | coefficients, min-max over all epochs |",
-        "|---|---|---|" + "---|---|" * len(epoch_counts) + "---|",
+        "|---|---|---|" + "---|" * len(epoch_counts) * len(references) + "---|",
     ]
     regimes = _ordered((k[0] for k in runs), REGIMES)
     problems = _ordered((k[1] for k in runs), (*PROBLEMS, *EMBEDDED))
@@ -717,14 +715,16 @@ def paired_summary(records, method, epoch_counts):
             seeds = sorted(
                 s
                 for s in mine
-                if s in runs.get((regime, problem, "heads"), {})
-                and s in runs.get((regime, problem, "joint"), {})
+                if all(
+                    s in runs.get((regime, problem, ref), {})
+                    for ref in references
+                )
             )
             if not seeds:
                 continue
             cells = []
             for epochs in epoch_counts:
-                for ref in ("heads", "joint"):
+                for ref in references:
                     theirs = runs[regime, problem, ref]
                     diff = np.array(
                         [
@@ -802,8 +802,7 @@ def parse_args(argv=None):
         type=int,
         nargs="+",
         default=None,
-        help="epoch counts (default: the regime's); runs train to the "
-        "largest",
+        help="epoch counts (default: the regime's); runs train to the largest",
     )
     parser.add_argument("--regime", choices=list(REGIMES), default=None)
     parser.add_argument(
@@ -831,6 +830,12 @@ def parse_args(argv=None):
         default=None,
         help="with --report: this method's paired differences against "
         "heads and joint, one row per problem",
+    )
+    parser.add_argument(
+        "--references",
+        nargs="+",
+        default=["heads", "joint"],
+        help="with --paired: the references (default: heads joint)",
     )
     parser.add_argument("--list-methods", action="store_true")
     return parser.parse_args(argv)
@@ -861,11 +866,17 @@ def main(argv=None):
         candidate = args.summary or args.paired
         if candidate and args.methods is not None:
             # The candidate and its references are always read.
-            args.methods = [*args.methods, candidate, "joint", "heads"]
+            args.methods = [
+                *args.methods,
+                candidate,
+                "joint",
+                "heads",
+                *args.references,
+            ]
         records = _filter(load(path), args)
         epochs = args.epochs or default_epochs(records)
         if args.paired:
-            text = paired_summary(records, args.paired, epochs)
+            text = paired_summary(records, args.paired, epochs, args.references)
         elif args.summary:
             text = summary(records, args.summary, epochs)
         else:
