@@ -10,29 +10,37 @@ alone says which held-out batch a step reads: the same on every backend,
 and the same after a resume as in an uninterrupted run
 (`start_position`).
 
-A held-out batch reaches the training step one way on every backend: the
-`HeldOutFeed` adds it to the training batch on the host
-(`HeldOutFeed.merge`), on the steps that read one and on no other; those
-run the plain step, which has no held-out pass in it. The training batch
-is a `(x, y[, sample_weight], HeldOutBatch)` tuple then, and `unpack`
-turns any batch into a `StepBatch`. That one path serves:
+A held-out batch reaches the training step in one of two ways:
 
-- several steps per compiled call (`steps_per_execution > 1`): JAX's
-  trainer takes each step's batch from the host iterator, which the feed
-  wraps; TensorFlow's runs a compiled call in which no step is due as it
-  is, and a call in which one is on a list of batches taken on the host,
-  each merged (Keras' step function takes a list as well as an iterator);
-  torch runs one step per call;
-- distribution: the held-out batch is an ordinary input of the step. A
-  `tf.distribute` strategy hands it to every replica whole (it is no
-  per-replica value), JAX's `keras.distribution` lays it out over the
-  devices as a training batch (`_held_out_batches`), and each torch
-  process reads its own; the step averages the held-out losses over the
-  replicas or processes (`_global_batch`);
-- exact resume (`BackupAndRestore`, `load_model` with `initial_epoch`):
-  the feed finds its place from the global step when the first step asks
-  for it, after the callbacks' `on_train_begin`, where a model is
-  restored; nothing of the schedule lives in the input pipeline.
+- measured before the step, where a compiled call runs one step on one
+  device (TensorFlow and JAX with `steps_per_execution=1` and no
+  distribution, the default): on a step that reads one, the backend's
+  trainer measures every head's held-out loss on the host first, with a
+  forward pass compiled on its own, and the step reads the losses
+  (`HeldOutLosses`; TensorFlow stages them in a variable, JAX adds them,
+  zeros with flag 0 on other steps, to every batch). The training step
+  has the same inputs on every step and is traced once;
+- measured inside the step otherwise: the `HeldOutFeed` adds the
+  held-out batch to the training batch on the host (`HeldOutFeed.merge`),
+  on the steps that read one and on no other. The training batch is a
+  `(x, y[, sample_weight], HeldOutBatch)` tuple then. This serves several
+  steps per compiled call (JAX's trainer takes each step's batch from
+  the host iterator, which the feed wraps; TensorFlow's runs a compiled
+  call in which no step is due as it is, and a call in which one is on a
+  list of batches taken on the host, each merged), torch (one eager step
+  per call), and distribution: the held-out batch is an ordinary input
+  of the step. A `tf.distribute` strategy hands it to every replica
+  whole, JAX's `keras.distribution` lays it out over the devices as a
+  training batch (`_held_out_batches`), and each torch process reads its
+  own; the step averages the held-out losses over the replicas or
+  processes (`_global_batch`).
+
+Either way the weights measured at are those the step starts from, and
+`unpack` turns any batch into a `StepBatch`. Exact resume
+(`BackupAndRestore`, `load_model` with `initial_epoch`) holds for both:
+the feed finds its place from the global step when the first step asks
+for it, after the callbacks' `on_train_begin`, where a model is
+restored; nothing of the schedule lives in the input pipeline.
 """
 
 from typing import Any
@@ -58,6 +66,19 @@ class HeldOutBatch(NamedTuple):
     y: Any
 
 
+class HeldOutLosses(NamedTuple):
+    """Every head's held-out loss, measured before the training step.
+
+    Args:
+        losses: float32 `(num_heads,)`; zeros on a step that reads none.
+        flag: float32 scalar: 1 when `losses` were measured for this
+            step, 0 otherwise.
+    """
+
+    losses: Any
+    flag: Any
+
+
 class StepBatch(NamedTuple):
     """One training or test batch, unpacked.
 
@@ -65,7 +86,7 @@ class StepBatch(NamedTuple):
         x: dict from modality name to a batch.
         y: labels, or a dict of targets with regression heads.
         sample_weight: per-sample weights or `None`.
-        held_out: a `HeldOutBatch` or `None`.
+        held_out: a `HeldOutBatch`, `HeldOutLosses` or `None`.
     """
 
     x: Any
@@ -75,7 +96,8 @@ class StepBatch(NamedTuple):
 
 
 def pack(data, held_out):
-    """The training batch `data` with the `HeldOutBatch` `held_out`."""
+    """The training batch `data` with `held_out` (a `HeldOutBatch` or
+    `HeldOutLosses`)."""
     data = tuple(data)
     sample_weight = data[2] if len(data) > 2 else None
     return StepBatch(data[0], data[1], sample_weight, held_out)
@@ -92,7 +114,7 @@ def unpack(data):
             "Training batches must be (inputs, labels[, sample_weight])."
         )
     held_out = None
-    if isinstance(data[-1], HeldOutBatch):
+    if isinstance(data[-1], (HeldOutBatch, HeldOutLosses)):
         held_out, data = data[-1], data[:-1]
     sample_weight = data[2] if len(data) > 2 else None
     return StepBatch(data[0], data[1], sample_weight, held_out)
@@ -137,10 +159,18 @@ def start_position(global_step, period, num_held_out_batches):
 
 
 def rotated(dataset, skip):
-    """`dataset` starting at batch `skip` and wrapping round, endlessly."""
+    """`dataset` starting at batch `skip` and wrapping round, endlessly.
+
+    tf.data's autotuning is off in this pipeline: a held-out batch is read
+    every few steps, and deleting an endless iterator whose autotuning
+    thread is running can wait seconds for that thread (at the end of every
+    `fit`).
+    """
     if skip:
         dataset = dataset.skip(skip).concatenate(dataset.take(skip))
-    return dataset.repeat()
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.repeat().with_options(options)
 
 
 class HeldOutFeed:
@@ -220,7 +250,33 @@ class HeldOutFeed:
         for data in iterator:
             yield self.merge(data)
 
+    def next_batch(self):
+        """The next held-out batch, as a `HeldOutBatch`; counts nothing."""
+        if self.batches is None:
+            self._start()
+        held_out = next(self.batches)
+        return HeldOutBatch(held_out[0], held_out[1])
 
+    def wrap_measured(self, iterator, measure, num_heads):
+        """An iterator of the training batches, each with `HeldOutLosses`:
+        `measure(held_out_batch)` on a step that reads held-out data,
+        zeros with flag 0 on the others.
+
+        Every batch has the same structure, so a compiled step is traced
+        once. `measure` runs when the batch is taken, so the iterator
+        suits a step function that takes one batch per call (the weights
+        it measures at are those the step starts from).
+        """
+        nothing = HeldOutLosses(
+            np.zeros((num_heads,), "float32"), np.zeros((), "float32")
+        )
+        for data in iterator:
+            held_out = nothing
+            if self.due():
+                held_out = HeldOutLosses(
+                    measure(self.next_batch()), np.ones((), "float32")
+                )
+            yield pack(data, held_out)
 
 
 def _num_samples(y):

@@ -616,10 +616,9 @@ class OLM(Balancer):
         initial = np.zeros((len(STATE_ROWS), self.num_heads), "float32")
         initial[STATE_ROWS.index("coefficients")] = 1.0
         initial[STATE_ROWS.index("lambdas")] = 1.0 / self.num_heads
-        # Two variables, not one per quantity: on TensorFlow the update is
-        # an XLA cluster whose every variable costs an input and an output,
-        # and under torch every variable costs a `where` and an `assign`
-        # dispatched eagerly.
+        # Two variables, not one per quantity: every variable costs a
+        # `where` and an `assign` in the step (dispatched eagerly under
+        # torch).
         self.state = self.add_weight(
             name="state",
             shape=initial.shape,

@@ -405,6 +405,7 @@ class BalancedMultimodalModel(SavingMixin, StepMixin, keras.Model):
         if not self.built and plan.build_shapes is not None:
             with self._build_scope():
                 self.build(plan.build_shapes)
+        self._build_optimizer()
         plan = self.input_plan.finish_fit(plan)
         fit_inputs = plan.fit_inputs
         if plan.held_out is not None:

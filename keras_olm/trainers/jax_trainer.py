@@ -38,6 +38,7 @@ class _Carried:
 
 class StepMixin(TrainingStep):
     _carried = None
+    _measure_function = None
 
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
@@ -45,6 +46,9 @@ class StepMixin(TrainingStep):
         super().make_train_function(force)
         step = self.train_function
 
+        # With one step per call on one device, the held-out losses are
+        # measured before the step (`_measured`) and every batch carries
+        # them (`HeldOutFeed.wrap_measured`): the step compiles once.
         def train_function(state, iterator):
             steps = self.steps_per_execution
             passed = resume.batches_to_pass(self, steps)
@@ -53,12 +57,34 @@ class StepMixin(TrainingStep):
                     return resume.passed_logs(self), state
                 iterator = itertools.islice(iterator, steps - passed)
             feed = self._held_out_feed
-            if feed is not None:
+            if feed is not None and (
+                steps > 1 or keras.distribution.distribution() is not None
+            ):
                 iterator = feed.wrap(iterator)
+            elif feed is not None:
+                iterator = feed.wrap_measured(
+                    iterator,
+                    lambda batch: self._measured(state, batch),
+                    len(self.head_names),
+                )
             return step(state, iterator)
 
         self.train_function = train_function
         return train_function
+
+    def _measured(self, state, batch):
+        """Every head's loss on the `HeldOutBatch` `batch` at the weights of
+        `state` (compiled on its own, once per batch shape), ready before
+        the step takes `state` over."""
+        if self._measure_function is None:
+
+            def measure(trainable, non_trainable, x, y):
+                with self._stateless((trainable, non_trainable, [])):
+                    return self._measure_held_out(x, y)
+
+            self._measure_function = jax.jit(measure)
+        losses = self._measure_function(state[0], state[1], batch.x, batch.y)
+        return jax.block_until_ready(losses)
 
     def _held_out_batches(self, dataset):
         """Under a `keras.distribution` (e.g. `DataParallel`), each held-out

@@ -27,7 +27,7 @@ backends, as Keras' own `keras/src/backend/*/trainer.py` do:
   JAX: the step's state tuple, mapped onto the variables).
 
 and overrides, where its backend needs it, `_apply_if_finite`,
-`_balancer_update`, `_held_out_batches`, `_build_scope`, `_global_batch`,
+`_held_out_losses`, `_held_out_batches`, `_build_scope`, `_global_batch`,
 `_any_replica` and `_sync_training_state`. It also wires the
 `HeldOutFeed` into its `make_train_function` (`HeldOutFeed.merge` on the
 host batches of the steps that read held-out data).
@@ -155,6 +155,20 @@ class TrainingStep:
     def _build_scope(self):
         """A context in which `fit` builds the model's variables."""
         return contextlib.nullcontext()
+
+    def _build_optimizer(self):
+        """Builds the optimizer's variables for a built model before
+        `fit` traces its first step.
+
+        Keras builds them inside the first traced step otherwise, and
+        TensorFlow then traces that step a second time (a `tf.function`
+        that creates variables is traced again without creating them).
+        """
+        optimizer = self.optimizer
+        if optimizer is None or optimizer.built or not self.built:
+            return
+        with self._build_scope():
+            optimizer.build(self.trainable_variables)
 
     def _head_gradient_indices(self):
         """`{head: index into head_losses}` of the heads whose own loss
@@ -294,18 +308,29 @@ class TrainingStep:
         return ops.mean(ops.reshape(per_sample, (num_heads, -1)), axis=-1)
 
     def _held_out_losses(self, batch):
-        """Per-head losses on the `HeldOutBatch` `batch` (or zeros), and
-        the flag that says whether they were measured.
+        """Per-head held-out losses of this step (or zeros), and the flag
+        that says whether they were measured.
 
-        The feed adds held-out batches only to the steps that read them
-        (`HeldOutFeed`): a step with one measures it, and nothing is
+        `batch` is what the `HeldOutFeed` added to the training batch: a
+        `HeldOutBatch`, measured here (`_measure_held_out`), losses
+        measured before the step (`HeldOutLosses`), or `None`. Nothing is
         branched on in the compiled step.
         """
         if batch is None or not self.balancer.needs_held_out:
             return ops.zeros((len(self.head_names),)), ops.zeros(())
-        logits = self._forward(batch.x, training=False)
-        losses = ops.stop_gradient(self._raw_head_losses(batch.y, logits))
-        return losses, ops.ones(())
+        if isinstance(batch, held_out_lib.HeldOutLosses):
+            return (
+                ops.cast(batch.losses, "float32"),
+                ops.cast(batch.flag, "float32"),
+            )
+        return self._measure_held_out(batch.x, batch.y), ops.ones(())
+
+    def _measure_held_out(self, x, y):
+        """Every head's loss on the held-out batch `(x, y)`, at the current
+        weights, in inference mode: float32 `(num_heads,)`, no gradient."""
+        logits = self._forward(x, training=False)
+        losses = ops.stop_gradient(self._raw_head_losses(y, logits))
+        return ops.cast(losses, "float32")
 
     def _gradient_groups_by_modality(self):
         """Indices into `trainable_variables` of each encoder's variables."""
@@ -369,8 +394,7 @@ class TrainingStep:
         new_state = list(new_state)
         if self.balancer.measures_steps:
             if not self.balancer.update_reads_features:
-                # Not passed: on TensorFlow the update is a separate XLA
-                # cluster and its inputs are copied into it.
+                # Only a balancer that declares it reads them gets them.
                 features = None
             new_state += self._balancer_update(
                 y, logits, held_out_losses, held_out_flag, features

@@ -103,8 +103,20 @@ def _gather(context, tensors):
     )
 
 
+class _HeldOutSlot:
+    """Held-out losses measured on the host for the next training step
+    (`losses`, `(num_heads,)`) and `flag` (1.0 until a step reads them):
+    two float32 `tf.Variable`s, not part of the model's weights."""
+
+    def __init__(self, num_heads):
+        self.losses = tf.Variable(tf.zeros((num_heads,)), trainable=False)
+        self.flag = tf.Variable(0.0, trainable=False)
+        self.pending = False
+
+
 class StepMixin(TrainingStep):
-    _xla_update = None
+    _held_out_slot = None
+    _measure_function = None
 
     def _loss_and_gradients(self, batch, scale=None):
         heads = self._head_gradient_indices()
@@ -212,32 +224,6 @@ class StepMixin(TrainingStep):
 
         context.merge_call(cross_replica, args=(finite, list(grads)))
 
-    def _balancer_update(self, *measurements):
-        """Runs the balancer update as one XLA cluster.
-
-        The update is a few hundred tiny ops; the graph executor dispatches
-        each one, XLA fuses them. The rest of the step is left to
-        `jit_compile` as the user chose, and under a strategy with several
-        replicas the update runs as it is.
-        """
-        if self.jit_compile or replica_context() is not None:
-            return super()._balancer_update(*measurements)
-        if self._xla_update is None:
-            variables = []
-
-            def values(*measurements):
-                pairs = TrainingStep._balancer_update(self, *measurements)
-                variables[:] = [v for v, _ in pairs]
-                return [value for _, value in pairs]
-
-            self._xla_update = (
-                tf.function(values, jit_compile=True),
-                variables,
-            )
-        update, variables = self._xla_update
-        values = update(*measurements)
-        return list(zip(variables, values))
-
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         """Keras' symbolic build under a strategy, on one replica's share
         of the first batch.
@@ -267,6 +253,40 @@ class StepMixin(TrainingStep):
         """TensorFlow tensors straight from tf.data, as Keras' step gets."""
         return iter(dataset)
 
+    def _attach_held_out(self, fit_inputs, dataset, period):
+        if self._held_out_slot is not None:
+            self._held_out_slot.flag.assign(0.0)
+            self._held_out_slot.pending = False
+        return super()._attach_held_out(fit_inputs, dataset, period)
+
+    def _held_out_losses(self, batch):
+        """The shared step's; a step with no held-out input reads the
+        losses staged in `_held_out_slot` (flag 0 when none are) and
+        clears the flag."""
+        slot = self._held_out_slot
+        if batch is not None or slot is None:
+            return super()._held_out_losses(batch)
+        losses, flag = slot.losses.read_value(), slot.flag.read_value()
+        with tf.control_dependencies([losses, flag]):
+            slot.flag.assign(0.0)
+        return losses, flag
+
+    def _stage_held_out(self, feed):
+        """Measures the next held-out batch at the current weights into
+        `_held_out_slot`, for the step about to run (once: a call that
+        ends the epoch instead of stepping leaves it staged)."""
+        slot = self._held_out_slot
+        if slot.pending:
+            return
+        if self._measure_function is None:
+            self._measure_function = tf.function(
+                self._measure_held_out, reduce_retracing=True, autograph=False
+            )
+        batch = feed.next_batch()
+        slot.losses.assign(self._measure_function(batch.x, batch.y))
+        slot.flag.assign(1.0)
+        slot.pending = True
+
     def make_train_function(self, force=False):
         """Keras' step; a compiled call with a held-out batch runs on a
         list of batches taken from the iterator on the host.
@@ -284,9 +304,21 @@ class StepMixin(TrainingStep):
         mid-epoch resume passes over (`resume.batches_to_pass`) are taken
         from the iterator and run no step; a call that has batches left
         after them runs those on a list.
+
+        With one step per call on one device, a call whose step reads
+        held-out data runs Keras' compiled step too: the held-out losses
+        are measured on the host first (`_stage_held_out`, a forward pass
+        compiled on its own), and the step reads them from
+        `_held_out_slot`. The training step is then traced once.
         """
         if self.train_function is not None and not force:
             return self.train_function
+        if (
+            self._held_out_slot is None
+            and self.balancer.needs_held_out
+            and self._distribute_strategy is None
+        ):
+            self._held_out_slot = _HeldOutSlot(len(self.head_names))
         super().make_train_function(force)
         step = self.train_function
         step_on_batches = self._make_function(self.train_step)
@@ -314,6 +346,11 @@ class StepMixin(TrainingStep):
                 feed is None or not feed.due_within(self.steps_per_execution)
             ):
                 return step(iterator)
+            if not passed and steps == 1 and self._held_out_slot is not None:
+                self._stage_held_out(feed)
+                logs = step(iterator)
+                self._held_out_slot.pending = False
+                return logs
             batches = take(iterator, steps)
             if not batches:
                 raise StopIteration

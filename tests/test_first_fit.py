@@ -1,0 +1,132 @@
+"""The first `fit`: how often the training step is traced, and that the
+held-out losses measured before a step are those measured inside it."""
+
+import keras
+import numpy as np
+import pytest
+from olm_testing import set_weights_from_numpy
+from olm_testing import tiny_encoder
+
+import keras_olm
+from keras_olm import held_out as held_out_lib
+from keras_olm.trainers import step as step_lib
+
+BACKEND = keras.backend.backend()
+
+
+def _data(n=96, seed=0):
+    x, y = keras_olm.synthetic.make_imbalanced(n, num_classes=3, seed=seed)
+    return x, y
+
+
+def _model(every=2):
+    model = keras_olm.BalancedMultimodalModel(
+        {"fast": tiny_encoder(8), "slow": tiny_encoder(8)},
+        num_classes=3,
+        balancer=keras_olm.OLM(
+            held_out=keras_olm.balancers.HeldOutSchedule("periodic", every)
+        ),
+    )
+    model.build({"fast": (None, 16), "slow": (None, 64)})
+    set_weights_from_numpy(model)
+    return model
+
+
+@pytest.fixture
+def traces(monkeypatch):
+    """Counts the traces of the shared training step (each compiled trace
+    runs the Python step once; eager torch runs it once per step)."""
+    calls = []
+    original = step_lib.TrainingStep._train_step
+
+    def counted(self, data):
+        calls.append(held_out_lib.unpack(data).held_out)
+        return original(self, data)
+
+    monkeypatch.setattr(step_lib.TrainingStep, "_train_step", counted)
+    return calls
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="torch runs steps eagerly")
+def test_olm_traces_its_training_step_once(traces):
+    # 96 samples, batch 16: 6 full batches an epoch, a held-out batch on
+    # every second step, from a held-out set of two batches.
+    x, y = _data()
+    held_out = _data(32, seed=1)
+    model = _model()
+    model.compile(optimizer="adam")
+    model.fit(x, y, batch_size=16, epochs=2, held_out_data=held_out, verbose=0)
+    assert len(traces) == 1
+    assert int(model.balancer.held_out_steps) == 6
+    # A step with held-out data reads losses measured before it.
+    assert not isinstance(traces[0], held_out_lib.HeldOutBatch)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's tracing")
+def test_the_optimizer_is_built_before_the_first_trace(traces):
+    x, y = _data()
+    model = keras_olm.BalancedMultimodalModel(
+        {"fast": tiny_encoder(8), "slow": tiny_encoder(8)},
+        num_classes=3,
+        balancer=None,
+    )
+    model.compile(optimizer="adam")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    # A `tf.function` that makes variables is traced a second time.
+    assert len(traces) == 1
+    assert model.optimizer.built
+
+
+def _trained_state(steps_per_execution):
+    keras.utils.set_random_seed(0)
+    x, y = _data()
+    held_out = _data(32, seed=1)
+    model = _model()
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05),
+        steps_per_execution=steps_per_execution,
+    )
+    model.fit(
+        x,
+        y,
+        batch_size=16,
+        epochs=2,
+        held_out_data=held_out,
+        shuffle=False,
+        verbose=0,
+    )
+    return (
+        keras.ops.convert_to_numpy(model.balancer.state.value),
+        [keras.ops.convert_to_numpy(v) for v in model.trainable_variables],
+    )
+
+
+@pytest.mark.skipif(
+    BACKEND == "torch", reason="torch steps one batch a call, measured in it"
+)
+def test_losses_measured_before_the_step_equal_those_measured_in_it():
+    # One step per call measures held-out losses before the step; two
+    # steps per call measure them inside the step (a held-out batch added
+    # to the training batch). Same data, weights and schedule.
+    before_state, before_weights = _trained_state(1)
+    inside_state, inside_weights = _trained_state(2)
+    np.testing.assert_allclose(before_state, inside_state, atol=1e-5)
+    for a, b in zip(before_weights, inside_weights):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    rows = list(keras_olm.balancers.olm.STATE_ROWS)
+    held_out = before_state[rows.index("held_out_losses")]
+    assert np.all(held_out > 0)
+
+
+def test_the_held_out_pipeline_does_not_autotune():
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.range(4).batch(2)
+    for skip in (0, 1):
+        rotated = held_out_lib.rotated(dataset, skip)
+        assert rotated.options().autotune.enabled is False
+        assert [int(b[0]) for b in rotated.take(3)] == [
+            [0, 2][skip],
+            [2, 0][skip],
+            [0, 2][skip],
+        ]
