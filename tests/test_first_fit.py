@@ -130,3 +130,53 @@ def test_the_held_out_pipeline_does_not_autotune():
             [2, 0][skip],
             [0, 2][skip],
         ]
+
+
+@pytest.mark.parametrize(
+    "threads, cores, others, chosen",
+    [(2, 2, 0, 2), (2, 2, 1, 1), (2, 2, 3, 1), (8, 16, 4, 8), (8, 8, 3, 5)],
+)
+def test_torch_threads_leave_the_busy_cores(threads, cores, others, chosen):
+    pytest.importorskip("torch")
+    from keras_olm.trainers import torch_trainer
+
+    assert torch_trainer.cpu_threads_for_fit(threads, cores, others) == chosen
+    assert torch_trainer.other_running_tasks(samples=3) >= 0
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's threads")
+@pytest.mark.parametrize("others, during", [(0, 2), (1, 1)])
+def test_torch_fit_takes_the_free_cores_and_gives_them_back(
+    monkeypatch, others, during
+):
+    import os
+
+    import torch
+
+    from keras_olm.trainers import torch_trainer
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(torch_trainer, "other_running_tasks", lambda: others)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen = []
+
+    class Threads(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(torch.get_num_threads())
+
+    try:
+        x, y = _data(32)
+        model = _model()
+        model.compile(optimizer="adam")
+        model.fit(x, y, batch_size=16, callbacks=[Threads()], verbose=0)
+        assert set(seen) == {during}
+        assert torch.get_num_threads() == 2
+        # A thread count the user fixed with OMP_NUM_THREADS is kept.
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        seen.clear()
+        model.fit(x, y, batch_size=16, callbacks=[Threads()], verbose=0)
+        assert set(seen) == {2}
+    finally:
+        torch.set_num_threads(before)

@@ -420,24 +420,25 @@ class BalancedMultimodalModel(SavingMixin, StepMixin, keras.Model):
         callbacks.append(MidEpochResume(callbacks, _shuffled(fit_inputs)))
         self.training_state.reset_faults()
         try:
-            return super().fit(
-                fit_inputs.x,
-                fit_inputs.y,
-                batch_size=fit_inputs.batch_size,
-                epochs=epochs,
-                verbose=verbose,
-                callbacks=callbacks,
-                validation_split=plan.validation_split,
-                validation_data=plan.validation_data,
-                shuffle=fit_inputs.shuffle,
-                class_weight=fit_inputs.class_weight,
-                sample_weight=fit_inputs.sample_weight,
-                initial_epoch=initial_epoch,
-                steps_per_epoch=steps_per_epoch,
-                validation_steps=validation_steps,
-                validation_batch_size=validation_batch_size,
-                validation_freq=validation_freq,
-            )
+            with self._fit_scope():
+                return super().fit(
+                    fit_inputs.x,
+                    fit_inputs.y,
+                    batch_size=fit_inputs.batch_size,
+                    epochs=epochs,
+                    verbose=verbose,
+                    callbacks=callbacks,
+                    validation_split=plan.validation_split,
+                    validation_data=plan.validation_data,
+                    shuffle=fit_inputs.shuffle,
+                    class_weight=fit_inputs.class_weight,
+                    sample_weight=fit_inputs.sample_weight,
+                    initial_epoch=initial_epoch,
+                    steps_per_epoch=steps_per_epoch,
+                    validation_steps=validation_steps,
+                    validation_batch_size=validation_batch_size,
+                    validation_freq=validation_freq,
+                )
         except BaseException:
             # Keep what the finished steps trained (JAX holds it apart
             # from the variables during an epoch).

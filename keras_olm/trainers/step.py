@@ -156,6 +156,10 @@ class TrainingStep:
         """A context in which `fit` builds the model's variables."""
         return contextlib.nullcontext()
 
+    def _fit_scope(self):
+        """A context around Keras' `fit` (torch: its CPU threads)."""
+        return contextlib.nullcontext()
+
     def _build_optimizer(self):
         """Builds the optimizer's variables for a built model before
         `fit` traces its first step.

@@ -19,12 +19,41 @@ lockstep, as `DistributedDataParallel` does:
 The shards must have the same number of samples on every process.
 """
 
+import contextlib
+import os
+import time
+
 import keras
 import torch
 
 from keras_olm.balancers.common import summing_over_replicas
 from keras_olm.trainers import resume
 from keras_olm.trainers.step import TrainingStep
+
+
+def other_running_tasks(samples=5, interval=0.01):
+    """Runnable threads on the machine besides the caller, from
+    `/proc/loadavg` (the median of `samples` readings); 0 where it cannot
+    be read."""
+    counts = []
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg") as f:
+                running = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+        counts.append(running - 1)
+        if i + 1 < samples:
+            time.sleep(interval)
+    return max(0, sorted(counts)[len(counts) // 2])
+
+
+def cpu_threads_for_fit(threads, cores, others):
+    """torch's intra-op threads for a `fit` on the CPU: `threads` (its
+    setting) but no more than the cores that no other runnable task uses,
+    and at least 1. OpenMP threads that share a core with other work wait
+    for each other at every parallel op."""
+    return max(1, min(threads, cores - others))
 
 
 def process_count():
@@ -140,6 +169,31 @@ class StepMixin(TrainingStep):
         iterator yields."""
         for batch in super()._held_out_batches(dataset):
             yield keras.tree.map_structure(keras.ops.convert_to_tensor, batch)
+
+    @contextlib.contextmanager
+    def _fit_scope(self):
+        """On a CPU, torch's threads for this `fit` (`cpu_threads_for_fit`)
+        and back to the setting after it; unchanged where
+        `OMP_NUM_THREADS` is set, on a GPU or in a process group."""
+        threads = torch.get_num_threads()
+        chosen = threads
+        if (
+            threads > 1
+            and "OMP_NUM_THREADS" not in os.environ
+            and keras.src.backend.torch.core.get_device() == "cpu"
+            and process_count() == 1
+        ):
+            chosen = cpu_threads_for_fit(
+                threads, len(os.sched_getaffinity(0)), other_running_tasks()
+            )
+        if chosen == threads:
+            yield
+            return
+        torch.set_num_threads(chosen)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
