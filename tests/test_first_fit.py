@@ -55,8 +55,11 @@ def test_olm_traces_its_training_step_once(traces):
     held_out = _data(32, seed=1)
     model = _model()
     model.compile(optimizer="adam")
+    weights = [v.path for v in model.weights]
     model.fit(x, y, batch_size=16, epochs=2, held_out_data=held_out, verbose=0)
     assert len(traces) == 1
+    # What carries the measured losses is not part of the model.
+    assert [v.path for v in model.weights] == weights
     assert int(model.balancer.held_out_steps) == 6
     # A step with held-out data reads losses measured before it.
     assert not isinstance(traces[0], held_out_lib.HeldOutBatch)

@@ -31,7 +31,7 @@ from keras_olm.trainers import resume
 from keras_olm.trainers.step import TrainingStep
 
 
-def other_running_tasks(samples=5, interval=0.01):
+def other_running_tasks(samples=3, interval=0.005):
     """Runnable threads on the machine besides the caller, from
     `/proc/loadavg` (the median of `samples` readings); 0 where it cannot
     be read."""
