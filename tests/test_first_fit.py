@@ -144,6 +144,10 @@ def test_torch_threads_leave_the_busy_cores(threads, cores, others, chosen):
     from keras_olm.trainers import torch_trainer
 
     assert torch_trainer.cpu_threads_for_fit(threads, cores, others) == chosen
+    # A tf.data pipeline keeps a core of those left.
+    assert torch_trainer.cpu_threads_for_fit(
+        threads, cores, others, pipeline=True
+    ) == max(1, min(threads, cores - others - 1))
     assert torch_trainer.other_running_tasks(samples=3) >= 0
 
 
@@ -175,6 +179,19 @@ def test_torch_fit_takes_the_free_cores_and_gives_them_back(
         model.compile(optimizer="adam")
         model.fit(x, y, batch_size=16, callbacks=[Threads()], verbose=0)
         assert set(seen) == {during}
+        assert torch.get_num_threads() == 2
+        # Fed by tf.data, fit leaves a core to the pipeline.
+        import tensorflow as tf
+
+        seen.clear()
+        dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+        model.fit(
+            dataset,
+            held_out_data=_data(32, seed=1),
+            callbacks=[Threads()],
+            verbose=0,
+        )
+        assert set(seen) == {1}
         assert torch.get_num_threads() == 2
         # A thread count the user fixed with OMP_NUM_THREADS is kept.
         monkeypatch.setenv("OMP_NUM_THREADS", "2")

@@ -420,7 +420,7 @@ class BalancedMultimodalModel(SavingMixin, StepMixin, keras.Model):
         callbacks.append(MidEpochResume(callbacks, _shuffled(fit_inputs)))
         self.training_state.reset_faults()
         try:
-            with self._fit_scope():
+            with self._fit_scope(fit_inputs.x):
                 return super().fit(
                     fit_inputs.x,
                     fit_inputs.y,

@@ -156,8 +156,9 @@ class TrainingStep:
         """A context in which `fit` builds the model's variables."""
         return contextlib.nullcontext()
 
-    def _fit_scope(self):
-        """A context around Keras' `fit` (torch: its CPU threads)."""
+    def _fit_scope(self, x=None):
+        """A context around Keras' `fit` on the inputs `x` (torch: its CPU
+        threads)."""
         return contextlib.nullcontext()
 
     def _build_optimizer(self):

@@ -24,6 +24,7 @@ import os
 import time
 
 import keras
+import tensorflow as tf
 import torch
 
 from keras_olm.balancers.common import summing_over_replicas
@@ -48,12 +49,13 @@ def other_running_tasks(samples=3, interval=0.005):
     return max(0, sorted(counts)[len(counts) // 2])
 
 
-def cpu_threads_for_fit(threads, cores, others):
+def cpu_threads_for_fit(threads, cores, others, pipeline=False):
     """torch's intra-op threads for a `fit` on the CPU: `threads` (its
     setting) but no more than the cores that no other runnable task uses,
-    and at least 1. OpenMP threads that share a core with other work wait
-    for each other at every parallel op."""
-    return max(1, min(threads, cores - others))
+    less one core for a tf.data input pipeline (`pipeline`), and at least
+    1. OpenMP threads that share a core with other work wait for each
+    other at every parallel op."""
+    return max(1, min(threads, cores - others - int(pipeline)))
 
 
 def process_count():
@@ -171,10 +173,11 @@ class StepMixin(TrainingStep):
             yield keras.tree.map_structure(keras.ops.convert_to_tensor, batch)
 
     @contextlib.contextmanager
-    def _fit_scope(self):
-        """On a CPU, torch's threads for this `fit` (`cpu_threads_for_fit`)
-        and back to the setting after it; unchanged where
-        `OMP_NUM_THREADS` is set, on a GPU or in a process group."""
+    def _fit_scope(self, x=None):
+        """On a CPU, torch's threads for this `fit` (`cpu_threads_for_fit`,
+        a core left to tf.data when `x` is a `tf.data.Dataset`) and back
+        to the setting after it; unchanged where `OMP_NUM_THREADS` is set,
+        on a GPU or in a process group."""
         threads = torch.get_num_threads()
         chosen = threads
         if (
@@ -184,7 +187,10 @@ class StepMixin(TrainingStep):
             and process_count() == 1
         ):
             chosen = cpu_threads_for_fit(
-                threads, len(os.sched_getaffinity(0)), other_running_tasks()
+                threads,
+                len(os.sched_getaffinity(0)),
+                other_running_tasks(),
+                pipeline=isinstance(x, tf.data.Dataset),
             )
         if chosen == threads:
             yield
