@@ -238,8 +238,7 @@ class HeldOutFeed:
 
     def add(self, data):
         """The training batch `data` with the next held-out batch added."""
-        held_out = next(self.batches)
-        return pack(data, HeldOutBatch(held_out[0], held_out[1]))
+        return pack(data, self.next_batch())
 
     def merge(self, data):
         """Counts one step; the batch, with a held-out batch if due."""

@@ -405,7 +405,11 @@ class BalancedMultimodalModel(SavingMixin, StepMixin, keras.Model):
         if not self.built and plan.build_shapes is not None:
             with self._build_scope():
                 self.build(plan.build_shapes)
-        self._build_optimizer()
+        if self.built and self.optimizer and not self.optimizer.built:
+            # Built before TensorFlow traces a step, which it would trace
+            # twice if the step made the optimizer's variables.
+            with self._build_scope():
+                self.optimizer.build(self.trainable_variables)
         plan = self.input_plan.finish_fit(plan)
         fit_inputs = plan.fit_inputs
         if plan.held_out is not None:

@@ -157,23 +157,8 @@ class TrainingStep:
         return contextlib.nullcontext()
 
     def _fit_scope(self, x=None):
-        """A context around Keras' `fit` on the inputs `x` (torch: its CPU
-        threads)."""
+        """A context around Keras' `fit` on `x` (torch: its threads)."""
         return contextlib.nullcontext()
-
-    def _build_optimizer(self):
-        """Builds the optimizer's variables for a built model before
-        `fit` traces its first step.
-
-        Keras builds them inside the first traced step otherwise, and
-        TensorFlow then traces that step a second time (a `tf.function`
-        that creates variables is traced again without creating them).
-        """
-        optimizer = self.optimizer
-        if optimizer is None or optimizer.built or not self.built:
-            return
-        with self._build_scope():
-            optimizer.build(self.trainable_variables)
 
     def _head_gradient_indices(self):
         """`{head: index into head_losses}` of the heads whose own loss
@@ -313,29 +298,19 @@ class TrainingStep:
         return ops.mean(ops.reshape(per_sample, (num_heads, -1)), axis=-1)
 
     def _held_out_losses(self, batch):
-        """Per-head held-out losses of this step (or zeros), and the flag
-        that says whether they were measured.
-
-        `batch` is what the `HeldOutFeed` added to the training batch: a
-        `HeldOutBatch`, measured here (`_measure_held_out`), losses
-        measured before the step (`HeldOutLosses`), or `None`. Nothing is
-        branched on in the compiled step.
-        """
+        """Per-head held-out losses of this step (or zeros) and the flag
+        that says whether they were measured, from what the feed added: a
+        `HeldOutBatch` (measured here), `HeldOutLosses` or `None`."""
         if batch is None or not self.balancer.needs_held_out:
             return ops.zeros((len(self.head_names),)), ops.zeros(())
         if isinstance(batch, held_out_lib.HeldOutLosses):
-            return (
-                ops.cast(batch.losses, "float32"),
-                ops.cast(batch.flag, "float32"),
-            )
+            return batch.losses, batch.flag  # float32, measured before
         return self._measure_held_out(batch.x, batch.y), ops.ones(())
 
     def _measure_held_out(self, x, y):
-        """Every head's loss on the held-out batch `(x, y)`, at the current
-        weights, in inference mode: float32 `(num_heads,)`, no gradient."""
-        logits = self._forward(x, training=False)
-        losses = ops.stop_gradient(self._raw_head_losses(y, logits))
-        return ops.cast(losses, "float32")
+        """Every head's inference loss on `(x, y)`: float32, no gradient."""
+        losses = self._raw_head_losses(y, self._forward(x, training=False))
+        return ops.cast(ops.stop_gradient(losses), "float32")
 
     def _gradient_groups_by_modality(self):
         """Indices into `trainable_variables` of each encoder's variables."""
